@@ -1,0 +1,1 @@
+"""Feature engineering: reference tables and declaration features."""

@@ -1,0 +1,535 @@
+"""``build_features``: the one feature function of training, scoring and backtests.
+
+Each declaration's features depend only on the declaration itself, the reference data and
+the history strictly before it (consignment siblings: at the same instant). Nothing is
+taken from the other rows being scored, so a row scored alone gets exactly the features it
+gets inside a batch, and adding later history changes nothing earlier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from cites_risk.features.contract import TIMESTAMP, D, O
+from cites_risk.features.history import (
+    IDX,
+    KEY,
+    TIME,
+    History,
+    days_since_epoch,
+    decay_weight,
+    inspected_declarations,
+    log1p,
+    prior_totals,
+    smoothed_rate,
+)
+from cites_risk.features.reference import Reference, normalise_name_expr
+from cites_risk.features.species import APPENDIX_RANK, match_column
+
+FEATURE_SET = "cites-core"
+FEATURE_VERSION = "1"
+#: Pseudo-count of the smoothed rates: a key needs about this many observations to move
+#: its rate halfway from the overall rate to its own.
+SMOOTHING = 20.0
+DEFAULT_HIT_RATE = 0.03
+
+
+@dataclass(frozen=True)
+class HistoryKey:
+    """A key whose history is tracked: how to read it from declarations and offences."""
+
+    name: str
+    declaration: pl.Expr
+    offence: pl.Expr | None
+
+
+def _genus(expr: pl.Expr) -> pl.Expr:
+    return normalise_name_expr(expr).str.split(" ").list.first()
+
+
+def _first_word(expr: pl.Expr) -> pl.Expr:
+    return normalise_name_expr(expr).str.split(" ").list.first()
+
+
+def _route(origin: pl.Expr, destination: pl.Expr) -> pl.Expr:
+    return pl.concat_str([origin, destination], separator=">")
+
+
+HISTORY_KEYS: tuple[HistoryKey, ...] = (
+    HistoryKey("importer", pl.col(D.IMPORTER), pl.col(O.IMPORTER)),
+    HistoryKey("exporter", pl.col(D.EXPORTER), pl.col(O.EXPORTER)),
+    HistoryKey("declarant", pl.col(D.DECLARANT), pl.col(O.DECLARANT)),
+    HistoryKey("office", pl.col(D.OFFICE), pl.col(O.OFFICE)),
+    HistoryKey("origin", pl.col(D.ORIGIN), pl.col(O.ORIGIN)),
+    HistoryKey("export", pl.col(D.EXPORT), pl.col(O.EXPORT)),
+    HistoryKey("hs4", pl.col(D.HS).str.slice(0, 4), pl.col(O.HS).str.slice(0, 4)),
+    HistoryKey("genus", _genus(pl.col(D.TAXON)), _genus(pl.col(O.TAXON))),
+    HistoryKey("taxon", normalise_name_expr(pl.col(D.TAXON)), normalise_name_expr(pl.col(O.TAXON))),
+    # What the goods are called drives outcomes where no taxon is given (generic names,
+    # banned groups such as salamanders): the exact wording and its first word.
+    HistoryKey("goods", normalise_name_expr(pl.col(D.DESCRIPTION)), None),
+    HistoryKey("goods_word", _first_word(pl.col(D.DESCRIPTION)), None),
+    HistoryKey(
+        "route",
+        _route(pl.col(D.ORIGIN), pl.col(D.DESTINATION)),
+        _route(pl.col(O.ORIGIN), pl.col(O.DESTINATION)),
+    ),
+)
+NEWCOMER_KEYS = ("importer", "exporter", "declarant")
+HISTORY_STATS = (
+    "prior_decl",
+    "offences",
+    "offences_decayed",
+    "days_since_offence",
+    "inspected",
+    "hit_rate",
+    "offence_rate",
+)
+
+#: Categorical features (strings); LightGBM gets them as categories via the fitted encoder.
+CATEGORICAL: tuple[str, ...] = (
+    D.OFFICE,
+    D.TRANSPORT,
+    D.ORIGIN,
+    D.EXPORT,
+    D.PURPOSE,
+    D.SOURCE,
+    D.UNIT,
+    "hs_chapter",
+    "hs_heading",
+    "hs_cites_category",
+    "sp_match_via",
+    "sp_genus",
+    "sp_family",
+    "sp_class",
+)
+
+
+def _history_columns() -> dict[str, pl.DataType]:
+    cols: dict[str, pl.DataType] = {}
+    for key in HISTORY_KEYS:
+        for stat in HISTORY_STATS:
+            cols[f"{key.name}_{stat}"] = pl.Float64()
+    for name in NEWCOMER_KEYS:
+        cols[f"{name}_newcomer"] = pl.Boolean()
+    cols["transit_offences_max"] = pl.Float64()
+    cols["importer_partner_offences"] = pl.Float64()
+    cols["exporter_partner_offences"] = pl.Float64()
+    cols["consignment_lines"] = pl.Float64()
+    return cols
+
+
+NUMERIC: dict[str, pl.DataType] = {
+    "sp_appendix": pl.Int8(),
+    "sp_match_score": pl.Float64(),
+    "sp_listed": pl.Boolean(),
+    "sp_misdeclared": pl.Boolean(),
+    "sp_origin_in_range": pl.Boolean(),
+    "hs_cites_relevant": pl.Boolean(),
+    "hs_cover": pl.Boolean(),
+    "hs_kingdom_mismatch": pl.Boolean(),
+    "hs_known": pl.Boolean(),
+    "transit_count": pl.Int32(),
+    "transshipment": pl.Boolean(),
+    "log_quantity": pl.Float64(),
+    "log_mass_kg": pl.Float64(),
+    "log_value": pl.Float64(),
+    "log_unit_value": pl.Float64(),
+    "log_value_per_kg": pl.Float64(),
+    "unit_is_cites": pl.Boolean(),
+    "purpose_valid": pl.Boolean(),
+    "source_valid": pl.Boolean(),
+    "app1_commercial": pl.Boolean(),
+    "app1_wild": pl.Boolean(),
+    "listed_without_permit": pl.Boolean(),
+    "wild_source": pl.Boolean(),
+    "commercial_purpose": pl.Boolean(),
+    "day_of_week": pl.Int8(),
+    "month": pl.Int8(),
+    **_history_columns(),
+}
+
+#: Identity and display columns carried through; not model inputs.
+PASSTHROUGH: dict[str, pl.DataType] = {
+    D.ID: pl.String(),
+    D.DECLARED_AT: TIMESTAMP,
+    D.HS: pl.String(),
+    D.IMPORTER: pl.String(),
+    D.EXPORTER: pl.String(),
+    "sp_taxon": pl.String(),
+    "sp_taxon_id": pl.Int64(),
+}
+
+FEATURE_SCHEMA = pl.Schema({**PASSTHROUGH, **{c: pl.String() for c in CATEGORICAL}, **NUMERIC})
+MODEL_COLUMNS: tuple[str, ...] = (*CATEGORICAL, *NUMERIC)
+
+
+def feature_schema(extras: dict[str, str] | None = None) -> pl.Schema:
+    """The declared output schema, with an administration's extra columns appended."""
+    extra = {
+        name: (pl.Float64() if kind == "number" else pl.String())
+        for name, kind in (extras or {}).items()
+    }
+    return pl.Schema({**FEATURE_SCHEMA, **extra})
+
+
+def build_features(
+    declarations: pl.LazyFrame,
+    history: History,
+    reference: Reference,
+    extras: dict[str, str] | None = None,
+) -> pl.LazyFrame:
+    """Features for each declaration, in input order, with the schema of ``feature_schema``.
+
+    ``extras`` names an administration's own columns (``x_*``) to pass through as features.
+    """
+    base = declarations.with_row_index(IDX).with_columns(pl.col(D.DECLARED_AT).cast(TIMESTAMP))
+    frame = _species(base, reference)
+    frame = _commodity(frame, reference)
+    frame = _route_value_permits(frame, reference)
+    frame = _join_history(frame, base, history)
+    schema = feature_schema(extras)
+    return frame.sort(IDX).select(
+        pl.col(name).cast(dtype).alias(name) for name, dtype in schema.items()
+    )
+
+
+# --- species ------------------------------------------------------------------------------
+
+
+def _species(base: pl.LazyFrame, reference: Reference) -> pl.LazyFrame:
+    species = reference.species.lazy().select(
+        "taxon_id",
+        pl.col("full_name").alias("sp_taxon"),
+        pl.col("appendix")
+        .replace_strict(APPENDIX_RANK, default=None, return_dtype=pl.Int8)
+        .alias("__app"),
+        pl.col("genus").alias("sp_genus"),
+        pl.col("family").alias("sp_family"),
+        pl.col("class_name").alias("sp_class"),
+        pl.col("kingdom").alias("__kingdom"),
+        pl.col("range_iso2").alias("__range"),
+    )
+    by_taxon = match_column(base, D.TAXON, reference, description=False)
+    by_text = match_column(base, D.DESCRIPTION, reference, description=True)
+    frame = base.join(
+        by_taxon.rename({"taxon_id": "__t_id", "via": "__t_via", "confidence": "__t_conf"}),
+        left_on=D.TAXON,
+        right_on="text",
+        how="left",
+    ).join(
+        by_text.rename({"taxon_id": "__d_id", "via": "__d_via", "confidence": "__d_conf"}),
+        left_on=D.DESCRIPTION,
+        right_on="text",
+        how="left",
+    )
+    frame = frame.with_columns(
+        pl.coalesce("__t_id", "__d_id").alias("taxon_id"),
+        pl.coalesce("__t_via", "__d_via").fill_null("none").alias("sp_match_via"),
+        pl.coalesce("__t_conf", "__d_conf").fill_null(0.0).alias("sp_match_score"),
+    ).join(species, on="taxon_id", how="left")
+    described_app = frame.select(IDX, "__d_id").join(
+        species.select(pl.col("taxon_id").alias("__d_id"), pl.col("__app").alias("__d_app")),
+        on="__d_id",
+        how="left",
+    )
+    frame = frame.join(described_app.select(IDX, "__d_app"), on=IDX, how="left")
+    listed = pl.col("__app").is_not_null()
+    return frame.with_columns(
+        pl.col("taxon_id").alias("sp_taxon_id"),
+        pl.col("__app").fill_null(0).alias("sp_appendix"),
+        listed.alias("sp_listed"),
+        # The description names a listed species the declared taxon does not: either the
+        # taxon was left out or it names something else (a look-alike, a generic name).
+        (
+            pl.col("__d_app").is_not_null()
+            & (pl.col("__t_id").is_null() | (pl.col("__t_id") != pl.col("__d_id")))
+        ).alias("sp_misdeclared"),
+        pl.when(listed & pl.col(D.ORIGIN).is_not_null() & pl.col("__range").list.len().gt(0))
+        .then(pl.col("__range").list.contains(pl.col(D.ORIGIN)))
+        .alias("sp_origin_in_range"),
+    )
+
+
+# --- commodity ----------------------------------------------------------------------------
+
+
+def _commodity(frame: pl.LazyFrame, reference: Reference) -> pl.LazyFrame:
+    cites_hs = reference.cites_hs.lazy()
+    hs = pl.col(D.HS)
+    frame = frame.with_columns(
+        hs.str.slice(0, 2).alias("hs_chapter"),
+        pl.when(hs.str.len_chars() >= 4).then(hs.str.slice(0, 4)).alias("hs_heading"),
+    )
+    # The longest listed prefix decides (0508 beats 05), as in the HS itself.
+    for length in (6, 4, 2):
+        part = cites_hs.filter(pl.col("hs_prefix").str.len_chars() == length).select(
+            pl.col("hs_prefix").alias(f"__p{length}"),
+            pl.col("category").alias(f"__cat{length}"),
+            pl.col("cover").alias(f"__cov{length}"),
+            pl.col("kingdom").alias(f"__king{length}"),
+        )
+        frame = frame.with_columns(hs.str.slice(0, length).alias(f"__p{length}")).join(
+            part, on=f"__p{length}", how="left"
+        )
+    known = reference.hs_codes.lazy().select(
+        pl.col("hscode").alias("__known_hs"), pl.lit(True).alias("hs_known")
+    )
+    frame = frame.with_columns(pl.coalesce(hs.str.slice(0, 6), hs).alias("__known_hs")).join(
+        known, on="__known_hs", how="left"
+    )
+    category = pl.coalesce("__cat6", "__cat4", "__cat2")
+    hs_kingdom = pl.coalesce("__king6", "__king4", "__king2")
+    return frame.with_columns(
+        category.fill_null("none").alias("hs_cites_category"),
+        category.is_not_null().alias("hs_cites_relevant"),
+        pl.coalesce("__cov6", "__cov4", "__cov2").fill_null(False).alias("hs_cover"),
+        (
+            pl.col("__kingdom").is_not_null()
+            & hs_kingdom.is_not_null()
+            & (pl.col("__kingdom") != hs_kingdom)
+        ).alias("hs_kingdom_mismatch"),
+        pl.col("hs_known").fill_null(False),
+    )
+
+
+# --- route, value, permits ----------------------------------------------------------------
+
+
+def _route_value_permits(frame: pl.LazyFrame, reference: Reference) -> pl.LazyFrame:
+    purposes = list(reference.codes("purpose"))
+    sources = list(reference.codes("source"))
+    units = list(reference.codes("unit"))
+    qty = pl.col(D.QUANTITY)
+    mass = pl.col(D.MASS)
+    value = pl.col(D.VALUE)
+    app1 = pl.col("sp_appendix") == 1
+    listed = pl.col("sp_listed")
+
+    def safe_log(expr: pl.Expr) -> pl.Expr:
+        return pl.when(expr.is_finite() & (expr >= 0)).then(log1p(expr))
+
+    return frame.with_columns(
+        pl.col(D.TRANSIT).list.len().fill_null(0).alias("transit_count"),
+        (
+            pl.col(D.EXPORT).is_not_null()
+            & pl.col(D.ORIGIN).is_not_null()
+            & (pl.col(D.EXPORT) != pl.col(D.ORIGIN))
+        ).alias("transshipment"),
+        safe_log(qty).alias("log_quantity"),
+        safe_log(mass).alias("log_mass_kg"),
+        safe_log(value).alias("log_value"),
+        safe_log(pl.when(qty > 0).then(value / qty)).alias("log_unit_value"),
+        safe_log(pl.when(mass > 0).then(value / mass)).alias("log_value_per_kg"),
+        pl.col(D.UNIT).str.to_lowercase().is_in(units).fill_null(False).alias("unit_is_cites"),
+        pl.col(D.PURPOSE).is_in(purposes).fill_null(False).alias("purpose_valid"),
+        pl.col(D.SOURCE).is_in(sources).fill_null(False).alias("source_valid"),
+        (app1 & (pl.col(D.PURPOSE) == "T")).fill_null(False).alias("app1_commercial"),
+        (app1 & (pl.col(D.SOURCE) == "W")).fill_null(False).alias("app1_wild"),
+        (listed & pl.col(D.PERMIT).is_null()).fill_null(False).alias("listed_without_permit"),
+        (pl.col(D.SOURCE) == "W").fill_null(False).alias("wild_source"),
+        (pl.col(D.PURPOSE) == "T").fill_null(False).alias("commercial_purpose"),
+        pl.col(D.DECLARED_AT).dt.weekday().cast(pl.Int8).alias("day_of_week"),
+        pl.col(D.DECLARED_AT).dt.month().cast(pl.Int8).alias("month"),
+    )
+
+
+# --- history ------------------------------------------------------------------------------
+
+
+def _events(history: History, key: HistoryKey) -> pl.LazyFrame:
+    """Declarations, offences and inspection results of one key as one event stream."""
+    zero = pl.lit(0.0)
+    decl = history.declarations.select(
+        key.declaration.alias(KEY),
+        pl.col(D.DECLARED_AT).cast(TIMESTAMP).alias(TIME),
+        pl.lit(1.0).alias("n"),
+        zero.alias("off"),
+        zero.alias("off_decay"),
+        zero.alias("insp"),
+        zero.alias("hits"),
+        pl.lit(False).alias("__mark"),
+    )
+    insp = inspected_declarations(history).select(
+        key.declaration.alias(KEY),
+        pl.col(TIME).cast(TIMESTAMP),
+        zero.alias("n"),
+        zero.alias("off"),
+        zero.alias("off_decay"),
+        pl.lit(1.0).alias("insp"),
+        (pl.col("outcome") == "hit").cast(pl.Float64).alias("hits"),
+        pl.lit(False).alias("__mark"),
+    )
+    streams = [decl, insp]
+    if key.offence is not None:
+        streams.append(
+            history.offences.select(
+                key.offence.alias(KEY),
+                pl.col(O.DETECTED_AT).cast(TIMESTAMP).alias(TIME),
+                zero.alias("n"),
+                pl.lit(1.0).alias("off"),
+                decay_weight(pl.col(O.DETECTED_AT)).alias("off_decay"),
+                zero.alias("insp"),
+                zero.alias("hits"),
+                pl.lit(True).alias("__mark"),
+            )
+        )
+    return pl.concat(streams, how="vertical")
+
+
+def _global_hit_rate(targets: pl.LazyFrame, history: History) -> pl.LazyFrame:
+    """The overall hit rate known before each declaration: the prior the key rates shrink to."""
+    events = inspected_declarations(history).select(
+        pl.lit("all").alias(KEY),
+        pl.col(TIME).cast(TIMESTAMP),
+        pl.lit(1.0).alias("insp"),
+        (pl.col("outcome") == "hit").cast(pl.Float64).alias("hits"),
+    )
+    totals = prior_totals(targets.with_columns(pl.lit("all").alias(KEY)), events, ["insp", "hits"])
+    return totals.select(
+        IDX,
+        pl.when(pl.col("insp") > 0)
+        .then(smoothed_rate(pl.col("hits"), pl.col("insp"), DEFAULT_HIT_RATE, SMOOTHING))
+        .otherwise(DEFAULT_HIT_RATE)
+        .alias("__prior_rate"),
+    )
+
+
+def _key_features(
+    targets: pl.LazyFrame, history: History, key: HistoryKey, prior: pl.LazyFrame
+) -> pl.LazyFrame:
+    values = ["n", "off", "off_decay", "insp", "hits"]
+    totals = prior_totals(
+        targets.select(IDX, TIME, key.declaration.alias(KEY)),
+        _events(history, key),
+        values,
+        last_time=True,
+    )
+    now_days = days_since_epoch(pl.col(TIME))
+    p = key.name
+    return (
+        targets.select(IDX, TIME)
+        .join(totals, on=IDX, how="left")
+        .join(prior, on=IDX, how="left")
+        .select(
+            IDX,
+            log1p(pl.col("n").fill_null(0)).alias(f"{p}_prior_decl"),
+            pl.col("off").fill_null(0).alias(f"{p}_offences"),
+            (pl.col("off_decay").fill_null(0) / (now_days / 365.0).exp()).alias(
+                f"{p}_offences_decayed"
+            ),
+            (now_days - days_since_epoch(pl.col("__last"))).alias(f"{p}_days_since_offence"),
+            pl.col("insp").fill_null(0).alias(f"{p}_inspected"),
+            (
+                (pl.col("hits").fill_null(0) + pl.col("__prior_rate") * SMOOTHING)
+                / (pl.col("insp").fill_null(0) + SMOOTHING)
+            ).alias(f"{p}_hit_rate"),
+            (pl.col("off").fill_null(0) / (pl.col("n").fill_null(0) + SMOOTHING)).alias(
+                f"{p}_offence_rate"
+            ),
+            *(
+                [(pl.col("n").fill_null(0) == 0).alias(f"{p}_newcomer")]
+                if p in NEWCOMER_KEYS
+                else []
+            ),
+        )
+    )
+
+
+def _transit(targets: pl.LazyFrame, history: History) -> pl.LazyFrame:
+    """Most offences through any one of a declaration's transit countries."""
+    exploded = targets.select(IDX, TIME, pl.col(D.TRANSIT).alias(KEY)).explode(KEY)
+    events = history.offences.select(
+        pl.col(O.TRANSIT).alias(KEY),
+        pl.col(O.DETECTED_AT).cast(TIMESTAMP).alias(TIME),
+        pl.lit(1.0).alias("off"),
+    ).explode(KEY)
+    per_country = prior_totals(exploded, events, ["off"])
+    return per_country.group_by(IDX).agg(pl.col("off").max().alias("transit_offences_max"))
+
+
+def _partner_offences(targets: pl.LazyFrame, history: History) -> pl.LazyFrame:
+    """One hop: offences of the trading partners an entity had before the declaration.
+
+    An exporter's offence reaches an importer when both have happened: at the later of the
+    offence and their first trade. Offences the entity itself took part in are not counted
+    again.
+    """
+    pairs = (
+        history.declarations.filter(
+            pl.col(D.IMPORTER).is_not_null(), pl.col(D.EXPORTER).is_not_null()
+        )
+        .group_by(D.IMPORTER, D.EXPORTER)
+        .agg(pl.col(D.DECLARED_AT).cast(TIMESTAMP).min().alias("__first"))
+    )
+    out = targets.select(IDX)
+    for entity, partner in ((D.IMPORTER, D.EXPORTER), (D.EXPORTER, D.IMPORTER)):
+        offences = history.offences.filter(pl.col(partner).is_not_null()).select(
+            pl.col(partner).alias("__partner"),
+            pl.col(entity).alias("__own"),
+            pl.col(O.DETECTED_AT).cast(TIMESTAMP).alias("__at"),
+        )
+        events = (
+            pairs.join(offences, left_on=partner, right_on="__partner", how="inner")
+            .filter(pl.col("__own").is_null() | (pl.col("__own") != pl.col(entity)))
+            .select(
+                pl.col(entity).alias(KEY),
+                pl.max_horizontal("__first", "__at").alias(TIME),
+                pl.lit(1.0).alias("off"),
+            )
+        )
+        totals = prior_totals(targets.select(IDX, TIME, pl.col(entity).alias(KEY)), events, ["off"])
+        out = out.join(totals.rename({"off": f"{entity}_partner_offences"}), on=IDX, how="left")
+    return out
+
+
+def _consignment(targets: pl.LazyFrame, history: History) -> pl.LazyFrame:
+    """Lines of the same consignment lodged up to the declaration's time, itself included."""
+    events = history.declarations.select(
+        pl.col(D.CONSIGNMENT).alias(KEY),
+        pl.col(D.DECLARED_AT).cast(TIMESTAMP).alias(TIME),
+        pl.col(D.ID).alias("__hid"),
+        pl.lit(1.0).alias("lines"),
+    )
+    totals = prior_totals(
+        targets.select(IDX, TIME, pl.col(D.CONSIGNMENT).alias(KEY)),
+        events.drop("__hid"),
+        ["lines"],
+        inclusive=True,
+    )
+    # The declaration itself may or may not be in history already; count it exactly once.
+    self_in_history = (
+        targets.select(IDX, TIME, pl.col(D.CONSIGNMENT).alias(KEY), pl.col(D.ID).alias("__hid"))
+        .join(events.select("__hid", KEY, pl.col(TIME).alias("__ht")), on=["__hid", KEY])
+        .filter(pl.col("__ht") <= pl.col(TIME))
+        .select(IDX, pl.lit(1.0).alias("__self"))
+        .unique(IDX)
+    )
+    return (
+        targets.select(IDX)
+        .join(totals, on=IDX, how="left")
+        .join(self_in_history, on=IDX, how="left")
+        .select(
+            IDX,
+            (pl.col("lines").fill_null(0) - pl.col("__self").fill_null(0) + 1.0).alias(
+                "consignment_lines"
+            ),
+        )
+    )
+
+
+def _join_history(frame: pl.LazyFrame, base: pl.LazyFrame, history: History) -> pl.LazyFrame:
+    targets = base.with_columns(pl.col(D.DECLARED_AT).alias(TIME))
+    prior = _global_hit_rate(targets.select(IDX, TIME), history)
+    for key in HISTORY_KEYS:
+        frame = frame.join(_key_features(targets, history, key, prior), on=IDX, how="left")
+    frame = frame.join(_transit(targets, history), on=IDX, how="left")
+    frame = frame.join(_partner_offences(targets, history), on=IDX, how="left")
+    frame = frame.join(_consignment(targets, history), on=IDX, how="left")
+    return frame.with_columns(
+        pl.col("transit_offences_max").fill_null(0.0),
+        pl.col("importer_partner_offences").fill_null(0.0),
+        pl.col("exporter_partner_offences").fill_null(0.0),
+    )

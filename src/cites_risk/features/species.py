@@ -1,0 +1,158 @@
+"""Species matching: declared taxon and goods description against the CITES species index.
+
+Matching runs on the distinct texts of a batch, not on rows: a million declarations
+usually carry a few thousand distinct taxa and descriptions, so fuzzy matching stays cheap.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import polars as pl
+from rapidfuzz import fuzz, process
+
+from cites_risk.features.reference import Reference, normalise_name
+
+APPENDIX_RANK = {"I": 1, "II": 2, "III": 3}
+#: Confidence given to each way of matching; fuzzy matches use their own similarity.
+CONFIDENCE = {
+    "scientific": 1.0,
+    "synonym": 0.95,
+    "common_en": 0.85,
+    "common_fr": 0.85,
+    "common_es": 0.85,
+    "genus": 0.7,
+    "family": 0.6,
+}
+FUZZY_CUTOFF = 90.0
+MATCH_SCHEMA = pl.Schema(
+    {
+        "text": pl.String,
+        "taxon_id": pl.Int64,
+        "via": pl.String,
+        "confidence": pl.Float64,
+    }
+)
+_NOT_A_TAXON = re.compile(r"\b(non cites|non-cites|unknown|unidentified|not listed)\b")
+_PLACEHOLDER_EPITHETS = {"sp", "spp", "na", "species", "hybrid", "x"}
+
+
+@dataclass(frozen=True)
+class Match:
+    taxon_id: int
+    via: str
+    confidence: float
+
+
+class SpeciesMatcher:
+    """Lookups over the species index, built once per reference."""
+
+    def __init__(self, reference: Reference) -> None:
+        species = reference.species
+        rank = species.select(
+            "taxon_id",
+            pl.col("appendix").replace_strict(APPENDIX_RANK, default=9, return_dtype=pl.Int8),
+        )
+        # Where one name points at several taxa, the most protective listing wins: a
+        # shared common name must not hide an Appendix I species behind a lesser one.
+        names = (
+            reference.species_names.join(rank, on="taxon_id", how="left")
+            .sort(["name", "appendix", "taxon_id"])
+            .unique(subset=["name"], keep="first", maintain_order=True)
+        )
+        self.by_name: dict[str, tuple[int, str]] = {
+            n: (t, k) for n, t, k in names.select("name", "taxon_id", "name_kind").iter_rows()
+        }
+        higher = species.filter(pl.col("rank").is_in(["GENUS", "FAMILY", "ORDER"]))
+        self.higher: dict[str, tuple[int, str]] = {
+            normalise_name(n): (t, r.lower())
+            for t, n, r in higher.select("taxon_id", "full_name", "rank").iter_rows()
+        }
+        # A genus with listed species but no genus-level listing still deserves a
+        # "genus of listed species" match: "Mantella sp." is almost certainly CITES II.
+        listed_genera = (
+            species.filter(pl.col("rank") == "SPECIES", pl.col("appendix").is_not_null())
+            .join(rank, on="taxon_id")
+            .sort(["genus", "appendix", "taxon_id"])
+            .unique(subset=["genus"], keep="first", maintain_order=True)
+        )
+        for t, g in listed_genera.select("taxon_id", "genus").iter_rows():
+            if g:
+                self.higher.setdefault(normalise_name(g), (t, "genus"))
+        self.scientific = sorted(
+            n for n, (_, k) in self.by_name.items() if k in ("scientific", "synonym")
+        )
+        self.max_words = 4
+
+    def match_taxon(self, text: str) -> Match | None:
+        norm = normalise_name(text)
+        if not norm or _NOT_A_TAXON.search(norm):
+            return None
+        words = [w for w in norm.split() if w not in _PLACEHOLDER_EPITHETS]
+        for n in (len(words), 2):
+            candidate = " ".join(words[:n])
+            if candidate in self.by_name:
+                taxon_id, kind = self.by_name[candidate]
+                return Match(taxon_id, kind, CONFIDENCE[kind])
+        if len(words) >= 2:
+            best = process.extractOne(
+                " ".join(words[:2]), self.scientific, scorer=fuzz.ratio, score_cutoff=FUZZY_CUTOFF
+            )
+            if best is not None:
+                taxon_id, _ = self.by_name[best[0]]
+                return Match(taxon_id, "fuzzy", float(best[1]) / 100.0)
+        if words and words[0] in self.higher:
+            taxon_id, level = self.higher[words[0]]
+            return Match(taxon_id, level, CONFIDENCE.get(level, 0.6))
+        return None
+
+    def match_description(self, text: str) -> Match | None:
+        """Longest run of words in a free-text description that names a listed taxon."""
+        words = normalise_name(text).split()
+        for size in range(min(self.max_words, len(words)), 0, -1):
+            for start in range(len(words) - size + 1):
+                candidate = " ".join(words[start : start + size])
+                if len(candidate) < 5:
+                    continue
+                hit = self.by_name.get(candidate)
+                if hit is not None:
+                    return Match(hit[0], "description", CONFIDENCE[hit[1]] * 0.9)
+                higher = self.higher.get(candidate)
+                if higher is not None and size == 1:
+                    return Match(higher[0], "description", 0.5)
+        return None
+
+    def frame(self, texts: pl.Series, description: bool) -> pl.DataFrame:
+        match = self.match_description if description else self.match_taxon
+        rows = []
+        for text in texts.drop_nulls().unique().to_list():
+            m = match(text)
+            if m is not None:
+                rows.append((text, m.taxon_id, m.via, m.confidence))
+        return pl.DataFrame(rows, schema=MATCH_SCHEMA, orient="row")
+
+
+_MATCHERS: dict[int, tuple[Reference, SpeciesMatcher]] = {}
+
+
+def matcher_for(reference: Reference) -> SpeciesMatcher:
+    """One matcher per loaded reference (building the lookups takes about a second)."""
+    key = id(reference)
+    cached = _MATCHERS.get(key)
+    if cached is None or cached[0] is not reference:
+        cached = (reference, SpeciesMatcher(reference))
+        _MATCHERS[key] = cached
+    return cached[1]
+
+
+def match_column(
+    frame: pl.LazyFrame, column: str, reference: Reference, *, description: bool
+) -> pl.LazyFrame:
+    """Distinct texts of ``column`` with their match (lazy: computed when collected)."""
+    matcher = matcher_for(reference)
+    texts = frame.select(pl.col(column).alias("text")).unique()
+    return texts.map_batches(
+        lambda df: matcher.frame(df.get_column("text"), description),
+        schema=MATCH_SCHEMA,
+    )

@@ -1,0 +1,54 @@
+"""Declaration history kept as Parquet files: columnar, appendable, cheap to scan.
+
+Declarations are many and read in bulk by the features, so they live beside the SQL store,
+one file per ingested batch; a batch written again replaces its file, so reruns never
+duplicate. Offences and inspections (few, consent-filtered, edited) stay in SQL.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import polars as pl
+
+from cites_risk.features.adapters import EXTRA_PREFIX
+from cites_risk.features.contract import DECLARATION, D, conform, empty
+from cites_risk.features.history import History
+from cites_risk.profiling.store import Store
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+class DeclarationHistory:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def append(self, declarations: pl.DataFrame, batch: str) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{_SAFE.sub('_', batch)}.parquet"
+        tmp = path.with_suffix(".tmp")
+        extras = [c for c in declarations.columns if c.startswith(EXTRA_PREFIX)]
+        contract = conform(declarations.lazy(), DECLARATION).collect()
+        contract.with_columns(declarations.select(extras)).write_parquet(tmp)
+        tmp.replace(path)  # atomic: a crash leaves the old file or the new, never half
+        return path
+
+    def scan(self) -> pl.LazyFrame:
+        files = sorted(self.folder.glob("*.parquet"))
+        if not files:
+            return empty(DECLARATION).lazy()
+        # Batches from different sources may carry different extra columns.
+        frames = [pl.scan_parquet(f) for f in files]
+        return pl.concat(frames, how="diagonal_relaxed").unique(
+            subset=[D.ID], keep="last", maintain_order=True
+        )
+
+
+def history_for(store: Store, declarations: DeclarationHistory, organisation: str) -> History:
+    """Everything ``organisation`` may know: its consent-filtered offences and all results."""
+    return History(
+        declarations=declarations.scan(),
+        offences=store.offences.visible_to(organisation).lazy(),
+        inspections=store.inspections.all().lazy(),
+    )

@@ -1,0 +1,187 @@
+"""Reading sources through their mappings: the edge where files become contract records.
+
+Structural problems (unreadable file, unknown mapping, a required column missing) raise
+:class:`InputError` with one sentence for the user; row problems become rejects.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import yaml
+
+from cites_risk.features.adapters import ROW, MappingError, SourceMapping
+from cites_risk.features.contract import RECORDS
+from cites_risk.features.reference import Reference
+from cites_risk.features.validation import REJECT_SCHEMA, Vocabulary, validate
+
+MAPPINGS_DIR = Path(__file__).parent / "mappings"
+SAMPLE_DIR = Path(__file__).parent / "sample_data"
+LEMIS_SAMPLE = SAMPLE_DIR / "lemis_amphibian_2016_2021.csv.gz"
+
+#: Spellings of country names in free-text sources that are not the reference's names.
+COUNTRY_ALIASES = {
+    "usa": "US",
+    "us": "US",
+    "united states": "US",
+    "uk": "GB",
+    "united kingdom": "GB",
+    "uae": "AE",
+    "hong kong": "HK",
+    "vietnam": "VN",
+    "viet nam": "VN",
+    "laos": "LA",
+    "taiwan": "TW",
+    "south korea": "KR",
+    "korea": "KR",
+    "russia": "RU",
+    "drc": "CD",
+    "dr congo": "CD",
+    "democratic republic of congo": "CD",
+    "republic of congo": "CG",
+    "congo": "CG",
+    "tanzania": "TZ",
+    "iran": "IR",
+    "syria": "SY",
+    "bolivia": "BO",
+    "venezuela": "VE",
+    "ivory coast": "CI",
+    "cote d'ivoire": "CI",
+    "czech republic": "CZ",
+    "macau": "MO",
+    "macao": "MO",
+    "burma": "MM",
+    "myanmar": "MM",
+    "china": "CN",
+}
+
+
+class InputError(RuntimeError):
+    """A source cannot be used at all; the message says why in one sentence."""
+
+
+@dataclass(frozen=True)
+class Loaded:
+    record: str
+    accepted: pl.DataFrame
+    rejects: pl.DataFrame
+    rows_read: int
+
+    @property
+    def summary(self) -> str:
+        rejected_rows = self.rejects.get_column("row").n_unique() if self.rejects.height else 0
+        return (
+            f"{self.rows_read} rows read, {self.accepted.height} {self.record} records accepted, "
+            f"{rejected_rows} rows rejected"
+        )
+
+
+def available_mappings() -> list[str]:
+    return sorted(p.stem for p in MAPPINGS_DIR.glob("*.yaml"))
+
+
+def load_mapping(name_or_path: str | Path) -> SourceMapping:
+    """A shipped mapping by name (``lemis``) or a mapping file an administration brings."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = MAPPINGS_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise InputError(
+            f"no mapping {str(name_or_path)!r}: give a YAML file or one of "
+            f"{', '.join(available_mappings())}"
+        )
+    try:
+        data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return SourceMapping.from_dict(data)
+    except (yaml.YAMLError, MappingError, AttributeError, TypeError) as exc:
+        raise InputError(f"mapping {path} is not valid: {exc}") from exc
+
+
+def read_source(path: Path, mapping: SourceMapping) -> pl.LazyFrame:
+    """The raw source as text columns with header names trimmed, plus ``__row`` (1-based)."""
+    if not path.is_file():
+        raise InputError(f"cannot read {path}: no such file")
+    try:
+        if path.suffix == ".parquet" or mapping.format == "parquet":
+            frame = pl.scan_parquet(path)
+            frame = frame.select(pl.all().cast(pl.String))
+        elif mapping.encoding.lower().replace("-", "") in ("utf8", "utf8lossy") and not str(
+            path
+        ).endswith(".gz"):
+            frame = pl.scan_csv(
+                path,
+                infer_schema=False,
+                separator=mapping.separator,
+                null_values=list(mapping.null_values),
+            )
+        else:
+            frame = _read_small_csv(path, mapping).lazy()
+        names = frame.collect_schema().names()
+    except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from exc
+    renamed = {n: n.strip() for n in names if n != n.strip()}
+    return frame.rename(renamed).with_row_index(ROW, offset=1)
+
+
+def _read_small_csv(path: Path, mapping: SourceMapping) -> pl.DataFrame:
+    """Compressed or non-UTF-8 CSV, decoded in memory (polars scans only plain UTF-8)."""
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        import gzip
+
+        raw = gzip.decompress(raw)
+    text = raw.decode(mapping.encoding)
+    return pl.read_csv(
+        io.StringIO(text),
+        infer_schema=False,
+        separator=mapping.separator,
+        null_values=list(mapping.null_values),
+    )
+
+
+def country_lookup(reference: Reference) -> dict[str, str]:
+    names = {
+        name.lower(): code
+        for code, name in reference.countries.select("iso2", "name").iter_rows()
+        if name
+    }
+    return names | COUNTRY_ALIASES
+
+
+def vocabulary(reference: Reference) -> Vocabulary:
+    return Vocabulary(
+        countries=reference.country_codes(),
+        code_lists={"purpose": reference.codes("purpose"), "source": reference.codes("source")},
+    )
+
+
+def load_records(
+    path: Path, mapping: SourceMapping, record_name: str, reference: Reference
+) -> Loaded:
+    """Read, map and validate one record type of a source; collect once, here."""
+    record = RECORDS[record_name]
+    raw = read_source(path, mapping)
+    try:
+        mapped = mapping.apply(raw, record, {"country_name": country_lookup(reference)})
+        time_formats = {f: mapping.time_format(record_name, f) for f in record.names}
+        extras = mapping.extra_kinds if record_name == "declaration" else {}
+        checked = validate(mapped, record, vocabulary(reference), time_formats, extras)
+        accepted, rejects, count = pl.collect_all(
+            [checked.accepted, checked.rejects, raw.select(pl.len())]
+        )
+    except (MappingError, ValueError) as exc:
+        raise InputError(f"{path}: {exc}") from exc
+    except pl.exceptions.PolarsError as exc:
+        raise InputError(f"cannot read {path}: {exc}") from exc
+    return Loaded(record_name, accepted, rejects, int(count.item()))
+
+
+def write_rejects(rejects: pl.DataFrame, path: Path) -> Path:
+    """Rejects as CSV (row, field, value, reason): what a clerk fixes and resubmits."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rejects.select(REJECT_SCHEMA.names()).write_csv(path)
+    return path

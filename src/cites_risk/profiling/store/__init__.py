@@ -1,0 +1,47 @@
+"""The store: offences, inspections, profiles, audit events and jobs, behind one facade."""
+
+from __future__ import annotations
+
+from cites_risk.profiling.store.audit import Actor, AuditLog
+from cites_risk.profiling.store.core import Database, StoreError
+from cites_risk.profiling.store.jobs import Job, JobRepository, JobStatus
+from cites_risk.profiling.store.records import (
+    EVERYONE,
+    InspectionRepository,
+    OffenceRepository,
+    can_see,
+)
+
+
+class Store:
+    """Every repository over one database. Open once per process and pass it around."""
+
+    def __init__(self, url: str) -> None:
+        self.db = Database(url)
+        self.offences = OffenceRepository(self.db)
+        self.inspections = InspectionRepository(self.db)
+        self.audit = AuditLog(self.db)
+        self.jobs = JobRepository(self.db)
+
+    @property
+    def version(self) -> int:
+        return self.db.version
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+__all__ = [
+    "EVERYONE",
+    "Actor",
+    "AuditLog",
+    "Database",
+    "InspectionRepository",
+    "Job",
+    "JobRepository",
+    "JobStatus",
+    "OffenceRepository",
+    "Store",
+    "StoreError",
+    "can_see",
+]

@@ -1,0 +1,62 @@
+"""The append-only audit log: who did what, for which organisation, when."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from cites_risk.profiling.store.core import Database, as_utc, utcnow
+from cites_risk.profiling.store.schema import audit_events
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts: a user or key name, its organisation and role. The CLI acts as itself."""
+
+    name: str
+    organisation: str
+    role: str
+
+
+class AuditLog:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def record(self, actor: Actor, action: str, target: str | None = None, **detail: Any) -> None:
+        with self.db.begin() as conn:
+            conn.execute(
+                audit_events.insert().values(
+                    at=utcnow(),
+                    actor=actor.name,
+                    organisation=actor.organisation,
+                    role=actor.role,
+                    action=action,
+                    target=target,
+                    detail=detail or None,
+                )
+            )
+
+    def query(
+        self,
+        *,
+        action: str | None = None,
+        actor: str | None = None,
+        organisation: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        stmt = sa.select(audit_events).order_by(audit_events.c.event_id.desc()).limit(limit)
+        if action:
+            stmt = stmt.where(audit_events.c.action == action)
+        if actor:
+            stmt = stmt.where(audit_events.c.actor == actor)
+        if organisation:
+            stmt = stmt.where(audit_events.c.organisation == organisation)
+        if since:
+            stmt = stmt.where(audit_events.c.at >= since)
+        with self.db.begin() as conn:
+            rows = conn.execute(stmt).all()
+        return [dict(r._mapping) | {"at": as_utc(r.at)} for r in rows]

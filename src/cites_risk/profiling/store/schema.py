@@ -1,0 +1,189 @@
+"""Tables of the store and the numbered migrations that build them.
+
+Migrations only ever add: a store at any version upgrades in place to the newest one
+without losing a row. Version 1 holds what the engine needs to run; later versions add
+what later features brought (keys, watch-lists, profile history, stored scores).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+metadata = sa.MetaData()
+TS = sa.DateTime(timezone=True)
+
+schema_info = sa.Table(
+    "schema_info",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+offences = sa.Table(
+    "offences",
+    metadata,
+    sa.Column("offence_id", sa.String, primary_key=True),
+    sa.Column("detected_at", TS, nullable=False, index=True),
+    sa.Column("importer", sa.String, index=True),
+    sa.Column("exporter", sa.String, index=True),
+    sa.Column("declarant", sa.String),
+    sa.Column("hs_code", sa.String),
+    sa.Column("taxon", sa.String),
+    sa.Column("appendix", sa.String),
+    sa.Column("country_origin", sa.String),
+    sa.Column("country_export", sa.String),
+    sa.Column("countries_transit", sa.JSON),
+    sa.Column("country_destination", sa.String),
+    sa.Column("office", sa.String),
+    sa.Column("concealment", sa.String),
+    sa.Column("quantity", sa.Float),
+    sa.Column("mass_kg", sa.Float),
+    sa.Column("provider_org", sa.String, nullable=False, index=True),
+    sa.Column("shared_with", sa.JSON, nullable=False),
+    sa.Column("recorded_at", TS, nullable=False),
+)
+
+inspections = sa.Table(
+    "inspections",
+    metadata,
+    sa.Column("declaration_id", sa.String, primary_key=True),
+    sa.Column("inspecting_org", sa.String, primary_key=True),
+    sa.Column("inspected_at", TS, nullable=False, index=True),
+    sa.Column("outcome", sa.String, nullable=False),
+    sa.Column("selected_by", sa.String, nullable=False),
+    sa.Column("finding", sa.String),
+    sa.Column("recorded_at", TS, nullable=False),
+)
+
+profiles = sa.Table(
+    "profiles",
+    metadata,
+    sa.Column("profile_id", sa.String, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("body", sa.JSON, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+    sa.Column("updated_by", sa.String, nullable=False),
+)
+
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("event_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", TS, nullable=False, index=True),
+    sa.Column("actor", sa.String, nullable=False),
+    sa.Column("organisation", sa.String, nullable=False),
+    sa.Column("role", sa.String, nullable=False),
+    sa.Column("action", sa.String, nullable=False, index=True),
+    sa.Column("target", sa.String),
+    sa.Column("detail", sa.JSON),
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("job_id", sa.String, primary_key=True),
+    sa.Column("kind", sa.String, nullable=False),
+    sa.Column("status", sa.String, nullable=False),
+    sa.Column("fingerprint", sa.String, nullable=False, index=True),
+    sa.Column("input_path", sa.String),
+    sa.Column("output_path", sa.String),
+    sa.Column("rows_total", sa.Integer),
+    sa.Column("rows_done", sa.Integer, nullable=False, default=0),
+    sa.Column("rows_rejected", sa.Integer, nullable=False, default=0),
+    sa.Column("params", sa.JSON),
+    sa.Column("organisation", sa.String, nullable=False),
+    sa.Column("created_by", sa.String, nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+    sa.Column("error", sa.String),
+)
+
+# --- version 2 ---------------------------------------------------------------------------
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("key_id", sa.String, primary_key=True),
+    sa.Column("name", sa.String, nullable=False),
+    sa.Column("organisation", sa.String, nullable=False),
+    sa.Column("role", sa.String, nullable=False),
+    sa.Column("key_hash", sa.String, nullable=False, unique=True),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("revoked_at", TS),
+)
+
+watchlist = sa.Table(
+    "watchlist",
+    metadata,
+    sa.Column("entry_id", sa.String, primary_key=True),
+    sa.Column("entity_kind", sa.String, nullable=False),
+    sa.Column("name", sa.String, nullable=False),
+    sa.Column("normalised_name", sa.String, nullable=False, index=True),
+    sa.Column("reason", sa.String, nullable=False),
+    sa.Column("expires_at", TS),
+    sa.Column("added_by", sa.String, nullable=False),
+    sa.Column("added_at", TS, nullable=False),
+)
+
+profile_versions = sa.Table(
+    "profile_versions",
+    metadata,
+    sa.Column("profile_id", sa.String, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("body", sa.JSON, nullable=False),
+    sa.Column("changed_by", sa.String, nullable=False),
+    sa.Column("changed_at", TS, nullable=False),
+    sa.Column("change", sa.JSON),
+)
+
+scores = sa.Table(
+    "scores",
+    metadata,
+    sa.Column("declaration_id", sa.String, primary_key=True),
+    sa.Column("organisation", sa.String, primary_key=True),
+    sa.Column("scored_at", TS, nullable=False),
+    sa.Column("model_version", sa.String),
+    sa.Column("score", sa.Float, nullable=False),
+    sa.Column("lane", sa.String, nullable=False),
+    sa.Column("result", sa.JSON, nullable=False),
+)
+
+_V1 = (schema_info, offences, inspections, profiles, audit_events, jobs)
+_V2 = (api_keys, watchlist, profile_versions, scores)
+
+
+def _append_only_audit(conn: Connection) -> None:
+    """The audit log refuses UPDATE and DELETE at the database, not only in our code."""
+    if conn.dialect.name == "sqlite":
+        for op in ("UPDATE", "DELETE"):
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER IF NOT EXISTS audit_no_{op.lower()} BEFORE {op} ON audit_events "
+                "BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END"
+            )
+    elif conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(
+            "CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger AS $$ "
+            "BEGIN RAISE EXCEPTION 'audit log is append-only'; END; $$ LANGUAGE plpgsql"
+        )
+        conn.exec_driver_sql(
+            "DROP TRIGGER IF EXISTS audit_append_only ON audit_events; "
+            "CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit_events "
+            "FOR EACH ROW EXECUTE FUNCTION audit_append_only()"
+        )
+
+
+def _v1(conn: Connection) -> None:
+    metadata.create_all(conn, tables=list(_V1))
+    _append_only_audit(conn)
+
+
+def _v2(conn: Connection) -> None:
+    metadata.create_all(conn, tables=list(_V2))
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2}
+LATEST = max(MIGRATIONS)

@@ -1,0 +1,217 @@
+"""The main jobs behind the CLI: ingest a source, train a model, score a batch.
+
+Each job takes its settings and store from the caller, reports progress through a
+callback and returns what it measured, so the CLI prints and the API reuses them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from cites_risk.features.contract import D
+from cites_risk.features.pipeline import build_features
+from cites_risk.features.reference import Reference
+from cites_risk.models.evaluation import CAPACITIES, evaluate
+from cites_risk.models.tracking import Tracking, load_model, log_model_run
+from cites_risk.models.training import Split, label_frame, train_and_evaluate
+from cites_risk.profiling.config import Settings
+from cites_risk.profiling.engine import Engine, in_period, labels_for, rank
+from cites_risk.profiling.history_store import DeclarationHistory, history_for
+from cites_risk.profiling.sources import Loaded, load_mapping, load_records, write_rejects
+from cites_risk.profiling.store import Actor, Store
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+def tracking_for(settings: Settings) -> Tracking:
+    return Tracking(
+        tracking_uri=settings.tracking_uri,
+        artifact_root=settings.artifact_root,
+        experiment=settings.experiment,
+        model_name=settings.model_name,
+    )
+
+
+@dataclass
+class IngestResult:
+    loaded: dict[str, Loaded] = field(default_factory=dict)
+    rejects_files: dict[str, Path] = field(default_factory=dict)
+
+
+def ingest(
+    settings: Settings,
+    store: Store,
+    reference: Reference,
+    source: Path,
+    mapping_name: str,
+    actor: Actor,
+    *,
+    rejects_dir: Path | None = None,
+    progress: Progress = _quiet,
+) -> IngestResult:
+    """Load every record type the mapping defines; valid rows go in, rejects to a file."""
+    mapping = load_mapping(mapping_name)
+    result = IngestResult()
+    for record in mapping.records:
+        progress(f"reading {record} records from {source.name}")
+        loaded = load_records(source, mapping, record, reference)
+        result.loaded[record] = loaded
+        if loaded.rejects.height:
+            folder = rejects_dir or settings.output_dir
+            result.rejects_files[record] = write_rejects(
+                loaded.rejects, folder / f"{source.name}.{record}.rejects.csv"
+            )
+        if record == "declaration":
+            DeclarationHistory(settings.history_dir).append(
+                loaded.accepted, f"{mapping.name}-{source.name}"
+            )
+        elif record == "offence":
+            store.offences.add(loaded.accepted)
+        elif record == "inspection":
+            store.inspections.add(loaded.accepted)
+        store.audit.record(
+            actor,
+            f"ingest.{record}",
+            str(source),
+            accepted=loaded.accepted.height,
+            rejected_rows=loaded.rejects.get_column("row").n_unique(),
+        )
+    return result
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    run_id: str
+    version: str | None
+    metrics: dict[str, float]
+    sizes: dict[str, int]
+
+
+def train(
+    settings: Settings,
+    store: Store,
+    reference: Reference,
+    split: Split,
+    actor: Actor,
+    *,
+    mapping_name: str,
+    seed: int = 0,
+    progress: Progress = _quiet,
+) -> TrainOutcome:
+    """Train on the stored history up to ``split.test_from``; evaluate on the test period."""
+    extras = load_mapping(mapping_name).extra_kinds
+    history = history_for(store, DeclarationHistory(settings.history_dir), actor.organisation)
+    progress("building point-in-time features")
+    declarations = history.declarations
+    if split.test_until is not None:
+        declarations = declarations.filter(pl.col(D.DECLARED_AT) < split.test_until)
+    features = build_features(declarations, history, reference, extras).collect()
+    labelled = label_frame(features, store.inspections.all())
+    progress(f"training LightGBM on {labelled.height:,} inspected declarations")
+    result = train_and_evaluate(labelled, split, seed=seed, extras=extras)
+    progress("logging the run and registering the model in MLflow")
+    params: dict[str, Any] = {
+        "seed": seed,
+        "valid_from": split.valid_from.date(),
+        "test_from": split.test_from.date(),
+        "mapping": mapping_name,
+        "organisation": actor.organisation,
+        **{f"size_{k}": v for k, v in result.sizes.items()},
+        **{f"lgb_{k}": v for k, v in result.model.info["params"].items()},
+        "best_iteration": result.model.info["best_iteration"],
+    }
+    run_id, version = log_model_run(
+        tracking_for(settings),
+        result.model,
+        params=params,
+        metrics=result.metrics,
+        example=labelled.head(50),
+        run_name=f"train-{mapping_name}",
+    )
+    store.audit.record(actor, "model.train", version, run_id=run_id, **result.sizes)
+    return TrainOutcome(run_id, version, result.metrics, result.sizes)
+
+
+@dataclass(frozen=True)
+class ScoreOutcome:
+    output: dict[str, Path]
+    rows: int
+    rejected_rows: int
+    metrics: dict[str, float] | None
+    model_version: str
+
+
+def score_file(
+    settings: Settings,
+    store: Store,
+    reference: Reference,
+    source: Path,
+    mapping_name: str,
+    actor: Actor,
+    *,
+    out: Path,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    model_ref: str = "champion",
+    progress: Progress = _quiet,
+) -> ScoreOutcome:
+    """Score a file as a batch: ranked Parquet and CSV with score and reasons."""
+    mapping = load_mapping(mapping_name)
+    progress(f"reading declarations from {source.name}")
+    loaded = load_records(source, mapping, "declaration", reference)
+    if loaded.rejects.height:
+        write_rejects(loaded.rejects, out.with_suffix(".rejects.csv"))
+    declarations = in_period(loaded.accepted, start, end)
+    # Lodged declarations join the history first: consignment siblings see each other.
+    history_files = DeclarationHistory(settings.history_dir)
+    history_files.append(loaded.accepted, f"{mapping.name}-{source.name}")
+    history = history_for(store, history_files, actor.organisation)
+    model, version = load_model(tracking_for(settings), model_ref)
+    engine = Engine(model, version, reference)
+    progress(f"scoring {declarations.height:,} declarations with model v{version}")
+    ranked = rank(engine.score(declarations, history))
+    inspections = store.inspections.all()
+    metrics = None
+    y = labels_for(ranked, inspections)
+    if y.sum() > 0:
+        metrics = evaluate(y, ranked.get_column("score").to_numpy(), capacities=CAPACITIES)
+    columns = [
+        "rank",
+        D.ID,
+        D.DECLARED_AT,
+        D.OFFICE,
+        D.HS,
+        "score",
+        "species_match",
+        "reasons",
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    parquet = out.with_suffix(".parquet")
+    csv = out.with_suffix(".csv")
+    ranked.select(columns).write_parquet(parquet)
+    ranked.select(columns).with_columns(pl.col("reasons").list.join(" | ")).write_csv(csv)
+    store.audit.record(
+        actor,
+        "score.batch",
+        str(source),
+        rows=ranked.height,
+        model_version=version,
+        output=str(parquet),
+    )
+    return ScoreOutcome(
+        {"parquet": parquet, "csv": csv},
+        ranked.height,
+        loaded.rejects.get_column("row").n_unique(),
+        metrics,
+        version,
+    )

@@ -1,0 +1,119 @@
+"""Bad rows are reported (row, field, reason) and never stop or shrink the rest of a batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from cites_risk.features.reference import Reference
+from cites_risk.profiling.sources import InputError, load_mapping, load_records
+
+HEADER = "id,date,office,qty,origin,hs\n"
+GOOD = [
+    "a1,2024-01-02,JFK,10,NG,010690",
+    "a2,2024-01-03T10:00:00Z,JFK,2.5,CN,0508",
+    "a3,2024-01-04,LAX,0,VN,",
+]
+MAPPING = """
+name: test
+records:
+  declaration:
+    declaration_id: id
+    declared_at: date
+    office: office
+    quantity: qty
+    country_origin: origin
+    hs_code: hs
+"""
+
+
+def _load(tmp_path: Path, reference: Reference, rows: list[str], header: str = HEADER):  # type: ignore[no-untyped-def]
+    src = tmp_path / "decl.csv"
+    src.write_text(header + "\n".join(rows) + "\n")
+    mapping_file = tmp_path / "mapping.yaml"
+    mapping_file.write_text(MAPPING)
+    return load_records(src, load_mapping(mapping_file), "declaration", reference)
+
+
+@pytest.mark.parametrize(
+    ("bad_row", "field", "reason"),
+    [
+        ("b1,2024-13-45,JFK,1,NG,0106", "declared_at", "cannot parse a date/time"),
+        ("b1,yesterday,JFK,1,NG,0106", "declared_at", "cannot parse a date/time"),
+        ("b1,2024-01-05,JFK,-3,NG,0106", "quantity", "must not be negative"),
+        ("b1,2024-01-05,JFK,1,QQ,0106", "country_origin", "unknown country code"),
+        ("b1,2024-01-05,JFK,lots,NG,0106", "quantity", "cannot parse a number"),
+        ("b1,2024-01-05,,1,NG,0106", "office", "required value is missing"),
+        ("b1,2024-01-05,JFK,1,NG,01-06x", "hs_code", "not an HS code (2 to 10 digits)"),
+    ],
+)
+def test_bad_row_is_reported_and_valid_rows_survive(
+    tmp_path: Path, reference: Reference, bad_row: str, field: str, reason: str
+) -> None:
+    rows = [*GOOD[:2], bad_row, GOOD[2]]
+    loaded = _load(tmp_path, reference, rows)
+    assert loaded.accepted.get_column("declaration_id").to_list() == ["a1", "a2", "a3"]
+    assert loaded.rejects.rows(named=True) == [
+        {
+            "row": 3,
+            "field": field,
+            "value": bad_row.split(",")[
+                {"declared_at": 1, "quantity": 3, "country_origin": 4, "office": 2, "hs_code": 5}[
+                    field
+                ]
+            ]
+            or None,
+            "reason": reason,
+        }
+    ]
+    assert loaded.rows_read == 4
+
+
+def test_all_problems_of_a_row_are_reported(tmp_path: Path, reference: Reference) -> None:
+    loaded = _load(tmp_path, reference, [*GOOD, "b1,never,JFK,-1,QQ,0106"])
+    assert loaded.accepted.height == 3
+    assert sorted(loaded.rejects.get_column("field").to_list()) == [
+        "country_origin",
+        "declared_at",
+        "quantity",
+    ]
+
+
+def test_duplicate_ids_keep_the_first(tmp_path: Path, reference: Reference) -> None:
+    loaded = _load(tmp_path, reference, [*GOOD, "a1,2024-02-01,JFK,1,NG,0106"])
+    assert loaded.accepted.height == 3
+    assert loaded.rejects.select("row", "reason").rows() == [(4, "duplicate id in batch")]
+
+
+def test_missing_required_column_is_one_clear_error(tmp_path: Path, reference: Reference) -> None:
+    with pytest.raises(InputError, match="lacks column\\(s\\): office"):
+        _load(tmp_path, reference, ["a1,2024-01-02,10,NG,010690"], header="id,date,qty,origin,hs\n")
+
+
+def test_unreadable_file_is_one_clear_error(tmp_path: Path, reference: Reference) -> None:
+    mapping_file = tmp_path / "mapping.yaml"
+    mapping_file.write_text(MAPPING)
+    with pytest.raises(InputError, match="no such file"):
+        load_records(tmp_path / "absent.csv", load_mapping(mapping_file), "declaration", reference)
+
+
+def test_unknown_mapping_names_the_choices() -> None:
+    with pytest.raises(InputError, match="lemis"):
+        load_mapping("no-such-mapping")
+
+
+def test_bad_mapping_file_is_reported(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nrecords:\n  declaration:\n    declaration_id: id\n    colour: c\n")
+    with pytest.raises(InputError, match="no field 'colour'"):
+        load_mapping(bad)
+
+
+def test_accepted_rows_have_contract_dtypes(tmp_path: Path, reference: Reference) -> None:
+    loaded = _load(tmp_path, reference, GOOD)
+    schema = loaded.accepted.schema
+    assert schema["declared_at"] == pl.Datetime("us", "UTC")
+    assert schema["quantity"] == pl.Float64
+    assert loaded.accepted.get_column("hs_code").to_list() == ["010690", "0508", None]

@@ -1,0 +1,86 @@
+"""The command line, as a user runs it: help, clear errors, and the main job end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from cites_risk.profiling.cli.app import app
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CITES_RISK_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CITES_RISK_OUTPUT_DIR", str(tmp_path / "out"))
+    monkeypatch.setenv("CITES_RISK_ORGANISATION", "US-FWS")
+    return tmp_path
+
+
+def test_help_explains_every_command() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("ingest", "train", "score", "serve", "demo"):
+        assert command in result.output
+        sub = runner.invoke(app, [command, "--help"])
+        assert sub.exit_code == 0, sub.output
+        assert len(sub.output.split()) > 20
+
+
+def test_missing_required_column_fails_cleanly(env: Path) -> None:
+    src = env / "bad.csv"
+    src.write_text("control_number,genus\n1,Rana\n")
+    result = runner.invoke(app, ["ingest", str(src), "--mapping", "lemis"])
+    assert result.exit_code == 2
+    assert "lacks column(s)" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unknown_mapping_fails_cleanly(env: Path) -> None:
+    result = runner.invoke(app, ["ingest", str(env / "x.csv"), "--mapping", "nope"])
+    assert result.exit_code == 2 and "no mapping 'nope'" in result.output
+
+
+def test_scoring_without_a_model_says_what_to_do(env: Path) -> None:
+    from cites_risk.profiling.sources import LEMIS_SAMPLE
+
+    result = runner.invoke(app, ["score", str(LEMIS_SAMPLE), "--start", "2021-06-01"])
+    assert result.exit_code == 2
+    assert "train one first" in result.output
+
+
+def test_ingest_train_score_on_lemis(env: Path) -> None:
+    """The demo's main job: real LEMIS sample, real LightGBM, real MLflow store."""
+    result = runner.invoke(app, ["demo"])
+    assert result.exit_code == 0, result.output
+    assert "Inspection capacity" in result.output
+    scored = pl.read_parquet(env / "out" / "scored.parquet")
+    assert scored.height > 4000
+    assert scored.get_column("rank").to_list() == list(range(1, scored.height + 1))
+    assert scored.get_column("score").is_sorted(descending=True)
+    assert scored.get_column("reasons").list.len().max() == 3
+    assert (env / "out" / "scored.csv").exists()
+    rejects = list((env / "out").glob("*.rejects.csv"))
+    assert rejects and pl.read_csv(rejects[0]).columns == ["row", "field", "value", "reason"]
+    # A second run replaces rather than duplicates what it loaded.
+    again = runner.invoke(
+        app,
+        [
+            "ingest",
+            str(
+                Path(__file__).parents[2]
+                / "src/cites_risk/profiling/sample_data/lemis_amphibian_2016_2021.csv.gz"
+            ),
+        ],
+    )
+    assert again.exit_code == 0, again.output
+    from cites_risk.profiling.config import Settings
+    from cites_risk.profiling.store import Store
+
+    store = Store(Settings().store_url)
+    assert store.inspections.count() == 16_366
+    store.close()

@@ -1,0 +1,128 @@
+"""The store: upgrades without losing data, consent on every offence read, append-only audit."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+import sqlalchemy as sa
+
+from cites_risk.features.contract import OFFENCE
+from cites_risk.profiling.store import Actor, Store
+from cites_risk.profiling.store.core import make_engine, upgrade
+from cites_risk.profiling.store.schema import LATEST
+
+ADMIN = Actor("tester", "US-FWS", "admin")
+
+
+def _offences() -> pl.DataFrame:
+    rows = [
+        {
+            "offence_id": "o1",
+            "detected_at": datetime(2020, 1, 1, tzinfo=UTC),
+            "importer": "ACME",
+            "provider_org": "US-FWS",
+            "shared_with": [],
+        },
+        {
+            "offence_id": "o2",
+            "detected_at": datetime(2020, 2, 1, tzinfo=UTC),
+            "importer": "ACME",
+            "provider_org": "KR-KCS",
+            "shared_with": ["US-FWS"],
+        },
+        {
+            "offence_id": "o3",
+            "detected_at": datetime(2020, 3, 1, tzinfo=UTC),
+            "importer": "BETA",
+            "provider_org": "KR-KCS",
+            "shared_with": [],
+        },
+        {
+            "offence_id": "o4",
+            "detected_at": datetime(2020, 4, 1, tzinfo=UTC),
+            "importer": "GAMMA",
+            "provider_org": "WCO",
+            "shared_with": ["*"],
+        },
+    ]
+    return pl.DataFrame(rows).cast({"detected_at": OFFENCE.schema["detected_at"]})
+
+
+def test_upgrade_from_version_1_keeps_rows(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    assert upgrade(engine, target=1) == 1
+    engine.dispose()
+    # Write data with only version 1's tables present.
+    old = Store.__new__(Store)
+    from cites_risk.profiling.store import Database, OffenceRepository
+
+    db = Database.__new__(Database)
+    db.url, db.engine, db.version = url, make_engine(url), 1
+    old.db = db
+    OffenceRepository(db).add(_offences())
+    db.dispose()
+    upgraded = Store(url)
+    assert upgraded.version == LATEST
+    assert upgraded.offences.count() == 4
+    with upgraded.db.begin() as conn:
+        assert sa.inspect(conn).has_table("api_keys")
+    upgraded.close()
+
+
+def test_newer_store_than_engine_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    s = Store(url)
+    with s.db.begin() as conn:
+        conn.exec_driver_sql(f"UPDATE schema_info SET version = {LATEST + 1}")
+    s.close()
+    from cites_risk.profiling.store import StoreError
+
+    with pytest.raises(StoreError, match="newer than this engine"):
+        Store(url)
+
+
+def test_offences_are_filtered_by_consent(store: Store) -> None:
+    store.offences.add(_offences())
+    assert sorted(store.offences.visible_to("US-FWS")["offence_id"]) == ["o1", "o2", "o4"]
+    assert sorted(store.offences.visible_to("KR-KCS")["offence_id"]) == ["o2", "o3", "o4"]
+    assert sorted(store.offences.visible_to("NL-CUSTOMS")["offence_id"]) == ["o4"]
+    assert store.offences.get("o3", "US-FWS") is None
+    assert store.offences.get("o3", "KR-KCS") is not None
+
+
+def test_only_the_provider_changes_consent(store: Store) -> None:
+    store.offences.add(_offences())
+    assert not store.offences.set_consent("o3", "US-FWS", ["US-FWS"])
+    assert store.offences.get("o3", "US-FWS") is None
+    assert store.offences.set_consent("o3", "KR-KCS", ["US-FWS"])
+    assert store.offences.get("o3", "US-FWS") is not None
+
+
+def test_rerun_does_not_duplicate(store: Store) -> None:
+    store.offences.add(_offences())
+    store.offences.add(_offences())
+    assert store.offences.count() == 4
+
+
+def test_audit_is_append_only(store: Store) -> None:
+    store.audit.record(ADMIN, "offence.read", "o1", reason="test")
+    events = store.audit.query()
+    assert events[0]["action"] == "offence.read" and events[0]["detail"] == {"reason": "test"}
+    with pytest.raises(sa.exc.DatabaseError, match="append-only"), store.db.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM audit_events")
+    with pytest.raises(sa.exc.DatabaseError, match="append-only"), store.db.begin() as conn:
+        conn.exec_driver_sql("UPDATE audit_events SET actor = 'someone else'")
+    assert len(store.audit.query()) == 1
+
+
+def test_jobs_are_found_by_fingerprint(store: Store) -> None:
+    job = store.jobs.create("score", "abc", organisation="US-FWS", created_by="t")
+    assert store.jobs.find("score", "abc", "US-FWS") == job
+    assert store.jobs.find("score", "abc", "KR-KCS") is None
+    store.jobs.update(job.job_id, status="failed", error="boom")
+    assert store.jobs.find("score", "abc", "US-FWS") is None
+    assert [j.job_id for j in store.jobs.unfinished()] == []
