@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from cites_risk.features.reference import Reference, load_reference
+from cites_risk.models.risk_model import RiskModel
 from cites_risk.profiling.config import Settings
 from cites_risk.profiling.store import Store
+
+
+@dataclass(frozen=True)
+class LemisData:
+    declarations: pl.DataFrame
+    inspections: pl.DataFrame
+    extras: dict[str, str]
+
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -36,3 +47,45 @@ def shared(path: str) -> Path:
     if not p.exists():
         pytest.skip(f"{p} not available")
     return p
+
+
+@pytest.fixture(scope="session")
+def lemis() -> LemisData:
+    """The bundled LEMIS sample as contract frames (declarations, inspections)."""
+    from cites_risk.profiling.sources import LEMIS_SAMPLE, load_mapping, load_records
+
+    ref = load_reference()
+    mapping = load_mapping("lemis")
+    decl = load_records(LEMIS_SAMPLE, mapping, "declaration", ref).accepted
+    insp = load_records(LEMIS_SAMPLE, mapping, "inspection", ref).accepted
+    return LemisData(decl, insp, mapping.extra_kinds)
+
+
+@pytest.fixture(scope="session")
+def lemis_model(lemis: LemisData) -> RiskModel:
+    """A real LightGBM risk model trained on LEMIS 2016-2019 (fast settings)."""
+    from datetime import UTC, datetime
+
+    from cites_risk.features.contract import OFFENCE
+    from cites_risk.features.history import History
+    from cites_risk.features.pipeline import build_features
+    from cites_risk.models.training import Split, label_frame, train_and_evaluate
+
+    history = History(
+        lemis.declarations.lazy(),
+        pl.DataFrame(schema=OFFENCE.schema).lazy(),
+        lemis.inspections.lazy(),
+    )
+    features = build_features(
+        lemis.declarations.lazy(), history, load_reference(), lemis.extras
+    ).collect()
+    labelled = label_frame(features, lemis.inspections)
+    split = Split(datetime(2019, 1, 1, tzinfo=UTC), datetime(2020, 1, 1, tzinfo=UTC))
+    result = train_and_evaluate(
+        labelled,
+        split,
+        extras=lemis.extras,
+        refit=False,
+        params={"learning_rate": 0.1, "num_leaves": 15},
+    )
+    return result.model

@@ -1,0 +1,172 @@
+"""Streaming batch scoring: files larger than memory, bounded memory, resumable.
+
+Two passes over the source, both in fixed chunks of ``chunk_rows`` source rows:
+
+1. *lodge*: each chunk's valid declarations are appended to the declaration history (so that
+   consignment siblings and earlier lines are visible to every row, wherever its chunk);
+2. *score*: each chunk is scored against the full history and written as
+   ``part-NNNNN.parquet``.
+
+Chunk k always holds source rows ``k * chunk_rows + 1 .. (k + 1) * chunk_rows``, and a part
+is written under a temporary name and renamed when complete. A rerun after a crash
+therefore skips the parts that exist and never writes a row twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from cites_risk.features.adapters import SourceMapping
+from cites_risk.features.contract import DECLARATION, D
+from cites_risk.features.history import History
+from cites_risk.features.reference import Reference
+from cites_risk.features.validation import REJECT_SCHEMA, validate
+from cites_risk.profiling.config import Settings
+from cites_risk.profiling.engine import REASONS, SCORE, SPECIES, Engine
+from cites_risk.profiling.history_store import DeclarationHistory, history_for
+from cites_risk.profiling.sources import country_lookup, read_source, vocabulary, write_rejects
+from cites_risk.profiling.store import Actor, Store
+
+Progress = Callable[[int, int | None], None]
+OUTPUT_COLUMNS = (
+    D.ID,
+    D.CONSIGNMENT,
+    D.DECLARED_AT,
+    D.OFFICE,
+    D.HS,
+    D.IMPORTER,
+    D.EXPORTER,
+    D.ORIGIN,
+    SCORE,
+    SPECIES,
+    REASONS,
+    "top_features",
+    "sp_appendix",
+    "sp_taxon",
+)
+_LODGED = "_lodged.json"
+
+
+@dataclass
+class BatchResult:
+    out_dir: Path
+    parts: list[Path] = field(default_factory=list)
+    rows_read: int = 0
+    rows_scored: int = 0
+    rows_rejected: int = 0
+    rejects_path: Path | None = None
+
+
+def source_chunks(
+    source: Path, mapping: SourceMapping, chunk_rows: int
+) -> Iterator[tuple[int, pl.DataFrame]]:
+    """(chunk index, raw rows) in fixed row ranges, streamed from the source."""
+    raw = read_source(source, mapping)
+    buffer: list[pl.DataFrame] = []
+    buffered = 0
+    index = 0
+    for batch in raw.collect_batches(chunk_size=min(chunk_rows, 100_000), maintain_order=True):
+        buffer.append(batch)
+        buffered += batch.height
+        while buffered >= chunk_rows:
+            joined = pl.concat(buffer)
+            yield index, joined.head(chunk_rows)
+            rest = joined.slice(chunk_rows)
+            buffer, buffered = [rest], rest.height
+            index += 1
+    if buffered:
+        yield index, pl.concat(buffer)
+
+
+def _validated(
+    chunk: pl.DataFrame, mapping: SourceMapping, reference: Reference
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    mapped = mapping.apply(chunk.lazy(), DECLARATION, {"country_name": country_lookup(reference)})
+    formats = {f: mapping.time_format("declaration", f) for f in DECLARATION.names}
+    checked = validate(mapped, DECLARATION, vocabulary(reference), formats, mapping.extra_kinds)
+    accepted, rejects = pl.collect_all([checked.accepted, checked.rejects])
+    return accepted, rejects
+
+
+def _atomic_parquet(frame: pl.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.write_parquet(tmp)
+    tmp.replace(path)
+
+
+def score_stream(
+    settings: Settings,
+    store: Store,
+    reference: Reference,
+    engine: Engine,
+    source: Path,
+    mapping: SourceMapping,
+    actor: Actor,
+    out_dir: Path,
+    *,
+    chunk_rows: int = 200_000,
+    progress: Progress | None = None,
+) -> BatchResult:
+    """Score ``source`` into ``out_dir/part-*.parquet``; rerunning resumes where it stopped."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rejects_dir = out_dir / "_rejects"
+    rejects_dir.mkdir(exist_ok=True)
+    history_files = DeclarationHistory(settings.history_dir)
+    batch_name = f"{mapping.name}-{out_dir.name}"
+    result = BatchResult(out_dir)
+
+    marker = out_dir / _LODGED
+    if marker.exists():
+        total = int(json.loads(marker.read_text())["rows"])
+    else:
+        total = 0
+        for k, chunk in source_chunks(source, mapping, chunk_rows):
+            accepted, rejects = _validated(chunk, mapping, reference)
+            history_files.append(accepted, f"{batch_name}-{k:05d}")
+            _atomic_parquet(rejects, rejects_dir / f"part-{k:05d}.parquet")
+            total += chunk.height
+        marker.write_text(json.dumps({"rows": total, "source": str(source)}))
+    result.rows_read = total
+
+    history = history_for(store, history_files, actor.organisation)
+    done = 0
+    for k, chunk in source_chunks(source, mapping, chunk_rows):
+        part = out_dir / f"part-{k:05d}.parquet"
+        if not part.exists():
+            accepted, _ = _validated(chunk, mapping, reference)
+            scored = _score_chunk(engine, accepted, history)
+            _atomic_parquet(scored, part)
+        result.parts.append(part)
+        done += chunk.height
+        if progress:
+            progress(done, total)
+
+    rejects = pl.concat(
+        [pl.read_parquet(p) for p in sorted(rejects_dir.glob("part-*.parquet"))]
+        or [pl.DataFrame(schema=REJECT_SCHEMA)]
+    ).sort("row")
+    result.rows_rejected = rejects.get_column("row").n_unique()
+    if rejects.height:
+        result.rejects_path = write_rejects(rejects, out_dir / "rejects.csv")
+    result.rows_scored = sum(
+        pl.scan_parquet(p).select(pl.len()).collect().item() for p in result.parts
+    )
+    return result
+
+
+def _score_chunk(engine: Engine, declarations: pl.DataFrame, history: History) -> pl.DataFrame:
+    if declarations.height == 0:
+        return pl.DataFrame()
+    scored = engine.score(declarations, history)
+    return scored.select(c for c in OUTPUT_COLUMNS if c in scored.columns)
+
+
+def read_parts(out_dir: Path) -> pl.LazyFrame:
+    """All scored parts of a batch as one lazy frame."""
+    parts = sorted(out_dir.glob("part-*.parquet"))
+    return pl.scan_parquet(parts) if parts else pl.LazyFrame()
