@@ -165,6 +165,23 @@ PASSTHROUGH: dict[str, pl.DataType] = {
 FEATURE_SCHEMA = pl.Schema({**PASSTHROUGH, **{c: pl.String() for c in CATEGORICAL}, **NUMERIC})
 MODEL_COLUMNS: tuple[str, ...] = (*CATEGORICAL, *NUMERIC)
 
+#: Columns that may be null, and why: everything else always has a value.
+NULLABLE: frozenset[str] = frozenset(
+    {
+        # optional declaration fields, passed through or used as categories
+        D.HS, D.IMPORTER, D.EXPORTER, D.TRANSPORT, D.ORIGIN, D.EXPORT, D.PURPOSE, D.SOURCE,
+        D.UNIT, "hs_chapter", "hs_heading",
+        # no species matched
+        "sp_taxon", "sp_taxon_id", "sp_genus", "sp_family", "sp_class",
+        # no listed species, no origin or no range known
+        "sp_origin_in_range",
+        # quantity, mass or value not declared (or zero where it divides)
+        "log_quantity", "log_mass_kg", "log_value", "log_unit_value", "log_value_per_kg",
+        # no earlier offence
+        *(f"{k.name}_days_since_offence" for k in HISTORY_KEYS),
+    }
+)
+
 
 def feature_schema(extras: dict[str, str] | None = None) -> pl.Schema:
     """The declared output schema, with an administration's extra columns appended."""
@@ -299,9 +316,14 @@ def _commodity(frame: pl.LazyFrame, reference: Reference) -> pl.LazyFrame:
 
 
 def _route_value_permits(frame: pl.LazyFrame, reference: Reference) -> pl.LazyFrame:
-    purposes = list(reference.codes("purpose"))
-    sources = list(reference.codes("source"))
-    units = list(reference.codes("unit"))
+    def codes(field: str) -> list[str]:
+        # Read the table directly: an empty or broken code list must not stop scoring.
+        table = reference.cites_codes
+        if "field" not in table.columns or "code" not in table.columns:
+            return []
+        return table.filter(pl.col("field") == field).get_column("code").to_list()
+
+    purposes, sources, units = codes("purpose"), codes("source"), codes("unit")
     qty = pl.col(D.QUANTITY)
     mass = pl.col(D.MASS)
     value = pl.col(D.VALUE)

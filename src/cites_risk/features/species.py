@@ -80,6 +80,7 @@ class SpeciesMatcher:
         for t, g in listed_genera.select("taxon_id", "genus").iter_rows():
             if g:
                 self.higher.setdefault(normalise_name(g), (t, "genus"))
+        self.rank: dict[int, str] = dict(species.select("taxon_id", "rank").iter_rows())
         self.scientific = sorted(
             n for n, (_, k) in self.by_name.items() if k in ("scientific", "synonym")
         )
@@ -94,6 +95,10 @@ class SpeciesMatcher:
             candidate = " ".join(words[:n])
             if candidate in self.by_name:
                 taxon_id, kind = self.by_name[candidate]
+                # A listing of a whole genus or family says less about the specimen.
+                level = self.rank.get(taxon_id, "SPECIES").lower()
+                if level in CONFIDENCE:
+                    return Match(taxon_id, level, CONFIDENCE[level])
                 return Match(taxon_id, kind, CONFIDENCE[kind])
         if len(words) >= 2:
             best = process.extractOne(

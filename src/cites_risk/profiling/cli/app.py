@@ -24,6 +24,7 @@ from cites_risk.models.evaluation import CAPACITIES
 from cites_risk.models.training import Split
 from cites_risk.profiling import workflows
 from cites_risk.profiling.cli.context import console, fail, open_context
+from cites_risk.profiling.cli.synth_cmd import synth
 from cites_risk.profiling.sources import LEMIS_SAMPLE, InputError, available_mappings
 
 app = typer.Typer(
@@ -258,6 +259,9 @@ def demo(
         model="champion",
     )
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s")
+
+
+app.command()(synth)
 
 
 def main() -> None:
