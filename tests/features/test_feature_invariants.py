@@ -277,6 +277,7 @@ def test_unknown_codes_and_empty_reference_give_defined_values() -> None:
         ("Manis javanica", None, "Manis javanica", 1, "scientific"),
         ("Manis javanca", None, "Manis javanica", 1, "fuzzy"),  # misspelt
         ("Mantella sp.", None, "Mantella", 2, "genus"),
+        ("Dendrobates sp.", None, "Dendrobates", 2, "genus"),
         (None, "dried scales of sunda pangolin", "Manis javanica", 1, "description"),
         (
             "Non-CITES entry",
@@ -307,3 +308,37 @@ def test_species_matching(
     )
     if via == "description" and taxon:
         assert row["sp_misdeclared"] is True
+
+
+@pytest.mark.parametrize("taxon", ["Salamandra salamandra", "Rana catesbeiana", "Hymenochirus sp."])
+def test_unlisted_species_are_not_matched_to_relatives(taxon: str) -> None:
+    rows = [{D.ID: "s", D.DECLARED_AT: START, D.OFFICE: "JFK", D.TAXON: taxon}]
+    row = _features(_frame(rows, DECLARATION.schema), History.empty()).row(0, named=True)
+    assert row["sp_listed"] is False and row["sp_appendix"] == 0
+
+
+@pytest.mark.parametrize(
+    ("taxon", "description", "listed", "misdeclared"),
+    [
+        ("Ambystoma tigrinum", "SALAMANDER TIGER SPE", False, False),  # not Panthera tigris
+        ("Rana pipiens", "FROG NORTHERN LEOPARD BOD", False, False),
+        ("Hylomantis lemur", "FROG LEMUR LEAF LIV", False, False),
+        ("Mantella baroni", "MANTELLA BARON'S LIV", True, False),  # same genus: consistent
+        (None, "tiger skin rug", True, True),  # one word, no other kind named: a real match
+        ("Rana catesbeiana", "frozen frog legs with sunda pangolin scales", True, True),
+    ],
+)
+def test_description_words_that_qualify_another_animal(
+    taxon: str | None, description: str, listed: bool, misdeclared: bool
+) -> None:
+    rows = [
+        {
+            D.ID: "s",
+            D.DECLARED_AT: START,
+            D.OFFICE: "JFK",
+            D.TAXON: taxon,
+            D.DESCRIPTION: description,
+        }
+    ]
+    row = _features(_frame(rows, DECLARATION.schema), History.empty()).row(0, named=True)
+    assert (row["sp_listed"], row["sp_misdeclared"]) == (listed, misdeclared)

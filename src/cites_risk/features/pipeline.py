@@ -25,15 +25,17 @@ from cites_risk.features.history import (
     prior_totals,
     smoothed_rate,
 )
-from cites_risk.features.reference import Reference, normalise_name_expr
+from cites_risk.features.reference import Reference
 from cites_risk.features.species import APPENDIX_RANK, match_column
 
 FEATURE_SET = "cites-core"
-FEATURE_VERSION = "1"
+FEATURE_VERSION = "2"
 #: Pseudo-count of the smoothed rates: a key needs about this many observations to move
 #: its rate halfway from the overall rate to its own.
 SMOOTHING = 20.0
 DEFAULT_HIT_RATE = 0.03
+#: A description must name a species this clearly before it can contradict the declaration.
+MISDECLARED_MIN_CONFIDENCE = 0.7
 
 
 @dataclass(frozen=True)
@@ -45,12 +47,22 @@ class HistoryKey:
     offence: pl.Expr | None
 
 
+def _key_text(expr: pl.Expr) -> pl.Expr:
+    """A grouping key for free text: case and punctuation folded, pure polars (fast).
+
+    Species matching uses the full ASCII-folding normaliser; a history key only has to be
+    the same for the same wording in declarations and offence records.
+    """
+    text = expr.str.to_lowercase().str.replace_all(r"[^\p{L}\p{N}]+", " ").str.strip_chars()
+    return pl.when(text.str.len_chars() > 0).then(text)
+
+
 def _genus(expr: pl.Expr) -> pl.Expr:
-    return normalise_name_expr(expr).str.split(" ").list.first()
+    return _key_text(expr).str.split(" ").list.first()
 
 
 def _first_word(expr: pl.Expr) -> pl.Expr:
-    return normalise_name_expr(expr).str.split(" ").list.first()
+    return _key_text(expr).str.split(" ").list.first()
 
 
 def _route(origin: pl.Expr, destination: pl.Expr) -> pl.Expr:
@@ -66,10 +78,10 @@ HISTORY_KEYS: tuple[HistoryKey, ...] = (
     HistoryKey("export", pl.col(D.EXPORT), pl.col(O.EXPORT)),
     HistoryKey("hs4", pl.col(D.HS).str.slice(0, 4), pl.col(O.HS).str.slice(0, 4)),
     HistoryKey("genus", _genus(pl.col(D.TAXON)), _genus(pl.col(O.TAXON))),
-    HistoryKey("taxon", normalise_name_expr(pl.col(D.TAXON)), normalise_name_expr(pl.col(O.TAXON))),
+    HistoryKey("taxon", _key_text(pl.col(D.TAXON)), _key_text(pl.col(O.TAXON))),
     # What the goods are called drives outcomes where no taxon is given (generic names,
     # banned groups such as salamanders): the exact wording and its first word.
-    HistoryKey("goods", normalise_name_expr(pl.col(D.DESCRIPTION)), None),
+    HistoryKey("goods", _key_text(pl.col(D.DESCRIPTION)), None),
     HistoryKey("goods_word", _first_word(pl.col(D.DESCRIPTION)), None),
     HistoryKey(
         "route",
@@ -118,8 +130,20 @@ def _history_columns() -> dict[str, pl.DataType]:
     cols["importer_partner_offences"] = pl.Float64()
     cols["exporter_partner_offences"] = pl.Float64()
     cols["consignment_lines"] = pl.Float64()
+    cols.update(CONSIGNMENT_MIX)
     return cols
 
+
+#: What the other lines lodged in the same consignment at the same instant look like.
+CONSIGNMENT_MIX: dict[str, pl.DataType] = {
+    "consignment_genera": pl.Float64(),
+    "consignment_commodities": pl.Float64(),
+    "consignment_wild_share": pl.Float64(),
+    "consignment_genus_only_share": pl.Float64(),
+    "consignment_log_value": pl.Float64(),
+    "consignment_log_quantity": pl.Float64(),
+}
+GENUS_ONLY_WORDS = ("sp", "spp", "sp.", "spp.")
 
 NUMERIC: dict[str, pl.DataType] = {
     "sp_appendix": pl.Int8(),
@@ -146,6 +170,7 @@ NUMERIC: dict[str, pl.DataType] = {
     "listed_without_permit": pl.Boolean(),
     "wild_source": pl.Boolean(),
     "commercial_purpose": pl.Boolean(),
+    "taxon_genus_only": pl.Boolean(),
     "day_of_week": pl.Int8(),
     "month": pl.Int8(),
     **_history_columns(),
@@ -169,14 +194,31 @@ MODEL_COLUMNS: tuple[str, ...] = (*CATEGORICAL, *NUMERIC)
 NULLABLE: frozenset[str] = frozenset(
     {
         # optional declaration fields, passed through or used as categories
-        D.HS, D.IMPORTER, D.EXPORTER, D.TRANSPORT, D.ORIGIN, D.EXPORT, D.PURPOSE, D.SOURCE,
-        D.UNIT, "hs_chapter", "hs_heading",
+        D.HS,
+        D.IMPORTER,
+        D.EXPORTER,
+        D.TRANSPORT,
+        D.ORIGIN,
+        D.EXPORT,
+        D.PURPOSE,
+        D.SOURCE,
+        D.UNIT,
+        "hs_chapter",
+        "hs_heading",
         # no species matched
-        "sp_taxon", "sp_taxon_id", "sp_genus", "sp_family", "sp_class",
+        "sp_taxon",
+        "sp_taxon_id",
+        "sp_genus",
+        "sp_family",
+        "sp_class",
         # no listed species, no origin or no range known
         "sp_origin_in_range",
         # quantity, mass or value not declared (or zero where it divides)
-        "log_quantity", "log_mass_kg", "log_value", "log_unit_value", "log_value_per_kg",
+        "log_quantity",
+        "log_mass_kg",
+        "log_value",
+        "log_unit_value",
+        "log_value_per_kg",
         # no earlier offence
         *(f"{k.name}_days_since_offence" for k in HISTORY_KEYS),
     }
@@ -189,7 +231,22 @@ def feature_schema(extras: dict[str, str] | None = None) -> pl.Schema:
         name: (pl.Float64() if kind == "number" else pl.String())
         for name, kind in (extras or {}).items()
     }
-    return pl.Schema({**FEATURE_SCHEMA, **extra})
+    # Categorical extras are history keys too: their earlier inspections and hit rate.
+    extra_history = {
+        f"{name}_{stat}": pl.Float64()
+        for name in extra_history_keys(extras)
+        for stat in EXTRA_HISTORY_STATS
+    }
+    return pl.Schema({**FEATURE_SCHEMA, **extra, **extra_history})
+
+
+#: What is tracked for an administration's categorical extras (no offence records name them).
+EXTRA_HISTORY_STATS = ("inspected", "hit_rate")
+
+
+def extra_history_keys(extras: dict[str, str] | None) -> list[str]:
+    """The categorical extras whose history (inspections, hit rate) becomes features."""
+    return [name for name, kind in (extras or {}).items() if kind != "number"]
 
 
 def build_features(
@@ -206,7 +263,7 @@ def build_features(
     frame = _species(base, reference)
     frame = _commodity(frame, reference)
     frame = _route_value_permits(frame, reference)
-    frame = _join_history(frame, base, history)
+    frame = _join_history(frame, base, history, extra_history_keys(extras))
     schema = feature_schema(extras)
     return frame.sort(IDX).select(
         pl.col(name).cast(dtype).alias(name) for name, dtype in schema.items()
@@ -247,12 +304,16 @@ def _species(base: pl.LazyFrame, reference: Reference) -> pl.LazyFrame:
         pl.coalesce("__t_via", "__d_via").fill_null("none").alias("sp_match_via"),
         pl.coalesce("__t_conf", "__d_conf").fill_null(0.0).alias("sp_match_score"),
     ).join(species, on="taxon_id", how="left")
-    described_app = frame.select(IDX, "__d_id").join(
-        species.select(pl.col("taxon_id").alias("__d_id"), pl.col("__app").alias("__d_app")),
+    described = frame.select(IDX, "__d_id").join(
+        species.select(
+            pl.col("taxon_id").alias("__d_id"),
+            pl.col("__app").alias("__d_app"),
+            pl.col("sp_taxon").alias("__d_genus"),
+        ),
         on="__d_id",
         how="left",
     )
-    frame = frame.join(described_app.select(IDX, "__d_app"), on=IDX, how="left")
+    frame = frame.join(described.select(IDX, "__d_app", "__d_genus"), on=IDX, how="left")
     listed = pl.col("__app").is_not_null()
     return frame.with_columns(
         pl.col("taxon_id").alias("sp_taxon_id"),
@@ -260,10 +321,18 @@ def _species(base: pl.LazyFrame, reference: Reference) -> pl.LazyFrame:
         listed.alias("sp_listed"),
         # The description names a listed species the declared taxon does not: either the
         # taxon was left out or it names something else (a look-alike, a generic name).
+        # The description names a listed species of another genus than the declared taxon
+        # (or no taxon was declared): a look-alike, a generic name, or a false declaration.
         (
             pl.col("__d_app").is_not_null()
-            & (pl.col("__t_id").is_null() | (pl.col("__t_id") != pl.col("__d_id")))
-        ).alias("sp_misdeclared"),
+            & (pl.col("__d_conf") >= MISDECLARED_MIN_CONFIDENCE)
+            & (
+                _genus(pl.col(D.TAXON)).is_null()
+                | (_genus(pl.col(D.TAXON)) != _genus(pl.col("__d_genus")))
+            )
+        )
+        .fill_null(False)
+        .alias("sp_misdeclared"),
         pl.when(listed & pl.col(D.ORIGIN).is_not_null() & pl.col("__range").list.len().gt(0))
         .then(pl.col("__range").list.contains(pl.col(D.ORIGIN)))
         .alias("sp_origin_in_range"),
@@ -353,6 +422,7 @@ def _route_value_permits(frame: pl.LazyFrame, reference: Reference) -> pl.LazyFr
         (listed & pl.col(D.PERMIT).is_null()).fill_null(False).alias("listed_without_permit"),
         (pl.col(D.SOURCE) == "W").fill_null(False).alias("wild_source"),
         (pl.col(D.PURPOSE) == "T").fill_null(False).alias("commercial_purpose"),
+        _genus_only(pl.col(D.TAXON)).alias("taxon_genus_only"),
         pl.col(D.DECLARED_AT).dt.weekday().cast(pl.Int8).alias("day_of_week"),
         pl.col(D.DECLARED_AT).dt.month().cast(pl.Int8).alias("month"),
     )
@@ -542,14 +612,92 @@ def _consignment(targets: pl.LazyFrame, history: History) -> pl.LazyFrame:
     )
 
 
-def _join_history(frame: pl.LazyFrame, base: pl.LazyFrame, history: History) -> pl.LazyFrame:
+def _genus_only(taxon: pl.Expr) -> pl.Expr:
+    """The declared taxon names a genus only ("Atelopus sp.", "Atelopus"): identity unsure."""
+    words = taxon.str.strip_chars().str.to_lowercase().str.split(" ")
+    return (
+        (words.list.len() == 1) | words.list.get(1, null_on_oob=True).is_in(GENUS_ONLY_WORDS)
+    ).fill_null(False)
+
+
+def _line_traits(frame: pl.LazyFrame) -> list[pl.Expr]:
+    return [
+        _genus(pl.col(D.TAXON)).alias("__genus"),
+        pl.col(D.HS).alias("__hs"),
+        (pl.col(D.SOURCE) == "W").fill_null(False).cast(pl.Float64).alias("__wild"),
+        _genus_only(pl.col(D.TAXON)).cast(pl.Float64).alias("__gonly"),
+        pl.col(D.VALUE).fill_nan(None).alias("__value"),
+        pl.col(D.QUANTITY).fill_nan(None).alias("__qty"),
+    ]
+
+
+def _consignment_mix(targets: pl.LazyFrame, history: History) -> pl.LazyFrame:
+    """Aggregates over the lines of the consignment lodged at the declaration's instant.
+
+    The declaration counts once whether or not it is in the history already; lines lodged
+    at other instants (earlier or later) are not looked at. Without a consignment id the
+    declaration is its own consignment.
+    """
+    traits = ["__genus", "__hs", "__wild", "__gonly", "__value", "__qty"]
+    own = targets.select(IDX, *_line_traits(targets))
+    siblings = (
+        targets.select(
+            IDX,
+            pl.col(D.ID).alias("__sid"),
+            pl.col(D.CONSIGNMENT).alias(KEY),
+            pl.col(TIME).cast(TIMESTAMP),
+        )
+        .filter(pl.col(KEY).is_not_null())
+        .join(
+            history.declarations.select(
+                pl.col(D.CONSIGNMENT).alias(KEY),
+                pl.col(D.DECLARED_AT).cast(TIMESTAMP).alias(TIME),
+                pl.col(D.ID).alias("__hid"),
+                *_line_traits(history.declarations),
+            ),
+            on=[KEY, TIME],
+            how="inner",
+        )
+        .filter(pl.col("__hid") != pl.col("__sid"))
+        .select(IDX, *traits)
+    )
+    lines = pl.concat([own, siblings], how="vertical")
+    return lines.group_by(IDX).agg(
+        pl.col("__genus").drop_nulls().n_unique().cast(pl.Float64).alias("consignment_genera"),
+        pl.col("__hs").drop_nulls().n_unique().cast(pl.Float64).alias("consignment_commodities"),
+        pl.col("__wild").mean().alias("consignment_wild_share"),
+        pl.col("__gonly").mean().alias("consignment_genus_only_share"),
+        log1p(pl.col("__value").clip(lower_bound=0).sum()).alias("consignment_log_value"),
+        log1p(pl.col("__qty").clip(lower_bound=0).sum()).alias("consignment_log_quantity"),
+    )
+
+
+def _join_history(
+    frame: pl.LazyFrame, base: pl.LazyFrame, history: History, extra_keys: list[str]
+) -> pl.LazyFrame:
     targets = base.with_columns(pl.col(D.DECLARED_AT).alias(TIME))
     prior = _global_hit_rate(targets.select(IDX, TIME), history)
     for key in HISTORY_KEYS:
         frame = frame.join(_key_features(targets, history, key, prior), on=IDX, how="left")
+    in_history = set(history.declarations.collect_schema().names())
+    for name in extra_keys:
+        stats = [f"{name}_{stat}" for stat in EXTRA_HISTORY_STATS]
+        if name not in in_history:
+            # No history of this column yet: nothing inspected, the overall rate.
+            frame = (
+                frame.join(prior, on=IDX, how="left")
+                .with_columns(pl.lit(0.0).alias(stats[0]), pl.col("__prior_rate").alias(stats[1]))
+                .drop("__prior_rate")
+            )
+            continue
+        key = HistoryKey(name, pl.col(name).cast(pl.String), None)
+        frame = frame.join(
+            _key_features(targets, history, key, prior).select(IDX, *stats), on=IDX, how="left"
+        )
     frame = frame.join(_transit(targets, history), on=IDX, how="left")
     frame = frame.join(_partner_offences(targets, history), on=IDX, how="left")
     frame = frame.join(_consignment(targets, history), on=IDX, how="left")
+    frame = frame.join(_consignment_mix(targets, history), on=IDX, how="left")
     return frame.with_columns(
         pl.col("transit_offences_max").fill_null(0.0),
         pl.col("importer_partner_offences").fill_null(0.0),

@@ -26,6 +26,7 @@ CONFIDENCE = {
     "family": 0.6,
 }
 FUZZY_CUTOFF = 90.0
+EPITHET_CUTOFF = 80.0
 MATCH_SCHEMA = pl.Schema(
     {
         "text": pl.String,
@@ -35,6 +36,55 @@ MATCH_SCHEMA = pl.Schema(
     }
 )
 _NOT_A_TAXON = re.compile(r"\b(non cites|non-cites|unknown|unidentified|not listed)\b")
+#: Words that say what kind of organism the goods are. Where a description has one, a single
+#: other word is a modifier of it ("tiger salamander"), not the name of a listed species.
+KIND_NOUNS = frozenset(
+    {
+        "frog",
+        "toad",
+        "salamander",
+        "newt",
+        "axolotl",
+        "caecilian",
+        "fish",
+        "eel",
+        "shark",
+        "ray",
+        "bird",
+        "parrot",
+        "finch",
+        "snake",
+        "lizard",
+        "gecko",
+        "iguana",
+        "chameleon",
+        "skink",
+        "monitor",
+        "turtle",
+        "tortoise",
+        "crocodile",
+        "caiman",
+        "alligator",
+        "spider",
+        "tarantula",
+        "scorpion",
+        "beetle",
+        "butterfly",
+        "insect",
+        "snail",
+        "clam",
+        "coral",
+        "shell",
+        "orchid",
+        "cactus",
+        "cacti",
+        "palm",
+        "fern",
+        "tree",
+        "plant",
+        "seed",
+    }
+)
 _PLACEHOLDER_EPITHETS = {"sp", "spp", "na", "species", "hybrid", "x"}
 
 
@@ -69,8 +119,10 @@ class SpeciesMatcher:
             normalise_name(n): (t, r.lower())
             for t, n, r in higher.select("taxon_id", "full_name", "rank").iter_rows()
         }
-        # A genus with listed species but no genus-level listing still deserves a
-        # "genus of listed species" match: "Mantella sp." is almost certainly CITES II.
+        # A genus with listed species but no genus-level listing still deserves a match when
+        # no species is named: "Dendrobates sp." may well be listed. A named species of that
+        # genus that is not itself listed ("Salamandra salamandra") is not.
+        self.listed_genera: dict[str, tuple[int, str]] = {}
         listed_genera = (
             species.filter(pl.col("rank") == "SPECIES", pl.col("appendix").is_not_null())
             .join(rank, on="taxon_id")
@@ -79,7 +131,7 @@ class SpeciesMatcher:
         )
         for t, g in listed_genera.select("taxon_id", "genus").iter_rows():
             if g:
-                self.higher.setdefault(normalise_name(g), (t, "genus"))
+                self.listed_genera[normalise_name(g)] = (t, "genus")
         self.rank: dict[int, str] = dict(species.select("taxon_id", "rank").iter_rows())
         self.scientific = sorted(
             n for n, (_, k) in self.by_name.items() if k in ("scientific", "synonym")
@@ -104,25 +156,37 @@ class SpeciesMatcher:
             best = process.extractOne(
                 " ".join(words[:2]), self.scientific, scorer=fuzz.ratio, score_cutoff=FUZZY_CUTOFF
             )
-            if best is not None:
+            # Both halves must be close: a different species of the same genus scores
+            # high on the whole name but is a different animal.
+            if best is not None and fuzz.ratio(words[1], best[0].split(" ")[-1]) >= EPITHET_CUTOFF:
                 taxon_id, _ = self.by_name[best[0]]
                 return Match(taxon_id, "fuzzy", float(best[1]) / 100.0)
         if words and words[0] in self.higher:
             taxon_id, level = self.higher[words[0]]
             return Match(taxon_id, level, CONFIDENCE.get(level, 0.6))
+        if len(words) == 1 and words[0] in self.listed_genera:
+            taxon_id, level = self.listed_genera[words[0]]
+            return Match(taxon_id, level, CONFIDENCE["genus"] * 0.8)
         return None
 
     def match_description(self, text: str) -> Match | None:
-        """Longest run of words in a free-text description that names a listed taxon."""
+        """Longest run of words in a free-text description that names a listed taxon.
+
+        One word alone is weak evidence: in "tiger salamander", "leopard frog" or "lemur
+        leaf frog" it qualifies another animal. A one-word match counts only when the
+        description names no other kind of animal or plant.
+        """
         words = normalise_name(text).split()
+        other_kind = any(w.rstrip("s") in KIND_NOUNS for w in words)
         for size in range(min(self.max_words, len(words)), 0, -1):
             for start in range(len(words) - size + 1):
                 candidate = " ".join(words[start : start + size])
-                if len(candidate) < 5:
+                if len(candidate) < 5 or (size == 1 and other_kind):
                     continue
                 hit = self.by_name.get(candidate)
                 if hit is not None:
-                    return Match(hit[0], "description", CONFIDENCE[hit[1]] * 0.9)
+                    weight = 0.9 if size > 1 else 0.85
+                    return Match(hit[0], "description", CONFIDENCE[hit[1]] * weight)
                 higher = self.higher.get(candidate)
                 if higher is not None and size == 1:
                     return Match(higher[0], "description", 0.5)

@@ -6,6 +6,7 @@ the size of the frame differs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,6 +19,10 @@ from cites_risk.features.pipeline import build_features
 from cites_risk.features.reference import Reference
 from cites_risk.models.explain import explain
 from cites_risk.models.risk_model import RiskModel
+from cites_risk.profiling.profiles.model import Profile
+from cites_risk.profiling.profiles.watchlist import WatchlistIndex
+from cites_risk.profiling.roles import Role
+from cites_risk.profiling.selection import FINAL_RISK, SelectionConfig, SelectionReport, select
 
 SCORE = "score"
 REASONS = "reasons"
@@ -66,11 +71,10 @@ class Engine:
         features = self.features(declarations, history)
         proba = self.model.predict_proba(features)
         contributions = explain(self.model, features, top=top_reasons)
+        # Profiles read contract fields as well as features: carry every declared column.
+        carried = [c for c in declarations.columns if c not in features.columns or c == D.ID]
         view = features.join(
-            declarations.select(D.ID, D.DESCRIPTION, D.TAXON, D.UNIT),
-            on=D.ID,
-            how="left",
-            maintain_order="left",
+            declarations.select(carried), on=D.ID, how="left", maintain_order="left"
         )
         species = [
             species_sentence(r)
@@ -94,9 +98,41 @@ class Engine:
         )
 
 
+@dataclass(frozen=True)
+class Decisions:
+    frame: pl.DataFrame
+    report: SelectionReport
+
+
+def decide(
+    scored: pl.DataFrame,
+    profiles: Sequence[Profile],
+    config: SelectionConfig,
+    *,
+    role: Role = Role.INSPECTOR,
+    watchlist: WatchlistIndex | None = None,
+) -> Decisions:
+    """Scores become decisions: profiles, capacity, lanes; reasons in the inspector's words.
+
+    Reasons read: how it was selected and the profiles hit (selection), then the model's
+    main contributions, then the species match.
+    """
+    selection = select(
+        scored,
+        profiles,
+        config,
+        role=role,
+        watchlist=watchlist,
+        extra_reasons=[REASONS, SPECIES],
+    )
+    decided = scored.drop(REASONS).join(selection.frame, on=D.ID, how="left", maintain_order="left")
+    return Decisions(decided, selection.report)
+
+
 def rank(scored: pl.DataFrame) -> pl.DataFrame:
-    """Highest risk first; ties by declaration id so that reruns give the same order."""
-    return scored.sort([SCORE, D.ID], descending=[True, False]).with_row_index("rank", offset=1)
+    """Highest risk first (final risk once decided); ties by id, so reruns agree."""
+    by = FINAL_RISK if FINAL_RISK in scored.columns else SCORE
+    return scored.sort([by, D.ID], descending=[True, False]).with_row_index("rank", offset=1)
 
 
 def in_period(frame: pl.DataFrame, start: datetime | None, end: datetime | None) -> pl.DataFrame:

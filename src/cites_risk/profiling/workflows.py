@@ -19,10 +19,34 @@ from cites_risk.features.pipeline import build_features
 from cites_risk.features.reference import Reference
 from cites_risk.models.evaluation import CAPACITIES, evaluate
 from cites_risk.models.tracking import Tracking, load_model, log_model_run
-from cites_risk.models.training import Split, label_frame, train_and_evaluate
+from cites_risk.models.training import LABEL, Split, label_frame, train_and_evaluate
 from cites_risk.profiling.config import Settings
-from cites_risk.profiling.engine import Engine, in_period, labels_for, rank
+from cites_risk.profiling.engine import (
+    REASONS,
+    SCORE,
+    SPECIES,
+    Engine,
+    decide,
+    in_period,
+    labels_for,
+    rank,
+)
 from cites_risk.profiling.history_store import DeclarationHistory, history_for
+from cites_risk.profiling.profile_evidence import INFO_KEY, from_info, measure, to_info, weighted
+from cites_risk.profiling.profiles.model import starter_profiles
+from cites_risk.profiling.profiles.repository import ProfileRepository
+from cites_risk.profiling.profiles.watchlist import WatchlistRepository
+from cites_risk.profiling.roles import Role
+from cites_risk.profiling.selection import (
+    FINAL_RISK,
+    LANE,
+    PROFILE_HITS,
+    SELECTED,
+    SELECTED_BY,
+    SelectionConfig,
+    SelectionReport,
+)
+from cites_risk.profiling.selection_eval import StrategyResult, compare_strategies
 from cites_risk.profiling.sources import Loaded, load_mapping, load_records, write_rejects
 from cites_risk.profiling.store import Actor, Store
 
@@ -119,6 +143,19 @@ def train(
     labelled = label_frame(features, store.inspections.all())
     progress(f"training LightGBM on {labelled.height:,} inspected declarations")
     result = train_and_evaluate(labelled, split, seed=seed, extras=extras)
+    progress("measuring the enabled risk profiles on the inspected history")
+    past = labelled.filter(pl.col(D.DECLARED_AT) < split.test_from)
+    with_contract = past.join(
+        declarations.select(
+            [D.ID, *(c for c in declarations.collect_schema().names() if c not in past.columns)]
+        ).collect(),
+        on=D.ID,
+        how="left",
+    )
+    evidence = measure(
+        with_contract, ProfileRepository(store).enabled(), past.get_column(LABEL).to_numpy()
+    )
+    result.model.info[INFO_KEY] = to_info(evidence)
     progress("logging the run and registering the model in MLflow")
     params: dict[str, Any] = {
         "seed": seed,
@@ -149,6 +186,26 @@ class ScoreOutcome:
     rejected_rows: int
     metrics: dict[str, float] | None
     model_version: str
+    lanes: dict[str, int]
+    report: SelectionReport
+    comparison: list[StrategyResult] | None
+
+
+OUTPUT_COLUMNS = (
+    "rank",
+    D.ID,
+    D.DECLARED_AT,
+    D.OFFICE,
+    D.HS,
+    SCORE,
+    FINAL_RISK,
+    LANE,
+    SELECTED,
+    SELECTED_BY,
+    PROFILE_HITS,
+    SPECIES,
+    REASONS,
+)
 
 
 def score_file(
@@ -163,9 +220,15 @@ def score_file(
     start: datetime | None = None,
     end: datetime | None = None,
     model_ref: str = "champion",
+    selection: SelectionConfig | None = None,
     progress: Progress = _quiet,
 ) -> ScoreOutcome:
-    """Score a file as a batch: ranked Parquet and CSV with score and reasons."""
+    """Score a file as one batch: lanes, selection and reasons, ranked Parquet and CSV.
+
+    Where inspection results of the scored declarations are known, also measures the model
+    at capacity and compares model, profiles and both combined at the same capacity.
+    """
+    selection = selection or SelectionConfig(capacity_share=0.05)
     mapping = load_mapping(mapping_name)
     progress(f"reading declarations from {source.name}")
     loaded = load_records(source, mapping, "declaration", reference)
@@ -179,27 +242,26 @@ def score_file(
     model, version = load_model(tracking_for(settings), model_ref)
     engine = Engine(model, version, reference)
     progress(f"scoring {declarations.height:,} declarations with model v{version}")
-    ranked = rank(engine.score(declarations, history))
-    inspections = store.inspections.all()
-    metrics = None
-    y = labels_for(ranked, inspections)
+    scored = engine.score(declarations, history)
+    # Weights earned on past inspections (measured at training time) replace the guesses.
+    profiles = weighted(ProfileRepository(store).enabled(), from_info(model.info))
+    watchlist = WatchlistRepository(store).index()
+    progress(f"selecting with {len(profiles)} profiles within capacity")
+    decisions = decide(scored, profiles, selection, role=Role(actor.role), watchlist=watchlist)
+    ranked = rank(decisions.frame)
+    metrics, comparison = None, None
+    y = labels_for(ranked, store.inspections.all())
     if y.sum() > 0:
-        metrics = evaluate(y, ranked.get_column("score").to_numpy(), capacities=CAPACITIES)
-    columns = [
-        "rank",
-        D.ID,
-        D.DECLARED_AT,
-        D.OFFICE,
-        D.HS,
-        "score",
-        "species_match",
-        "reasons",
-    ]
+        metrics = evaluate(y, ranked.get_column(SCORE).to_numpy(), capacities=CAPACITIES)
+        comparison = compare_strategies(ranked, profiles, y, selection)
     out.parent.mkdir(parents=True, exist_ok=True)
-    parquet = out.with_suffix(".parquet")
-    csv = out.with_suffix(".csv")
-    ranked.select(columns).write_parquet(parquet)
-    ranked.select(columns).with_columns(pl.col("reasons").list.join(" | ")).write_csv(csv)
+    parquet, csv = out.with_suffix(".parquet"), out.with_suffix(".csv")
+    table = ranked.select(OUTPUT_COLUMNS)
+    table.write_parquet(parquet)
+    table.with_columns(
+        pl.col(REASONS).list.join(" | "), pl.col(PROFILE_HITS).list.join(";")
+    ).write_csv(csv)
+    lanes = dict(ranked.get_column(LANE).value_counts().iter_rows())
     store.audit.record(
         actor,
         "score.batch",
@@ -207,6 +269,7 @@ def score_file(
         rows=ranked.height,
         model_version=version,
         output=str(parquet),
+        lanes=lanes,
     )
     return ScoreOutcome(
         {"parquet": parquet, "csv": csv},
@@ -214,4 +277,13 @@ def score_file(
         loaded.rejects.get_column("row").n_unique(),
         metrics,
         version,
+        lanes,
+        decisions.report,
+        comparison,
     )
+
+
+def install_starter_profiles(store: Store, actor: Actor) -> int:
+    """Put the packaged starter library in the store; unchanged profiles are left as they are."""
+    results = ProfileRepository(store).import_profiles(starter_profiles(), actor)
+    return sum(1 for r in results if r.action is not None)

@@ -24,7 +24,9 @@ from cites_risk.models.evaluation import CAPACITIES
 from cites_risk.models.training import Split
 from cites_risk.profiling import workflows
 from cites_risk.profiling.cli.context import console, fail, open_context
+from cites_risk.profiling.cli.profiles_cmd import profiles_app, watchlist_app
 from cites_risk.profiling.cli.synth_cmd import synth
+from cites_risk.profiling.selection import SelectionConfig
 from cites_risk.profiling.sources import LEMIS_SAMPLE, InputError, available_mappings
 
 app = typer.Typer(
@@ -185,12 +187,30 @@ def score(
     start: Annotated[str | None, typer.Option(help="Score declarations from this day.")] = None,
     end: Annotated[str | None, typer.Option(help="... up to (not including) this day.")] = None,
     model: Annotated[str, typer.Option(help="Model alias or version.")] = "champion",
+    capacity: Annotated[
+        float, typer.Option(help="Share of traffic that can be inspected (0.05 = 5 %).")
+    ] = 0.05,
+    pool: Annotated[
+        str,
+        typer.Option(help="office_day: capacity per office and day; batch: one quota."),
+    ] = "office_day",
+    random_share: Annotated[
+        float, typer.Option(help="Share of traffic inspected at random (recorded as random).")
+    ] = 0.02,
 ) -> None:
-    """Score a batch of declarations and write a ranked Parquet and CSV with reasons.
+    """Score a batch: final risk, lane (red / yellow / green), selection within capacity.
 
-    Where inspection results for the scored declarations are in the store, also prints
-    precision and recall at 1, 2, 5 and 10 % inspection capacity.
+    Writes a ranked Parquet and CSV with each declaration's lane, how it was selected and
+    its reasons (profiles hit, the model's main contributions, the species match). Where
+    inspection results of the scored declarations are known, also prints precision and
+    recall at 1, 2, 5 and 10 % capacity and what model, profiles and both would have found.
     """
+    try:
+        config = SelectionConfig.model_validate(
+            {"capacity_share": capacity, "pool": pool, "random_share": random_share}
+        )
+    except ValueError as exc:
+        raise fail(f"invalid selection settings: {exc}") from exc
     with open_context() as ctx, _progress("score") as step:
         try:
             outcome = workflows.score_file(
@@ -204,6 +224,7 @@ def score(
                 start=_date(start),
                 end=_date(end),
                 model_ref=model,
+                selection=config,
                 progress=step,
             )
         except InputError as exc:
@@ -216,8 +237,30 @@ def score(
     )
     for kind, path in outcome.output.items():
         console.print(f"  {kind}: {path}")
+    lanes = ", ".join(f"{lane} {n:,}" for lane, n in sorted(outcome.lanes.items()))
+    console.print(f"lanes: {lanes}")
+    for s in outcome.report.suspended:
+        console.print(
+            f"[yellow]profile {s.profile_id} suspended[/]: hit {s.hits:,} declarations "
+            f"({s.share:.1%} of traffic), above the runaway limit"
+        )
     if outcome.metrics:
         console.print(_capacity_table(outcome.metrics, f"{outcome.rows:,} scored declarations"))
+    if outcome.comparison:
+        table = Table(
+            title=f"Who finds the offences at {capacity:.0%} capacity ({pool}, no random share)"
+        )
+        for col in ("selection", "inspected", "offences found", "precision", "recall"):
+            table.add_column(col, justify="left" if col == "selection" else "right")
+        for r in outcome.comparison:
+            table.add_row(
+                r.name,
+                f"{r.inspected:,}",
+                f"{r.found:,} of {r.positives:,}",
+                f"{r.precision:.3f}",
+                f"{r.recall:.3f}",
+            )
+        console.print(table)
 
 
 @app.command()
@@ -247,6 +290,9 @@ def demo(
     started = time.perf_counter()
     console.rule("cites-risk demo: LEMIS amphibian imports")
     ingest(LEMIS_SAMPLE, mapping="lemis", rejects_dir=None)
+    with open_context() as ctx:
+        changed = workflows.install_starter_profiles(ctx.store, ctx.actor)
+    console.print(f"starter risk profiles: {changed} installed or updated")
     train(
         mapping="lemis", valid_from="2019-07-01", test_from="2020-01-01", test_until=None, seed=seed
     )
@@ -257,11 +303,16 @@ def demo(
         start="2020-01-01",
         end=None,
         model="champion",
+        capacity=0.05,
+        pool="batch",
+        random_share=0.02,
     )
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s")
 
 
 app.command()(synth)
+app.add_typer(profiles_app, name="profiles")
+app.add_typer(watchlist_app, name="watchlist")
 
 
 def main() -> None:

@@ -1,0 +1,445 @@
+"""Scores become decisions: final risk, capacity per office and day, random share, lanes.
+
+Per batch (vectorised polars, one pass of window expressions):
+
+1. **Profiles** are evaluated (one boolean column each). A profile hitting more than
+   ``max_profile_share`` of the batch is *suspended* for the batch (the runaway guard of
+   GTAS' ``MAX_RULE_HITS``): its hits are ignored and it is reported.
+2. **Final risk** ``r = 1 - (1 - p) * prod_i(1 - w_i)`` over the weights ``w_i`` of the
+   profiles hit, ``p`` the calibrated model probability (0 when there is none). Each
+   weight acts as independent evidence that the declaration is an offence: one weight of
+   0.5 turns p = 0.1 into 0.55, two into 0.78; r stays in [0, 1] and never falls below p.
+3. **Capacity** per office and UTC day: ``ceil(capacity_share * n)`` rows, or
+   ``capacity_count``, or the office's entry in ``office_capacity``. Order of filling
+   (ASYCUDA's: criteria, random quota, top-up):
+   a. every hit of a red-lane profile is selected (``rule``), *even beyond capacity*:
+      an analyst's red lane is an order, not a suggestion; they use capacity first;
+   b. ``floor(random_share * n)`` slots (share of the office-day's traffic, never more than
+      the capacity left after (a)) are reserved for the random stream;
+   c. the other slots go to the highest final risk (ties by declaration id). A row hitting
+      more than ``max_unselected_hits`` profiles is ranked ahead of all others (it may not
+      go unselected while capacity remains). Such a row is ``rule``-selected, and so is a
+      row whose model probability alone would not have reached the cut; otherwise
+      ``model``;
+   d. the reserved random slots are drawn from the rows still unselected with a seeded
+      permutation over the declaration ids: the same batch and seed give the same draw
+      whatever the row order. They are recorded as ``random`` (compliance measurement and
+      unbiased retraining).
+   So the selected count of an office-day is at most ``max(capacity, forced red hits)``.
+4. **Lanes**: red = selected for physical inspection; yellow (documentary check) = a
+   yellow-lane profile hit, or the next ``yellow_share`` of the office-day's traffic by
+   final risk (risk above zero); green = release.
+5. **Reasons**: how the row was selected, then each profile hit's title and rationale
+   (or "Selected by a restricted profile" when the viewer's role may not read it), the
+   watch-list matches, then the caller's extra reason columns.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Self
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cites_risk.features.contract import D, SelectedBy
+from cites_risk.profiling.profiles.evaluate import (
+    evaluate,
+    hit_column,
+    watch_column,
+    with_score,
+)
+from cites_risk.profiling.profiles.model import SCORE, Lane, Profile
+from cites_risk.profiling.profiles.watchlist import WatchlistIndex
+from cites_risk.profiling.roles import Role, may_read_rationale
+
+HIDDEN_RATIONALE = "Selected by a restricted profile"
+DEFAULT_CAPACITY_SHARE = 0.05
+
+FINAL_RISK = "final_risk"
+LANE = "lane"
+SELECTED = "selected"
+SELECTED_BY = "selected_by"
+PROFILE_HITS = "profile_hits"
+REASONS = "reasons"
+OUTPUT_SCHEMA = pl.Schema(
+    {
+        D.ID: pl.String(),
+        FINAL_RISK: pl.Float64(),
+        LANE: pl.String(),
+        SELECTED: pl.Boolean(),
+        SELECTED_BY: pl.String(),
+        PROFILE_HITS: pl.List(pl.String()),
+        REASONS: pl.List(pl.String()),
+    }
+)
+
+_DAY = "__day"
+_ROW = "__row"
+GROUP = (D.OFFICE, _DAY)
+
+
+class SelectionConfig(BaseModel):
+    """How many declarations an office can inspect per day and how they are chosen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: ``office_day``: each office's capacity per day (operations). ``batch``: one quota over
+    #: the whole batch (a national quota for a period, or evaluating a past period).
+    pool: Literal["office_day", "batch"] = "office_day"
+    capacity_share: float | None = Field(default=None, gt=0.0, le=1.0)
+    capacity_count: int | None = Field(default=None, ge=0)
+    #: Per-office daily capacity (count), overriding the share or count above.
+    office_capacity: dict[str, int] = Field(default_factory=dict)
+    #: Share of each office-day's traffic inspected at random, taken out of capacity.
+    random_share: float = Field(default=0.02, ge=0.0, le=1.0)
+    seed: int = 0
+    yellow_share: float = Field(default=0.05, ge=0.0, le=1.0)
+    #: Below this final risk a row is never red by ranking (capacity is a ceiling).
+    min_risk: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_unselected_hits: int | None = Field(default=None, ge=0)
+    #: Runaway guard: a profile hitting more than this share of the batch is suspended.
+    max_profile_share: float | None = Field(default=0.05, gt=0.0, le=1.0)
+    #: The guard needs a batch this large: one declaration scored alone is 100 % of its batch.
+    runaway_min_rows: int = Field(default=200, ge=1)
+
+    @model_validator(mode="after")
+    def _one_capacity(self) -> Self:
+        if self.capacity_share is not None and self.capacity_count is not None:
+            raise ValueError("give capacity_share or capacity_count, not both")
+        return self
+
+    @property
+    def group(self) -> list[str]:
+        return list(GROUP) if self.pool == "office_day" else [_DAY]
+
+    def capacity_expr(self, n: pl.Expr) -> pl.Expr:
+        if self.capacity_count is not None:
+            base = pl.lit(self.capacity_count, pl.Int64)
+        else:
+            share = self.capacity_share or DEFAULT_CAPACITY_SHARE
+            # ceil, as the evaluation protocol's top ceil(k*N) rows
+            base = (n.cast(pl.Float64) * share).ceil().cast(pl.Int64)
+        if not self.office_capacity:
+            return base
+        override = pl.col(D.OFFICE).replace_strict(
+            self.office_capacity, default=None, return_dtype=pl.Int64
+        )
+        return pl.coalesce(override, base)
+
+
+@dataclass(frozen=True)
+class SuspendedProfile:
+    profile_id: str
+    hits: int
+    share: float
+
+
+@dataclass(frozen=True)
+class SelectionReport:
+    """Per office and day: traffic, capacity and what was selected how; suspended profiles."""
+
+    per_group: pl.DataFrame
+    suspended: list[SuspendedProfile] = field(default_factory=list)
+    #: Hits per profile in the batch (suspended ones included, before suspension).
+    profile_hits: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "per_group": self.per_group.with_columns(pl.col("day").cast(pl.String)).to_dicts(),
+            "suspended": [vars(s) for s in self.suspended],
+            "profile_hits": self.profile_hits,
+        }
+
+
+@dataclass(frozen=True)
+class Selection:
+    #: One row per input declaration, input order, columns of ``OUTPUT_SCHEMA``.
+    frame: pl.DataFrame
+    report: SelectionReport
+
+
+def combine_risk(score: pl.Expr, weights: Sequence[tuple[pl.Expr, float]]) -> pl.Expr:
+    """``1 - (1 - p) * prod(1 - w)`` over the (hit, weight) pairs whose hit is true."""
+    p = score.cast(pl.Float64).fill_null(0.0).fill_nan(0.0).clip(0.0, 1.0)
+    factors = [pl.when(hit).then(pl.lit(1.0 - w)).otherwise(pl.lit(1.0)) for hit, w in weights]
+    keep = functools.reduce(operator.mul, factors, 1.0 - p)
+    return (1.0 - keep).clip(0.0, 1.0)
+
+
+def _any(exprs: Sequence[pl.Expr]) -> pl.Expr:
+    return functools.reduce(operator.or_, exprs) if exprs else pl.lit(False)
+
+
+_EMPTY = pl.lit([], dtype=pl.List(pl.String))
+
+
+def _list_of(exprs: Sequence[pl.Expr], lists: Sequence[pl.Expr] = ()) -> pl.Expr:
+    """A List(String) of the non-null values of ``exprs`` then of the ``lists`` (flattened)."""
+    items = [e.cast(pl.String) for e in exprs] or [pl.lit(None, pl.String)]
+    # A null list would null the whole concatenation: it counts as empty.
+    items += [e.cast(pl.List(pl.String)).fill_null(_EMPTY) for e in lists]
+    return pl.concat_list(items).list.drop_nulls()
+
+
+def _suspended(
+    hits: pl.DataFrame, profiles: Sequence[Profile], config: SelectionConfig
+) -> tuple[list[SuspendedProfile], dict[str, int]]:
+    counts = {p.id: int(hits.get_column(hit_column(p.id)).sum()) for p in profiles}
+    rows = hits.height
+    limit = config.max_profile_share
+    if limit is None or rows < config.runaway_min_rows:
+        return [], counts
+    out = [SuspendedProfile(pid, n, n / rows) for pid, n in counts.items() if n / rows > limit]
+    return out, counts
+
+
+def _fmt(expr: pl.Expr) -> pl.Expr:
+    return expr.round(2).cast(pl.String)
+
+
+def _selection_sentence(
+    forced: pl.Expr, by: pl.Expr, p: pl.Expr, risk: pl.Expr, yellow_forced: pl.Expr, lane: pl.Expr
+) -> pl.Expr:
+    return (
+        pl.when(forced)
+        .then(pl.lit("Physical inspection (red lane): required by a risk profile."))
+        .when(by == SelectedBy.MODEL.value)
+        .then(
+            pl.concat_str(
+                pl.lit("Physical inspection (red lane): final risk "),
+                _fmt(risk),
+                pl.lit(" is within today's inspection capacity of this office."),
+            )
+        )
+        .when(by == SelectedBy.RULE.value)
+        .then(
+            pl.concat_str(
+                pl.lit("Physical inspection (red lane): profile hits raised the risk from "),
+                _fmt(p),
+                pl.lit(" to "),
+                _fmt(risk),
+                pl.lit("."),
+            )
+        )
+        .when(by == SelectedBy.RANDOM.value)
+        .then(pl.lit("Physical inspection (red lane): drawn at random for compliance measurement."))
+        .when((lane == Lane.YELLOW.value) & yellow_forced)
+        .then(pl.lit("Documentary check (yellow lane): required by a risk profile."))
+        .when(lane == Lane.YELLOW.value)
+        .then(
+            pl.concat_str(
+                pl.lit("Documentary check (yellow lane): final risk "),
+                _fmt(risk),
+                pl.lit(" is in the band below the inspection cut."),
+            )
+        )
+        .otherwise(pl.lit("Release (green lane)."))
+    )
+
+
+def select(
+    frame: pl.DataFrame,
+    profiles: Sequence[Profile],
+    config: SelectionConfig | None = None,
+    *,
+    role: Role = Role.INSPECTOR,
+    watchlist: WatchlistIndex | None = None,
+    extra_reasons: Sequence[str] = (),
+) -> Selection:
+    """Lanes, selection and reasons for a batch of scored declarations.
+
+    ``frame`` holds the declarations' contract columns, their features and ``score``
+    (calibrated probability; null or absent means rules only). ``extra_reasons`` names
+    String or List(String) columns of ``frame`` appended to each row's reasons (model
+    contributions, the species match sentence).
+    """
+    config = config or SelectionConfig()
+    frame = with_score(frame)
+    hits = evaluate(frame, profiles, watchlist=watchlist)
+    suspended, counts = _suspended(hits, profiles, config)
+    gone = {s.profile_id for s in suspended}
+    active = [p for p in profiles if p.id not in gone]
+
+    def hit(p: Profile) -> pl.Expr:
+        return pl.col(hit_column(p.id))
+
+    risk = combine_risk(pl.col(SCORE), [(hit(p), p.weight) for p in active if p.weight is not None])
+    forced_red = _any([hit(p) for p in active if p.lane == Lane.RED])
+    forced_yellow = _any([hit(p) for p in active if p.lane == Lane.YELLOW])
+    n_hits = functools.reduce(
+        operator.add, [hit(p).cast(pl.Int32) for p in active], pl.lit(0, pl.Int32)
+    )
+    visible = [p for p in active if may_read_rationale(role, p.confidentiality)]
+    watch_reasons = [
+        pl.when(_any([hit(p) for p in visible if kind in p.watchlists])).then(
+            pl.col(watch_column(kind))
+        )
+        for kind in sorted({k for p in active for k in p.watchlists})
+        if watch_column(kind) in hits.columns
+    ]
+
+    base = pl.concat(
+        [
+            # Extras are renamed: the caller's column may itself be called "reasons".
+            frame.select(
+                D.ID,
+                D.OFFICE,
+                D.DECLARED_AT,
+                SCORE,
+                *(pl.col(c).alias(f"__extra{i}") for i, c in enumerate(extra_reasons)),
+            ),
+            hits,
+        ],
+        how="horizontal",
+    ).lazy()
+    group = config.group
+    n = pl.len().over(group)
+    lf = (
+        base.with_row_index(_ROW)
+        .with_columns(
+            (
+                pl.col(D.DECLARED_AT).dt.date()
+                if config.pool == "office_day"
+                else pl.col(D.DECLARED_AT).min().dt.date()
+            ).alias(_DAY),
+            pl.col(SCORE).cast(pl.Float64).fill_null(0.0).fill_nan(0.0).clip(0.0, 1.0).alias("__p"),
+            risk.alias(FINAL_RISK),
+            forced_red.alias("__forced"),
+            forced_yellow.alias("__yellow_forced"),
+            n_hits.alias("__n_hits"),
+            _list_of([pl.when(hit(p)).then(pl.lit(p.id)) for p in active]).alias(PROFILE_HITS),
+        )
+        # Ranking ties break on the declaration id, so input order cannot change the outcome.
+        .sort(D.ID, _ROW)
+        .with_columns(
+            # A seeded permutation over rows sorted by id: the random stream's draw order.
+            pl.int_range(pl.len()).shuffle(seed=config.seed).alias("__perm"),
+            n.alias("__n"),
+            config.capacity_expr(n).alias("__cap"),
+            pl.col("__forced").sum().over(group).cast(pl.Int64).alias("__forced_n"),
+        )
+    )
+    room = (pl.col("__cap") - pl.col("__forced_n")).clip(lower_bound=0)
+    many = (
+        pl.col("__n_hits") > config.max_unselected_hits
+        if config.max_unselected_hits is not None
+        else pl.lit(False)
+    )
+    lf = lf.with_columns(
+        pl.min_horizontal(
+            (pl.col("__n").cast(pl.Float64) * config.random_share).floor().cast(pl.Int64), room
+        ).alias("__random_n"),
+        pl.when(many).then(1).otherwise(2).alias("__tier"),
+        (~pl.col("__forced") & ((pl.col(FINAL_RISK) >= config.min_risk) | many)).alias(
+            "__eligible"
+        ),
+    ).with_columns(
+        (room - pl.col("__random_n")).clip(lower_bound=0).alias("__slots"),
+        # Ranked on tier first, then risk: tier-1 rows (too many hits) come first.
+        pl.when(pl.col("__eligible"))
+        .then(pl.col("__tier") * 2.0 - pl.col(FINAL_RISK))
+        .rank("ordinal")
+        .over(group)
+        .alias("__rank"),
+    )
+    ranked = pl.col("__eligible") & (pl.col("__rank") <= pl.col("__slots")).fill_null(False)
+    lf = lf.with_columns(ranked.alias("__ranked")).with_columns(
+        pl.when(~pl.col("__forced") & ~pl.col("__ranked"))
+        .then(pl.col("__perm"))
+        .rank("ordinal")
+        .over(group)
+        .le(pl.col("__random_n"))
+        .fill_null(False)
+        .alias("__random"),
+        pl.when(pl.col("__ranked")).then(pl.col(FINAL_RISK)).min().over(group).alias("__cut"),
+    )
+    selected = pl.col("__forced") | pl.col("__ranked") | pl.col("__random")
+    by = (
+        pl.when(pl.col("__forced") | (pl.col("__ranked") & (pl.col("__tier") == 1)))
+        .then(pl.lit(SelectedBy.RULE.value))
+        .when(pl.col("__ranked") & (pl.col("__p") >= pl.col("__cut")))
+        .then(pl.lit(SelectedBy.MODEL.value))
+        .when(pl.col("__ranked"))
+        .then(pl.lit(SelectedBy.RULE.value))
+        .when(pl.col("__random"))
+        .then(pl.lit(SelectedBy.RANDOM.value))
+        .otherwise(pl.lit(None, pl.String))
+    )
+    lf = lf.with_columns(selected.alias(SELECTED), by.alias(SELECTED_BY)).with_columns(
+        pl.when(~pl.col(SELECTED) & (pl.col(FINAL_RISK) > 0))
+        .then(-pl.col(FINAL_RISK))
+        .rank("ordinal")
+        .over(group)
+        .alias("__yrank")
+    )
+    yellow_n = (pl.col("__n").cast(pl.Float64) * config.yellow_share).ceil()
+    yellow = ~pl.col(SELECTED) & (
+        pl.col("__yellow_forced") | (pl.col("__yrank") <= yellow_n).fill_null(False)
+    )
+    lane = (
+        pl.when(pl.col(SELECTED))
+        .then(pl.lit(Lane.RED.value))
+        .when(yellow)
+        .then(pl.lit(Lane.YELLOW.value))
+        .otherwise(pl.lit(Lane.GREEN.value))
+    )
+    lf = lf.with_columns(lane.alias(LANE))
+    sentence = _selection_sentence(
+        pl.col("__forced"),
+        pl.col(SELECTED_BY),
+        pl.col("__p"),
+        pl.col(FINAL_RISK),
+        pl.col("__yellow_forced"),
+        pl.col(LANE),
+    )
+    texts = [pl.when(hit(p)).then(pl.lit(f"{p.title}: {p.rationale}")) for p in visible]
+    hidden = [hit(p) for p in active if p not in visible]
+    if hidden:  # one neutral sentence however many restricted profiles hit
+        texts.append(pl.when(_any(hidden)).then(pl.lit(HIDDEN_RATIONALE)))
+    extras = [
+        pl.col(f"__extra{i}")
+        if isinstance(frame.schema[c], pl.List)
+        else pl.concat_list(pl.col(f"__extra{i}").cast(pl.String))
+        for i, c in enumerate(extra_reasons)
+    ]
+    reasons = _list_of([sentence, *texts, *watch_reasons], extras)
+    result = lf.with_columns(reasons.alias(REASONS)).sort(_ROW).collect()
+    out = result.select(OUTPUT_SCHEMA.names()).cast(dict(OUTPUT_SCHEMA.items()))
+    return Selection(out, SelectionReport(_per_group(result, config), suspended, counts))
+
+
+def _per_group(result: pl.DataFrame, config: SelectionConfig) -> pl.DataFrame:
+    by = pl.col(SELECTED_BY)
+    office = (
+        pl.col(D.OFFICE) if config.pool == "office_day" else pl.lit("all offices").alias(D.OFFICE)
+    )
+    return (
+        result.with_columns(office)
+        .group_by(list(GROUP))
+        .agg(
+            pl.len().alias("declarations"),
+            pl.col("__cap").first().alias("capacity"),
+            pl.col("__forced").sum().alias("forced_red"),
+            (by == SelectedBy.MODEL.value).sum().alias("by_model"),
+            (by == SelectedBy.RULE.value).sum().alias("by_rule"),
+            (by == SelectedBy.RANDOM.value).sum().alias("random"),
+            pl.col(SELECTED).sum().alias("selected"),
+            (pl.col(LANE) == Lane.YELLOW.value).sum().alias("yellow"),
+        )
+        .rename({_DAY: "day"})
+        .sort(D.OFFICE, "day")
+    )
+
+
+def capacity_of(n: int, config: SelectionConfig, office: str | None = None) -> int:
+    """The capacity rule as plain Python (reports, tests, the API's what-if)."""
+    if office is not None and office in config.office_capacity:
+        return config.office_capacity[office]
+    if config.capacity_count is not None:
+        return config.capacity_count
+    return math.ceil(n * (config.capacity_share or DEFAULT_CAPACITY_SHARE))
