@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint types pytest install clean reference bench
+.PHONY: demo test lint types pytest install clean reference bench browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,17 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+# Debian's Chromium for the inspector page's end-to-end test. Installed when missing and we
+# may (root with apt, as on CI); elsewhere the browser test reports itself skipped.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+			|| echo "chromium could not be installed: the browser test will be skipped"; \
+		else echo "chromium not installed: the browser test will be skipped"; fi; \
+	fi
+
+pytest: $(STAMP) browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test: lint types pytest

@@ -342,3 +342,22 @@ def test_description_words_that_qualify_another_animal(
     ]
     row = _features(_frame(rows, DECLARATION.schema), History.empty()).row(0, named=True)
     assert (row["sp_listed"], row["sp_misdeclared"]) == (listed, misdeclared)
+
+
+@pytest.mark.parametrize(
+    ("term", "unit", "unit_is_cites", "valid"),
+    [
+        ("LIV", "NO", True, True),  # live animals counted
+        ("MEA", "KG", True, True),  # meat weighed
+        ("LIV", "M3", True, False),  # live animals by the cubic metre: implausible
+        ("LIV", "bags", False, False),
+        (None, "KG", True, None),  # no term declared: nothing to check
+        ("XYZ", "KG", True, None),  # a term the table does not know
+    ],
+)
+def test_term_unit_plausibility(
+    term: str | None, unit: str, unit_is_cites: bool, valid: bool | None
+) -> None:
+    rows = [{D.ID: "u", D.DECLARED_AT: START, D.OFFICE: "JFK", D.TERM: term, D.UNIT: unit}]
+    row = _features(_frame(rows, DECLARATION.schema), History.empty()).row(0, named=True)
+    assert (row["unit_is_cites"], row["term_unit_valid"]) == (unit_is_cites, valid)

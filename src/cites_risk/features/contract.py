@@ -74,6 +74,7 @@ class D:
     HS = "hs_code"
     DESCRIPTION = "goods_description"
     TAXON = "declared_taxon"
+    TERM = "cites_term"
     PURPOSE = "cites_purpose"
     SOURCE = "cites_source"
     PERMIT = "permit_number"
@@ -152,6 +153,7 @@ DECLARATION = Record(
         Field(D.HS, pl.String(), description="HS code, digits only (2 to 10)"),
         Field(D.DESCRIPTION, pl.String(), description="free-text goods description"),
         Field(D.TAXON, pl.String(), description="declared scientific or common name"),
+        Field(D.TERM, pl.String(), description="CITES term: what the specimen is (LIV, SKI…)"),
         Field(D.PURPOSE, pl.String(), code_list="purpose", description="CITES purpose code"),
         Field(D.SOURCE, pl.String(), code_list="source", description="CITES source code"),
         Field(D.PERMIT, pl.String(), description="CITES permit or certificate number"),

@@ -29,11 +29,18 @@ from cites_risk.features.reference import Reference
 from cites_risk.features.species import APPENDIX_RANK, match_column
 
 FEATURE_SET = "cites-core"
-FEATURE_VERSION = "2"
+FEATURE_VERSION = "3"
 #: Pseudo-count of the smoothed rates: a key needs about this many observations to move
 #: its rate halfway from the overall rate to its own.
 SMOOTHING = 20.0
 DEFAULT_HIT_RATE = 0.03
+#: Common spellings of units, as CITES unit codes; COUNT is "number of specimens".
+COUNT = "COUNT"
+UNIT_SPELLINGS = {
+    "KG": "KIL", "KGS": "KIL", "GM": "GRM", "G": "GRM", "GR": "GRM", "MG": "MGM",
+    "LT": "LTR", "L": "LTR", "ML": "MLT", "M": "MTR", "M2": "SQM", "M3": "CUM", "T": "TON",
+    "NO": COUNT, "NR": COUNT, "NUMBER": COUNT, "U": COUNT, "UNITS": COUNT, "PCE": COUNT,
+}
 #: A description must name a species this clearly before it can contradict the declaration.
 MISDECLARED_MIN_CONFIDENCE = 0.7
 
@@ -163,6 +170,7 @@ NUMERIC: dict[str, pl.DataType] = {
     "log_unit_value": pl.Float64(),
     "log_value_per_kg": pl.Float64(),
     "unit_is_cites": pl.Boolean(),
+    "term_unit_valid": pl.Boolean(),
     "purpose_valid": pl.Boolean(),
     "source_valid": pl.Boolean(),
     "app1_commercial": pl.Boolean(),
@@ -213,6 +221,8 @@ NULLABLE: frozenset[str] = frozenset(
         "sp_class",
         # no listed species, no origin or no range known
         "sp_origin_in_range",
+        # no CITES term declared, or a term the term-unit table does not know
+        "term_unit_valid",
         # quantity, mass or value not declared (or zero where it divides)
         "log_quantity",
         "log_mass_kg",
@@ -393,6 +403,11 @@ def _route_value_permits(frame: pl.LazyFrame, reference: Reference) -> pl.LazyFr
         return table.filter(pl.col("field") == field).get_column("code").to_list()
 
     purposes, sources, units = codes("purpose"), codes("source"), codes("unit")
+    term_units = reference.term_units
+    terms = term_units.get_column("term").unique().to_list() if term_units.height else []
+    pairs = [f"{t}|{u or COUNT}" for t, u in term_units.select("term", "unit").iter_rows()]
+    unit = pl.col(D.UNIT).str.to_uppercase().str.strip_chars()
+    cites_unit = unit.replace(UNIT_SPELLINGS)
     qty = pl.col(D.QUANTITY)
     mass = pl.col(D.MASS)
     value = pl.col(D.VALUE)
@@ -414,7 +429,16 @@ def _route_value_permits(frame: pl.LazyFrame, reference: Reference) -> pl.LazyFr
         safe_log(value).alias("log_value"),
         safe_log(pl.when(qty > 0).then(value / qty)).alias("log_unit_value"),
         safe_log(pl.when(mass > 0).then(value / mass)).alias("log_value_per_kg"),
-        pl.col(D.UNIT).str.to_lowercase().is_in(units).fill_null(False).alias("unit_is_cites"),
+        (cites_unit.is_in(units) | (cites_unit == COUNT)).fill_null(False).alias("unit_is_cites"),
+        # The CITES term-unit pairs say in which units each kind of specimen is traded:
+        # live animals by number, meat by weight. A term traded in an odd unit is a flag.
+        pl.when(pl.col(D.TERM).is_not_null() & pl.col(D.TERM).str.to_uppercase().is_in(terms))
+        .then(
+            pl.concat_str([pl.col(D.TERM).str.to_uppercase(), cites_unit], separator="|")
+            .is_in(pairs)
+            .fill_null(False)
+        )
+        .alias("term_unit_valid"),
         pl.col(D.PURPOSE).is_in(purposes).fill_null(False).alias("purpose_valid"),
         pl.col(D.SOURCE).is_in(sources).fill_null(False).alias("source_valid"),
         (app1 & (pl.col(D.PURPOSE) == "T")).fill_null(False).alias("app1_commercial"),
