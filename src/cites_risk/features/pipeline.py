@@ -37,9 +37,25 @@ DEFAULT_HIT_RATE = 0.03
 #: Common spellings of units, as CITES unit codes; COUNT is "number of specimens".
 COUNT = "COUNT"
 UNIT_SPELLINGS = {
-    "KG": "KIL", "KGS": "KIL", "GM": "GRM", "G": "GRM", "GR": "GRM", "MG": "MGM",
-    "LT": "LTR", "L": "LTR", "ML": "MLT", "M": "MTR", "M2": "SQM", "M3": "CUM", "T": "TON",
-    "NO": COUNT, "NR": COUNT, "NUMBER": COUNT, "U": COUNT, "UNITS": COUNT, "PCE": COUNT,
+    "KG": "KIL",
+    "KGS": "KIL",
+    "GM": "GRM",
+    "G": "GRM",
+    "GR": "GRM",
+    "MG": "MGM",
+    "LT": "LTR",
+    "L": "LTR",
+    "ML": "MLT",
+    "M": "MTR",
+    "M2": "SQM",
+    "M3": "CUM",
+    "T": "TON",
+    "NO": COUNT,
+    "NR": COUNT,
+    "NUMBER": COUNT,
+    "U": COUNT,
+    "UNITS": COUNT,
+    "PCE": COUNT,
 }
 #: A description must name a species this clearly before it can contradict the declaration.
 MISDECLARED_MIN_CONFIDENCE = 0.7
