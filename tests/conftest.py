@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,3 +90,37 @@ def lemis_model(lemis: LemisData) -> RiskModel:
         params={"learning_rate": 0.1, "num_leaves": 15},
     )
     return result.model
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str | None]:
+    from tests.pg import postgres_cluster
+
+    with postgres_cluster() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path, postgres_server: str | None) -> str:
+    """A fresh, empty database of each kind the store supports."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    if postgres_server is None:
+        pytest.skip("PostgreSQL server binaries not available on this machine")
+    import uuid
+
+    import sqlalchemy as sa
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    admin.dispose()
+    return postgres_server.replace("@/postgres?", f"@/{name}?")
+
+
+@pytest.fixture()
+def any_store(store_url: str) -> Iterator[Store]:
+    s = Store(store_url)
+    yield s
+    s.close()

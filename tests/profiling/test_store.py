@@ -51,8 +51,8 @@ def _offences() -> pl.DataFrame:
     return pl.DataFrame(rows).cast({"detected_at": OFFENCE.schema["detected_at"]})
 
 
-def test_upgrade_from_version_1_keeps_rows(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+def test_upgrade_from_version_1_keeps_rows(store_url: str) -> None:
+    url = store_url
     engine = make_engine(url)
     assert upgrade(engine, target=1) == 1
     engine.dispose()
@@ -73,8 +73,8 @@ def test_upgrade_from_version_1_keeps_rows(tmp_path: Path) -> None:
     upgraded.close()
 
 
-def test_newer_store_than_engine_is_refused(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 's.db'}"
+def test_newer_store_than_engine_is_refused(store_url: str) -> None:
+    url = store_url
     s = Store(url)
     with s.db.begin() as conn:
         conn.exec_driver_sql(f"UPDATE schema_info SET version = {LATEST + 1}")
@@ -85,44 +85,44 @@ def test_newer_store_than_engine_is_refused(tmp_path: Path) -> None:
         Store(url)
 
 
-def test_offences_are_filtered_by_consent(store: Store) -> None:
-    store.offences.add(_offences())
-    assert sorted(store.offences.visible_to("US-FWS")["offence_id"]) == ["o1", "o2", "o4"]
-    assert sorted(store.offences.visible_to("KR-KCS")["offence_id"]) == ["o2", "o3", "o4"]
-    assert sorted(store.offences.visible_to("NL-CUSTOMS")["offence_id"]) == ["o4"]
-    assert store.offences.get("o3", "US-FWS") is None
-    assert store.offences.get("o3", "KR-KCS") is not None
+def test_offences_are_filtered_by_consent(any_store: Store) -> None:
+    any_store.offences.add(_offences())
+    assert sorted(any_store.offences.visible_to("US-FWS")["offence_id"]) == ["o1", "o2", "o4"]
+    assert sorted(any_store.offences.visible_to("KR-KCS")["offence_id"]) == ["o2", "o3", "o4"]
+    assert sorted(any_store.offences.visible_to("NL-CUSTOMS")["offence_id"]) == ["o4"]
+    assert any_store.offences.get("o3", "US-FWS") is None
+    assert any_store.offences.get("o3", "KR-KCS") is not None
 
 
-def test_only_the_provider_changes_consent(store: Store) -> None:
-    store.offences.add(_offences())
-    assert not store.offences.set_consent("o3", "US-FWS", ["US-FWS"])
-    assert store.offences.get("o3", "US-FWS") is None
-    assert store.offences.set_consent("o3", "KR-KCS", ["US-FWS"])
-    assert store.offences.get("o3", "US-FWS") is not None
+def test_only_the_provider_changes_consent(any_store: Store) -> None:
+    any_store.offences.add(_offences())
+    assert not any_store.offences.set_consent("o3", "US-FWS", ["US-FWS"])
+    assert any_store.offences.get("o3", "US-FWS") is None
+    assert any_store.offences.set_consent("o3", "KR-KCS", ["US-FWS"])
+    assert any_store.offences.get("o3", "US-FWS") is not None
 
 
-def test_rerun_does_not_duplicate(store: Store) -> None:
-    store.offences.add(_offences())
-    store.offences.add(_offences())
-    assert store.offences.count() == 4
+def test_rerun_does_not_duplicate(any_store: Store) -> None:
+    any_store.offences.add(_offences())
+    any_store.offences.add(_offences())
+    assert any_store.offences.count() == 4
 
 
-def test_audit_is_append_only(store: Store) -> None:
-    store.audit.record(ADMIN, "offence.read", "o1", reason="test")
-    events = store.audit.query()
+def test_audit_is_append_only(any_store: Store) -> None:
+    any_store.audit.record(ADMIN, "offence.read", "o1", reason="test")
+    events = any_store.audit.query()
     assert events[0]["action"] == "offence.read" and events[0]["detail"] == {"reason": "test"}
-    with pytest.raises(sa.exc.DatabaseError, match="append-only"), store.db.begin() as conn:
+    with pytest.raises(sa.exc.DatabaseError, match="append-only"), any_store.db.begin() as conn:
         conn.exec_driver_sql("DELETE FROM audit_events")
-    with pytest.raises(sa.exc.DatabaseError, match="append-only"), store.db.begin() as conn:
+    with pytest.raises(sa.exc.DatabaseError, match="append-only"), any_store.db.begin() as conn:
         conn.exec_driver_sql("UPDATE audit_events SET actor = 'someone else'")
-    assert len(store.audit.query()) == 1
+    assert len(any_store.audit.query()) == 1
 
 
-def test_jobs_are_found_by_fingerprint(store: Store) -> None:
-    job = store.jobs.create("score", "abc", organisation="US-FWS", created_by="t")
-    assert store.jobs.find("score", "abc", "US-FWS") == job
-    assert store.jobs.find("score", "abc", "KR-KCS") is None
-    store.jobs.update(job.job_id, status="failed", error="boom")
-    assert store.jobs.find("score", "abc", "US-FWS") is None
-    assert [j.job_id for j in store.jobs.unfinished()] == []
+def test_jobs_are_found_by_fingerprint(any_store: Store) -> None:
+    job = any_store.jobs.create("score", "abc", organisation="US-FWS", created_by="t")
+    assert any_store.jobs.find("score", "abc", "US-FWS") == job
+    assert any_store.jobs.find("score", "abc", "KR-KCS") is None
+    any_store.jobs.update(job.job_id, status="failed", error="boom")
+    assert any_store.jobs.find("score", "abc", "US-FWS") is None
+    assert [j.job_id for j in any_store.jobs.unfinished()] == []
