@@ -173,7 +173,62 @@ SENTENCES: dict[str, Sentence] = {
     "sp_match_via": lambda r: (
         f"species matched via {r['sp_match_via']}" if r.get("sp_match_via") != "none" else None
     ),
+    "taxon_genus_only": lambda r: (
+        f"declared only to genus level ({r.get(D.TAXON)})" if r.get("taxon_genus_only") else None
+    ),
+    "consignment_genera": lambda r: (
+        f"consignment mixes {r['consignment_genera']:.0f} genera"
+        if (r.get("consignment_genera") or 0) > 1
+        else None
+    ),
+    "consignment_wild_share": lambda r: (
+        f"{_pct(r['consignment_wild_share'])} of the consignment's lines are wild-caught"
+        if r.get("consignment_wild_share")
+        else None
+    ),
+    "consignment_genus_only_share": lambda r: (
+        f"{_pct(r['consignment_genus_only_share'])} of the consignment's lines name only a genus"
+        if r.get("consignment_genus_only_share")
+        else None
+    ),
+    "wild_source": lambda r: (
+        "declared as taken from the wild (source W)" if r.get("wild_source") else None
+    ),
+    "commercial_purpose": lambda r: (
+        "declared for commercial trade (purpose T)"
+        if r.get("commercial_purpose")
+        else f"not declared for commercial trade (purpose {r.get(D.PURPOSE) or 'missing'})"
+    ),
+    "transport_mode": lambda r: (
+        f"transport mode {r.get('transport_mode')}" if r.get("transport_mode") else None
+    ),
 }
+
+#: Columns each sentence reads besides its own (the rest of a row is never materialised).
+INPUTS: dict[str, tuple[str, ...]] = {
+    "sp_appendix": ("sp_taxon",),
+    "sp_origin_in_range": (D.ORIGIN, "sp_taxon"),
+    "hs_cover": (D.HS,),
+    "hs_cites_category": (D.HS,),
+    "transshipment": (D.EXPORT, D.ORIGIN),
+    "log_quantity": (D.UNIT,),
+    "log_value_per_kg_dev": (
+        "log_value_per_kg",
+        "log_value_per_kg_typical",
+        "hs_heading",
+        D.ORIGIN,
+    ),
+    "log_unit_value_dev": ("log_unit_value", "log_unit_value_typical", "hs_heading", D.ORIGIN),
+    "taxon_genus_only": (D.TAXON,),
+    "commercial_purpose": (D.PURPOSE,),
+}
+
+
+def _inputs(column: str, available: set[str]) -> list[str]:
+    wanted = [column, *INPUTS.get(column, ())]
+    if column.endswith("_hit_rate"):
+        wanted.append(column.removesuffix("_hit_rate") + "_inspected")
+    return [c for c in dict.fromkeys(wanted) if c in available]
 
 
 def sentence_for(column: str, row: Row) -> str:
@@ -188,9 +243,20 @@ def sentence_for(column: str, row: Row) -> str:
             text = _history_sentence(key, column[len(prefix) :])(row)
             if text:
                 return text
+    if column.startswith("x_") and column.endswith(("_hit_rate", "_inspected")):
+        base = column.removesuffix("_hit_rate").removesuffix("_inspected")
+        label = base.removeprefix("x_").replace("_", " ")
+        rate, n = row.get(f"{base}_hit_rate"), row.get(f"{base}_inspected")
+        if rate is not None:
+            return (
+                f"{_pct(rate)} of earlier inspections with this {label} found an offence "
+                f"({n or 0:.0f} inspected)"
+            )
     value = row.get(column)
     label = column.removeprefix("x_").replace("_", " ")
-    return f"{label} = {value}" if value is not None else f"{label} not declared"
+    if isinstance(value, float):
+        value = f"{value:g}"
+    return f"{label} {value}" if value is not None else f"{label} not declared"
 
 
 @dataclass(frozen=True)
@@ -201,21 +267,56 @@ class Contribution:
 
 
 def explain(model: RiskModel, features: pl.DataFrame, top: int = 3) -> list[list[Contribution]]:
-    """The ``top`` features that pushed each row's score up most, as sentences."""
+    """The ``top`` features that pushed each row's score up most, as sentences.
+
+    Vectorised for large batches: the top-k indices come from one ``argpartition`` over the
+    contribution matrix; sentences are then built feature by feature for only the rows
+    that need them, from only the columns each sentence reads, with identical inputs
+    answered once.
+    """
     if features.height == 0:
         return []
     contrib = model.contributions(features)[:, :-1]
+    n, width = contrib.shape
+    k = min(top, width)
+    part = (
+        np.argpartition(-contrib, k - 1, axis=1)[:, :k]
+        if k < width
+        else np.tile(np.arange(width), (n, 1))
+    )
+    picked = np.take_along_axis(contrib, part, axis=1)
+    order = np.argsort(-picked, axis=1, kind="stable")
+    top_idx = np.take_along_axis(part, order, axis=1)[:, :k]
+    top_w = np.take_along_axis(picked, order, axis=1)[:, :k]
+    positive = top_w > 0
     enriched = model.bands.transform(features)
-    rows = enriched.to_dicts()
-    out = []
-    order = np.argsort(-contrib, axis=1)[:, :top]
-    for i, row in enumerate(rows):
+    available = set(enriched.columns)
+    sentences = np.empty(top_idx.shape, dtype=object)
+    for j in np.unique(top_idx[positive]):
+        mask = positive & (top_idx == j)
+        rows = np.flatnonzero(mask.any(axis=1))
+        column = model.columns[int(j)]
+        cols = _inputs(column, available)
+        sub = enriched.select(cols)[rows]
+        memo: dict[tuple[Any, ...], str] = {}
+        texts = []
+        for values in sub.iter_rows():
+            text = memo.get(values)
+            if text is None:
+                text = memo[values] = sentence_for(column, dict(zip(cols, values, strict=True)))
+            texts.append(text)
+        slots = np.argmax(mask[rows], axis=1)
+        sentences[rows, slots] = texts
+    out: list[list[Contribution]] = []
+    for i in range(n):
         items = []
-        for j in order[i]:
-            w = float(contrib[i, j])
-            if w <= 0:
+        for slot in range(k):
+            if not positive[i, slot]:
                 break
-            col = model.columns[j]
-            items.append(Contribution(col, w, sentence_for(col, row)))
+            items.append(
+                Contribution(
+                    model.columns[int(top_idx[i, slot])], float(top_w[i, slot]), sentences[i, slot]
+                )
+            )
         out.append(items)
     return out

@@ -19,7 +19,14 @@ import numpy as np
 import polars as pl
 from sklearn.linear_model import LogisticRegression
 
-from cites_risk.features.pipeline import CATEGORICAL, FEATURE_SET, FEATURE_VERSION, MODEL_COLUMNS
+from cites_risk.features.pipeline import (
+    CATEGORICAL,
+    EXTRA_HISTORY_STATS,
+    FEATURE_SET,
+    FEATURE_VERSION,
+    MODEL_COLUMNS,
+    extra_history_keys,
+)
 from cites_risk.models.preprocess import CategoryCodes, UnitValueBands, to_matrix
 
 BOOSTER_FILE = "booster.txt"
@@ -40,7 +47,9 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "bagging_fraction": 0.8,
     "bagging_freq": 1,
     "lambda_l2": 1.0,
-    "cat_smooth": 10.0,
+    # Strong smoothing of categorical splits: a few dozen positives, many rare levels.
+    "cat_smooth": 50.0,
+    "min_data_per_group": 50,
     "cat_l2": 10.0,
     "max_cat_to_onehot": 8,
     "verbose": -1,
@@ -161,7 +170,8 @@ class RiskModel:
 
 def model_columns(extras: dict[str, str] | None = None) -> list[str]:
     """Model inputs: the feature set's columns, the learned deviations, the extras."""
-    return [*MODEL_COLUMNS, *UnitValueBands.output_columns(), *(extras or {})]
+    history = [f"{n}_{s}" for n in extra_history_keys(extras) for s in EXTRA_HISTORY_STATS]
+    return [*MODEL_COLUMNS, *UnitValueBands.output_columns(), *(extras or {}), *history]
 
 
 def categorical_columns(extras: dict[str, str] | None = None) -> list[str]:

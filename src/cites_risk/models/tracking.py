@@ -20,6 +20,7 @@ from mlflow.models import infer_signature
 from mlflow.pyfunc.model import PythonModel
 from mlflow.tracking import MlflowClient
 
+from cites_risk.models.registry import HOLDOUT_TAG, Candidate, Decision, decide
 from cites_risk.models.risk_model import RiskModel
 
 CHAMPION = "champion"
@@ -70,8 +71,13 @@ def log_model_run(
     artifacts: dict[str, Path] | None = None,
     run_name: str | None = None,
     register: bool = True,
+    tags: dict[str, str] | None = None,
 ) -> tuple[str, str | None]:
-    """Log params, metrics, tags, artifacts and the model; returns (run id, version)."""
+    """Log params, metrics, tags, artifacts and the model; returns (run id, version).
+
+    Tags always name the feature set, its version and columns, and the holdout (test
+    period) the metrics were measured on, which is what makes two runs comparable.
+    """
     mlflow.set_tracking_uri(tracking.tracking_uri)
     exp_id = tracking.experiment_id()
     with mlflow.start_run(experiment_id=exp_id, run_name=run_name) as run:
@@ -82,6 +88,8 @@ def log_model_run(
                 "feature_set": model.feature_set,
                 "feature_version": model.feature_version,
                 "feature_columns": ",".join(model.columns)[:5000],
+                HOLDOUT_TAG: str(model.info.get("holdout", "")),
+                **(tags or {}),
             }
         )
         for name, path in (artifacts or {}).items():
@@ -168,7 +176,11 @@ def list_versions(tracking: Tracking) -> list[dict[str, Any]]:
                 "run_id": mv.run_id,
                 "created": mv.creation_timestamp,
                 "metrics": dict(run.data.metrics),
-                "tags": {k: v for k, v in run.data.tags.items() if k.startswith("feature")},
+                "tags": {
+                    k: v
+                    for k, v in run.data.tags.items()
+                    if k.startswith("feature") or k == HOLDOUT_TAG
+                },
             }
         )
     return sorted(out, key=lambda r: int(r["version"]))
@@ -180,3 +192,36 @@ def set_alias(tracking: Tracking, alias: str, version: str) -> None:
 
 def alias_version(tracking: Tracking, alias: str) -> str | None:
     return _alias_version(tracking.client(), tracking.model_name, alias)
+
+
+def candidate(tracking: Tracking, alias_or_version: str) -> Candidate | None:
+    """A registered version's metrics and tags, for :func:`registry.decide`; None if absent."""
+    client = tracking.client()
+    try:
+        if alias_or_version.isdigit():
+            mv = client.get_model_version(tracking.model_name, alias_or_version)
+        else:
+            mv = client.get_model_version_by_alias(tracking.model_name, alias_or_version)
+    except MlflowException:
+        return None
+    run = client.get_run(str(mv.run_id))
+    return Candidate(str(mv.version), dict(run.data.metrics), dict(run.data.tags))
+
+
+def promote(tracking: Tracking, version: str, *, force: bool = False) -> Decision:
+    """Make ``version`` champion if :func:`registry.decide` allows it (or ``force``).
+
+    The replaced champion becomes challenger, so one command undoes a promotion. The caller
+    audits the decision (who, which version, forced or not, why).
+    """
+    challenger = candidate(tracking, version)
+    if challenger is None:
+        raise RegistryError(f"no version {version} of model {tracking.model_name!r}")
+    champion = candidate(tracking, CHAMPION)
+    decision = decide(challenger, champion, force=force)
+    if decision.allowed and (champion is None or champion.version != challenger.version):
+        client = tracking.client()
+        client.set_registered_model_alias(tracking.model_name, CHAMPION, challenger.version)
+        if champion is not None:
+            client.set_registered_model_alias(tracking.model_name, CHALLENGER, champion.version)
+    return decision

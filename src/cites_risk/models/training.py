@@ -1,16 +1,25 @@
 """Training runs: labels from inspection results, time-based splits, selection-bias weights.
 
-Selection bias: inspected rows were mostly chosen *because* they looked risky, so their hit
-rate overstates the population's. Rows inspected at random are an unbiased sample; each is
-weighted by the inverse of its inclusion probability relative to targeted rows, so the
-random sample counts in proportion to the traffic it stands for (clipped so that a handful
-of random rows cannot dominate). Rows with no inspection are not labelled and not used.
+Selection bias. Inspected rows were mostly chosen *because* they looked risky, so their hit
+rate overstates the population's, and a model fitted on them alone learns the targeting
+officer's view of risk. Rows inspected at random (``selected_by == "random"``) are an
+unbiased sample of the traffic. :func:`label_frame` therefore gives every random row the
+weight ``w = n_targeted / n_random`` (clipped to ``[1, MAX_RANDOM_WEIGHT]``): the random
+stream then carries as much total weight as the targeted one, so
+
+    weighted hit rate = (hits_t + w * hits_r) / (n_t + w * n_r) = (rate_t + rate_r) / 2
+
+(unclipped), i.e. the base rate the model learns is pulled halfway from the targeted rate
+to the unbiased one however few random inspections there were; the clip stops a handful of
+random rows from dominating. Rows selected any other way (model, rule, manual, unknown)
+weigh 1. Declarations never inspected have no label and are not used. ``tests/models``
+checks the identity above.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -18,57 +27,90 @@ import numpy as np
 import polars as pl
 
 from cites_risk.features.contract import D, I, Outcome, SelectedBy
-from cites_risk.models.evaluation import evaluate
-from cites_risk.models.risk_model import RiskModel, TrainingData, fit_risk_model
+from cites_risk.features.pipeline import CATEGORICAL
+from cites_risk.models.baselines import LogisticBaseline, offence_history_score
+from cites_risk.models.evaluation import ScoreReport, evaluate, evaluate_scores
+from cites_risk.models.risk_model import (
+    RiskModel,
+    TrainingData,
+    categorical_columns,
+    fit_risk_model,
+    model_columns,
+)
 
 LABEL = "__label"
 WEIGHT = "__weight"
+RANDOM = "__random"
 MAX_RANDOM_WEIGHT = 20.0
+
+#: The bounded random search: a handful of LightGBM parameters that matter on small data.
+SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
+    "num_leaves": (7, 15, 31, 63),
+    "min_data_in_leaf": (5, 10, 20, 50),
+    "feature_fraction": (0.5, 0.7, 0.9),
+    "lambda_l2": (0.0, 1.0, 10.0),
+    "learning_rate": (0.02, 0.03, 0.05),
+    "cat_smooth": (10.0, 50.0),
+}
 
 
 @dataclass(frozen=True)
 class Split:
-    """Train before ``valid_from``, validate until ``test_from``, test from there on."""
+    """Train before ``valid_from``, validate until ``test_from``, test from there on.
+
+    ``train_from`` drops older rows; ``test_until`` closes the test period. The holdout
+    definition (:meth:`holdout`) is recorded with every model, so two models are compared
+    only on the same test period.
+    """
 
     valid_from: datetime
     test_from: datetime
     test_until: datetime | None = None
+    train_from: datetime | None = None
 
     def masks(self, times: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        train = (times < self.valid_from).to_numpy()
+        train = times < self.valid_from
+        if self.train_from is not None:
+            train = train & (times >= self.train_from)
         valid = ((times >= self.valid_from) & (times < self.test_from)).to_numpy()
         test = times >= self.test_from
         if self.test_until is not None:
             test = test & (times < self.test_until)
-        return train, valid, test.to_numpy()
+        return train.to_numpy(), valid, test.to_numpy()
+
+    def holdout(self) -> str:
+        """The test period as text, e.g. ``2020-01-01..open``."""
+        end = self.test_until.date().isoformat() if self.test_until else "open"
+        return f"{self.test_from.date().isoformat()}..{end}"
 
 
 def label_frame(
     features: pl.DataFrame, inspections: pl.DataFrame, positive: pl.Expr | None = None
 ) -> pl.DataFrame:
-    """Features of inspected declarations with ``__label`` and ``__weight`` columns.
+    """Features of inspected declarations with ``__label``, ``__weight`` and ``__random``.
 
-    ``positive`` overrides what counts as a hit (e.g. ``finding == "critical"``).
+    ``positive`` overrides what counts as a hit (e.g. ``finding == "critical"``). A
+    declaration counts as random only if every inspection of it was selected at random.
     """
     hit = positive if positive is not None else pl.col(I.OUTCOME) == Outcome.HIT
     results = inspections.group_by(I.DECLARATION).agg(
-        hit.any().cast(pl.Float64).alias(LABEL),
-        (pl.col(I.SELECTED_BY) == SelectedBy.RANDOM).all().alias("__random"),
+        hit.any().fill_null(False).cast(pl.Float64).alias(LABEL),
+        (pl.col(I.SELECTED_BY) == SelectedBy.RANDOM).all().alias(RANDOM),
     )
     labelled = features.join(results, left_on=D.ID, right_on=I.DECLARATION, how="inner")
-    n_random = int(labelled.get_column("__random").sum())
-    n_targeted = labelled.height - n_random
-    random_weight = (
-        min(MAX_RANDOM_WEIGHT, max(1.0, n_targeted / n_random)) if n_random and n_targeted else 1.0
-    )
+    w = random_weight(int(labelled.get_column(RANDOM).sum()), labelled.height)
     # A fixed row order: LightGBM's bagging depends on it, and training must be repeatable.
-    return (
-        labelled.with_columns(
-            pl.when(pl.col("__random")).then(random_weight).otherwise(1.0).alias(WEIGHT)
-        )
-        .drop("__random")
-        .sort(D.DECLARED_AT, D.ID)
+    return labelled.with_columns(pl.when(pl.col(RANDOM)).then(w).otherwise(1.0).alias(WEIGHT)).sort(
+        D.DECLARED_AT, D.ID
     )
+
+
+def random_weight(n_random: int, n_total: int) -> float:
+    """Weight of a randomly selected row: n_targeted / n_random, clipped to [1, 20]."""
+    n_targeted = n_total - n_random
+    if not n_random or not n_targeted:
+        return 1.0
+    return min(MAX_RANDOM_WEIGHT, max(1.0, n_targeted / n_random))
 
 
 def _data(frame: pl.DataFrame, mask: np.ndarray) -> TrainingData:
@@ -76,7 +118,7 @@ def _data(frame: pl.DataFrame, mask: np.ndarray) -> TrainingData:
     return TrainingData(
         features=part,
         label=part.get_column(LABEL).to_numpy(),
-        weight=part.get_column(WEIGHT).to_numpy(),
+        weight=part.get_column(WEIGHT).to_numpy() if WEIGHT in part.columns else None,
     )
 
 
@@ -87,6 +129,49 @@ class TrainResult:
     test_scores: np.ndarray
     metrics: dict[str, float]
     sizes: dict[str, int]
+    #: The model and each baseline on the same test rows (empty when not asked for).
+    reports: list[ScoreReport] = field(default_factory=list)
+    search: list[dict[str, Any]] = field(default_factory=list)
+
+
+def search_params(
+    train: TrainingData,
+    valid: TrainingData,
+    *,
+    trials: int,
+    seed: int = 0,
+    extras: dict[str, str] | None = None,
+    exclude: Sequence[str] = (),
+    max_rounds: int = 2000,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A small random search scored on validation average precision, ``trials`` fits.
+
+    Returns the best parameters (the defaults when ``trials`` is 0) and every trial.
+    """
+    rng = np.random.default_rng(seed)
+    best: dict[str, Any] = {}
+    best_ap = -1.0
+    history: list[dict[str, Any]] = []
+    for trial in range(trials):
+        params = {k: v[int(rng.integers(len(v)))] for k, v in SEARCH_SPACE.items()}
+        model = fit_risk_model(
+            train,
+            valid,
+            seed=seed,
+            params=params,
+            extras=extras,
+            exclude=exclude,
+            num_boost_round=max_rounds,
+        )
+        ap = evaluate(valid.label, model.margin(valid.features))["average_precision"]
+        history.append({"trial": trial, **params, "valid_average_precision": ap})
+        if ap > best_ap:
+            best, best_ap = params, ap
+    return best, history
+
+
+def _value(features: pl.DataFrame) -> np.ndarray:
+    return features.get_column("log_value").fill_null(0).exp().to_numpy() - 1.0
 
 
 def train_and_evaluate(
@@ -98,18 +183,44 @@ def train_and_evaluate(
     params: dict[str, Any] | None = None,
     refit: bool = True,
     exclude: Sequence[str] = (),
+    trials: int = 0,
+    baselines: bool = False,
+    n_boot: int = 0,
+    max_rounds: int = 2000,
 ) -> TrainResult:
     """Fit on train (rounds and calibration from valid), then score and evaluate test.
 
     With ``refit`` the final trees are grown again on train + valid with the number of
     rounds early stopping found (plus the share of extra data), because the most recent
     period is the most informative one and small validation sets make early stopping noisy.
+    ``trials`` > 0 first runs :func:`search_params`. ``baselines`` also fits and scores the
+    offence-history and logistic-regression baselines on the same test rows.
     """
     train_mask, valid_mask, test_mask = split.masks(labelled.get_column(D.DECLARED_AT))
     train, valid, test = (_data(labelled, m) for m in (train_mask, valid_mask, test_mask))
     if train.label.sum() == 0 or valid.label.sum() == 0:
         raise ValueError("training and validation periods both need positive (hit) results")
-    model = fit_risk_model(train, valid, seed=seed, extras=extras, params=params, exclude=exclude)
+    search: list[dict[str, Any]] = []
+    if trials > 0:
+        found, search = search_params(
+            train,
+            valid,
+            trials=trials,
+            seed=seed,
+            extras=extras,
+            exclude=exclude,
+            max_rounds=max_rounds,
+        )
+        params = {**found, **(params or {})}
+    model = fit_risk_model(
+        train,
+        valid,
+        seed=seed,
+        extras=extras,
+        params=params,
+        exclude=exclude,
+        num_boost_round=max_rounds,
+    )
     if refit:
         both = _data(labelled, train_mask | valid_mask)
         rounds = int(model.booster.num_trees() * len(both.label) / max(1, len(train.label)))
@@ -123,13 +234,15 @@ def train_and_evaluate(
             num_boost_round=max(rounds, 10),
             early_stopping=0,
         )
-        # Calibrate the refitted trees on the first model's out-of-sample margins mapped
-        # through the same ranks: the validation rows are in-sample for the refit.
+        # The validation rows are in-sample for the refit, so its calibrator would be
+        # overconfident: keep the one fitted on the first model's out-of-sample margins.
         final.calibrator = model.calibrator
         final.info["calibration"] = "platt, fitted on validation margins before refit"
+        final.info["valid_best_iteration"] = model.booster.num_trees()
         model = final
+    model.info["holdout"] = split.holdout()
     scores = model.predict_proba(test.features) if len(test.label) else np.zeros(0)
-    value = test.features.get_column("log_value").fill_null(0).exp().to_numpy() - 1.0
+    value = _value(test.features) if len(test.label) else None
     metrics = evaluate(test.label, scores, scores, value=value) if len(test.label) else {}
     sizes = {
         "train": len(train.label),
@@ -139,4 +252,39 @@ def train_and_evaluate(
         "valid_positives": int(valid.label.sum()),
         "test_positives": int(test.label.sum()),
     }
-    return TrainResult(model, test, scores, metrics, sizes)
+    reports: list[ScoreReport] = []
+    if len(test.label) and (baselines or n_boot):
+        reports.append(
+            evaluate_scores(
+                "lightgbm", test.label, scores, proba=scores, value=value, n_boot=n_boot
+            )
+        )
+    if len(test.label) and baselines:
+        reports.extend(baseline_reports(labelled, split, seed=seed, extras=extras, n_boot=n_boot))
+    return TrainResult(model, test, scores, metrics, sizes, reports, search)
+
+
+def baseline_reports(
+    labelled: pl.DataFrame,
+    split: Split,
+    *,
+    seed: int = 0,
+    extras: dict[str, str] | None = None,
+    n_boot: int = 0,
+) -> list[ScoreReport]:
+    """The offence-history and logistic-regression baselines on the split's test rows.
+
+    Logistic regression is fitted on train + valid (it has no rounds to tune).
+    """
+    train_mask, valid_mask, test_mask = split.masks(labelled.get_column(D.DECLARED_AT))
+    fit, test = _data(labelled, train_mask | valid_mask), _data(labelled, test_mask)
+    value = _value(test.features)
+    history = offence_history_score(test.features)
+    cats = [c for c in categorical_columns(extras) if c in CATEGORICAL or c in (extras or {})]
+    numeric = [c for c in model_columns(extras) if c not in cats and c in labelled.columns]
+    logistic = LogisticBaseline(numeric, cats, seed=seed).fit(fit.features, fit.label, fit.weight)
+    lr = logistic.predict_proba(test.features)
+    return [
+        evaluate_scores("offence_history", test.label, history, value=value, n_boot=n_boot),
+        evaluate_scores("logistic_regression", test.label, lr, value=value, n_boot=n_boot),
+    ]
