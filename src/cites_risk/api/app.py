@@ -1,0 +1,88 @@
+"""``create_app(settings)``: the FastAPI application over one :class:`Service`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.staticfiles import StaticFiles
+
+from cites_risk.api import errors
+from cites_risk.api.limits import BodyLimit
+from cites_risk.api.metrics import Metrics
+from cites_risk.api.routes import (
+    audit,
+    inspections,
+    jobs,
+    models,
+    offences,
+    profiles,
+    scoring,
+    system,
+)
+from cites_risk.api.schemas import problem_responses
+from cites_risk.profiling.batch_jobs import JobRunner
+from cites_risk.profiling.config import Settings
+from cites_risk.profiling.service import Service
+
+API_PREFIX = "/v1"
+#: The inspector page loads only its own script and style and calls only this origin.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+def create_app(
+    settings: Settings, service: Service | None = None, *, job_chunk_rows: int = 200_000
+) -> FastAPI:
+    """The API over ``service`` (started from ``settings`` when not given).
+
+    Batch jobs run while the app's lifespan is active; jobs a previous process left
+    unfinished resume when it starts.
+    """
+    owned = service is None
+    svc = service if service is not None else Service.start(settings)
+    runner = JobRunner(svc, chunk_rows=job_chunk_rows)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        runner.start()
+        try:
+            yield
+        finally:
+            runner.stop()
+            if owned:
+                svc.close()
+
+    app = FastAPI(
+        title="cites-risk",
+        version="1",
+        summary="Consignment risk profiling for CITES-listed wildlife",
+        lifespan=lifespan,
+    )
+    app.state.service = svc
+    app.state.jobs = runner
+    app.state.metrics = Metrics()
+    errors.install(app)
+
+    documented = problem_responses(401, 403, 404, 409, 413, 422, 503)
+    for module in (scoring, jobs, inspections, offences, profiles, models, audit):
+        app.include_router(module.router, prefix=API_PREFIX, responses=documented)
+    app.include_router(system.router, responses=problem_responses(401))
+    app.mount("/static", StaticFiles(directory=system.STATIC), name="static")
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response: Response = await call_next(request)
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    app.middleware("http")(app.state.metrics.middleware)
+    # Outermost: an oversized body is refused before anything reads it.
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_mb * (1 << 20))
+    return app

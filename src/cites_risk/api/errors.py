@@ -1,0 +1,122 @@
+"""One error hierarchy (``ServiceError``), mapped to RFC 9457 problem+json here, once.
+
+Every error a client sees has the same shape: ``type``, ``title``, ``status``, ``detail``,
+``instance`` and, for 422, ``errors`` naming each bad field.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cites_risk.profiling.service import (
+    ConflictError,
+    FieldProblem,
+    ForbiddenError,
+    InvalidInputError,
+    NotFoundError,
+    NotReadyError,
+    ServiceError,
+    TooLargeError,
+    UnauthenticatedError,
+)
+
+PROBLEM = "application/problem+json"
+log = logging.getLogger(__name__)
+
+#: The HTTP status of each error class; a subclass not listed takes its parent's.
+STATUS: dict[type[ServiceError], int] = {
+    ServiceError: 400,
+    UnauthenticatedError: 401,
+    ForbiddenError: 403,
+    NotFoundError: 404,
+    ConflictError: 409,
+    TooLargeError: 413,
+    InvalidInputError: 422,
+    NotReadyError: 503,
+}
+_TITLES = {401: "Unauthenticated", 403: "Forbidden", 404: "Not found", 405: "Method not allowed"}
+
+
+def status_of(exc: ServiceError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 400
+
+
+def problem(
+    request: Request,
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    errors: Sequence[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+    }
+    if errors is not None:
+        body["errors"] = list(errors)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def _field_error(p: FieldProblem) -> dict[str, Any]:
+    loc: list[str | int] = ["body"] if p.row is None else ["body", p.row]
+    loc += p.field.split(".")
+    return {"field": p.field, "row": p.row, "loc": loc, "message": p.reason, "value": p.value}
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    status = status_of(exc)
+    errors = [_field_error(p) for p in exc.problems] if isinstance(exc, InvalidInputError) else None
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return problem(request, status, exc.title, exc.detail, errors=errors, headers=headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = []
+    for err in exc.errors():
+        loc = [p for p in err.get("loc", ()) if isinstance(p, str | int)]
+        # The field is the last named part of the location ("body.declarations.3.office").
+        named = [p for p in loc if isinstance(p, str) and p not in ("body", "query", "path")]
+        errors.append(
+            {"field": named[-1] if named else None, "loc": loc, "message": err.get("msg", "")}
+        )
+    fields = sorted({str(e["field"]) for e in errors if e["field"]})
+    detail = "invalid request" + (f": check {', '.join(fields)}" if fields else "")
+    return problem(request, 422, "Invalid input", detail, errors=errors)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    title = _TITLES.get(exc.status_code, "Request failed")
+    return problem(
+        request, exc.status_code, title, str(exc.detail), headers=dict(exc.headers or {})
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # The trace goes to the log, never to the client.
+    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    return problem(request, 500, "Internal error", "an unexpected error occurred; it is logged")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,63 @@
+"""Prometheus metrics: requests by route template and status, latency, scored rows.
+
+Each app has its own registry (several apps in one process, as in tests, never collide).
+Labels are route *templates* (``/v1/offences/{offence_id}``), never ids: the metrics hold
+no record identifiers, so they reveal nothing consent protects.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import Request, Response
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.routing import compile_path
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "cites_risk_requests_total",
+            "HTTP requests",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "cites_risk_request_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            registry=self.registry,
+        )
+        self.ready = Gauge(
+            "cites_risk_ready", "1 when a model and profiles are loaded", registry=self.registry
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def middleware(
+        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = _template(request)
+        self.requests.labels(request.method, route, str(response.status_code)).inc()
+        self.latency.labels(request.method, route).observe(time.perf_counter() - started)
+        return response
+
+
+def _template(request: Request) -> str:
+    """The documented path template the request matched, or ``other``."""
+    app = request.app
+    templates: list[tuple[re.Pattern[str], str]] | None = getattr(app.state, "templates", None)
+    if templates is None:
+        # Built from the OpenAPI paths once: the public contract, whatever the router does.
+        templates = [(compile_path(p)[0], p) for p in app.openapi()["paths"]]
+        app.state.templates = templates
+    path = request.url.path
+    return next((t for regex, t in templates if regex.match(path)), "other")

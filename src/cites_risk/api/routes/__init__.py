@@ -1,0 +1,1 @@
+"""Versioned routes (``/v1``): thin adapters from HTTP to the service."""

@@ -1,0 +1,37 @@
+"""Scoring: one declaration, a JSON batch, and the stored result of a declaration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from cites_risk.api.deps import Inspector, ServiceDep, Targeting
+from cites_risk.api.schemas import DeclarationIn, ScoreBatchIn, ScoreBatchOut, ScoreResult
+from cites_risk.profiling.service import extra_column
+
+router = APIRouter(tags=["scoring"])
+
+
+def _row(declaration: DeclarationIn) -> dict[str, Any]:
+    row = declaration.model_dump(exclude={"extras"})
+    extras: dict[str, Any] = getattr(declaration, "extras", None) or {}
+    return row | {extra_column(k): v for k, v in extras.items()}
+
+
+@router.post("/score", response_model=ScoreResult)
+def score_one(declaration: DeclarationIn, actor: Inspector, service: ServiceDep) -> ScoreResult:
+    """Score one declaration: score, lane, reasons and species match."""
+    return service.score(actor, [_row(declaration)])[0]
+
+
+@router.post("/score/batch", response_model=ScoreBatchOut)
+def score_batch(body: ScoreBatchIn, actor: Targeting, service: ServiceDep) -> ScoreBatchOut:
+    """Score a list of declarations in one vectorised pass (at most api_max_batch)."""
+    return ScoreBatchOut(results=service.score(actor, [_row(d) for d in body.declarations]))
+
+
+@router.get("/scores/{declaration_id}", response_model=ScoreResult)
+def stored_score(declaration_id: str, actor: Inspector, service: ServiceDep) -> ScoreResult:
+    """The last stored result of a declaration scored by your organisation."""
+    return service.stored_score(actor, declaration_id)

@@ -1,0 +1,279 @@
+"""Batch jobs behind the API: upload once, score in the background, survive a restart.
+
+* **Same file twice, same job.** A job's fingerprint is the SHA-256 of the file's bytes and
+  of its parameters; a second upload of the same bytes with the same mapping (by the same
+  organisation) returns the first job instead of scoring again.
+* **One worker.** Jobs run one at a time in a background thread: a batch already uses
+  every core (polars, LightGBM), and two would only fight for memory.
+* **Restart-safe.** The job row says where the input and output live and how it was
+  chunked. On start-up, unfinished jobs are queued again; :func:`score_stream` skips parts
+  already written, so a resumed job finishes without duplicate rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import shutil
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from cites_risk.features.contract import D
+from cites_risk.features.validation import REJECT_SCHEMA
+from cites_risk.profiling.batch import DECISIONS, score_stream
+from cites_risk.profiling.engine import REASONS
+from cites_risk.profiling.selection import FINAL_RISK
+from cites_risk.profiling.service import (
+    InvalidInputError,
+    NotFoundError,
+    NotReadyError,
+    Service,
+)
+from cites_risk.profiling.sources import InputError, load_mapping
+from cites_risk.profiling.store import Actor, Job, JobStatus
+
+KIND = "score"
+FORMATS = ("parquet", "csv")
+_SUFFIXES = (".csv", ".parquet", ".gz", ".txt", ".tsv")
+log = logging.getLogger(__name__)
+
+
+class _InterruptedError(Exception):
+    """The runner is stopping: leave the job unfinished so that a restart resumes it."""
+
+
+def fingerprint(content_sha256: str, params: dict[str, Any]) -> str:
+    text = content_sha256 + "|" + json.dumps(params, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _suffix(filename: str) -> str:
+    # The reader dispatches on the suffix (.parquet, .csv.gz); anything else reads as CSV.
+    suffixes = [s.lower() for s in Path(filename).suffixes if s.lower() in _SUFFIXES]
+    return "".join(suffixes[-2:]) or ".csv"
+
+
+class JobRunner:
+    """Queue, worker thread and files of the batch jobs of one service."""
+
+    def __init__(self, service: Service, *, chunk_rows: int = 200_000) -> None:
+        self.service = service
+        self.chunk_rows = chunk_rows
+        self.root = service.settings.home / "jobs"
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._idle = threading.Event()
+        self._idle.set()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> list[str]:
+        """Start the worker and queue the jobs a previous process left unfinished."""
+        if self._thread is not None and self._thread.is_alive():
+            return []  # already running: one worker per runner, whoever asks twice
+        self._stop.clear()
+        resumed = [job.job_id for job in self.service.store.jobs.unfinished(KIND)]
+        for job_id in resumed:
+            self._queue.put(job_id)
+        self._thread = threading.Thread(target=self._work, name="cites-risk-jobs", daemon=True)
+        self._thread.start()
+        return resumed
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop after the current part; an interrupted job stays queued for the next start."""
+        self._stop.set()
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """True once the queue is empty and no job runs (tests, graceful shutdown)."""
+        return self._idle.wait(timeout)
+
+    # -- submitting and reading --------------------------------------------------------
+
+    def submit(self, actor: Actor, upload: Path, filename: str, mapping: str) -> tuple[Job, bool]:
+        """A job for the uploaded file (moved into the job's folder); (job, created)."""
+        try:
+            load_mapping(mapping)
+        except InputError as exc:
+            upload.unlink(missing_ok=True)
+            raise InvalidInputError(str(exc), []) from None
+        sha = _sha256(upload)
+        suffix = _suffix(filename)
+        fp = fingerprint(sha, {"mapping": mapping, "suffix": suffix})
+        store = self.service.store
+        existing = store.jobs.find(KIND, fp, actor.organisation)
+        if existing is not None:
+            upload.unlink(missing_ok=True)
+            store.audit.record(actor, "job.reuse", existing.job_id, filename=filename)
+            return existing, False
+        # score_stream names history files after the output folder: one name per job.
+        folder_name = fp[:16]
+        folder = self.root / actor.organisation / folder_name
+        folder.mkdir(parents=True, exist_ok=True)
+        source = folder / f"input{suffix}"
+        shutil.move(upload, source)
+        params = {
+            "mapping": mapping,
+            "filename": filename,
+            "sha256": sha,
+            "chunk_rows": self.chunk_rows,
+            "role": actor.role,
+        }
+        job = store.jobs.create(
+            KIND,
+            fp,
+            organisation=actor.organisation,
+            created_by=actor.name,
+            input_path=str(source),
+            output_path=str(folder / f"scored-{folder_name}"),
+            params=params,
+        )
+        store.audit.record(actor, "job.submit", job.job_id, filename=filename, mapping=mapping)
+        self._idle.clear()
+        self._queue.put(job.job_id)
+        return job, True
+
+    def get(self, actor: Actor, job_id: str) -> Job:
+        """A job of the actor's organisation; others' jobs do not exist for it."""
+        job = self.service.store.jobs.get(job_id)
+        if job is None or job.organisation != actor.organisation:
+            raise NotFoundError(f"no job {job_id!r}")
+        return job
+
+    def results(self, actor: Actor, job_id: str, fmt: str) -> Path:
+        """The scored rows as one file (built once, when first asked for)."""
+        job = self._finished(actor, job_id)
+        out = Path(str(job.output_path))
+        path = out / f"results.{fmt}"
+        if not path.exists():
+            frame = _scored(out)
+            tmp = path.with_name(f".{path.name}.tmp")
+            if fmt == "csv":
+                lists = [c for c, t in frame.schema.items() if isinstance(t, pl.List)]
+                frame.with_columns(pl.col(c).list.join(" | ") for c in lists).write_csv(tmp)
+            else:
+                frame.write_parquet(tmp)
+            tmp.replace(path)
+        self.service.store.audit.record(actor, "job.results", job_id, format=fmt)
+        return path
+
+    def rejects(self, actor: Actor, job_id: str) -> Path:
+        job = self._finished(actor, job_id)
+        out = Path(str(job.output_path))
+        path = out / "rejects.csv"
+        if not path.exists():  # no rejected row: an empty file with the header
+            pl.DataFrame(schema=REJECT_SCHEMA).write_csv(path)
+        self.service.store.audit.record(actor, "job.rejects", job_id)
+        return path
+
+    def _finished(self, actor: Actor, job_id: str) -> Job:
+        job = self.get(actor, job_id)
+        if job.status != JobStatus.DONE:
+            raise NotReadyError(f"job {job_id} is {job.status.value}; poll until it is done")
+        return job
+
+    # -- the worker --------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            job_id = self._queue.get()
+            if job_id is None or self._stop.is_set():
+                break
+            self._idle.clear()
+            try:
+                self._run(job_id)
+            except _InterruptedError:
+                log.info("job %s interrupted; it resumes on the next start", job_id)
+                break
+            finally:
+                if self._queue.empty():
+                    self._idle.set()
+
+    def _run(self, job_id: str) -> None:
+        store = self.service.store
+        job = store.jobs.get(job_id)
+        if job is None or job.status in (JobStatus.DONE, JobStatus.FAILED):
+            return
+        actor = Actor(job.created_by, job.organisation, str(job.params.get("role", "")))
+        store.jobs.update(job_id, status=JobStatus.RUNNING)
+
+        def progress(done: int, total: int | None) -> None:
+            store.jobs.update(job_id, rows_done=done, rows_total=total)
+            if self._stop.is_set():
+                raise _InterruptedError
+
+        try:
+            engine = self.service.engine()
+            result = score_stream(
+                self.service.settings,
+                store,
+                self.service.reference,
+                engine,
+                Path(str(job.input_path)),
+                load_mapping(str(job.params["mapping"])),
+                actor,
+                Path(str(job.output_path)),
+                chunk_rows=int(job.params.get("chunk_rows", self.chunk_rows)),
+                progress=progress,
+                deciding=self.service.batch_deciding(actor),
+            )
+        except _InterruptedError:
+            raise
+        except Exception as exc:  # the worker outlives any one job; the job says why
+            log.exception("job %s failed", job_id)
+            store.jobs.update(job_id, status=JobStatus.FAILED, error=str(exc))
+            store.audit.record(actor, "job.failed", job_id, error=str(exc))
+            return
+        store.jobs.update(
+            job_id,
+            status=JobStatus.DONE,
+            rows_done=result.rows_read,
+            rows_total=result.rows_read,
+            rows_rejected=result.rows_rejected,
+        )
+        store.audit.record(
+            actor,
+            "job.done",
+            job_id,
+            rows=result.rows_scored,
+            rejected=result.rows_rejected,
+            model_version=engine.model_version,
+        )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _scored(out: Path) -> pl.DataFrame:
+    """Scored parts with the batch's decisions: lane, selection and the full reasons."""
+    frames: Iterable[pl.DataFrame] = (
+        pl.read_parquet(p) for p in sorted(out.glob("part-*.parquet"))
+    )
+    kept = [f for f in frames if f.height]
+    if not kept:
+        return pl.DataFrame()
+    scored = pl.concat(kept, how="diagonal_relaxed")
+    decisions = out / DECISIONS
+    if not decisions.exists():
+        return scored
+    # The decisions' reasons include the model's: they replace the parts' model-only list.
+    return (
+        scored.drop(REASONS)
+        .join(pl.read_parquet(decisions), on=D.ID, how="left", maintain_order="left")
+        .sort(FINAL_RISK, D.ID, descending=[True, False])
+    )

@@ -1,0 +1,750 @@
+"""The engine as a service: what the HTTP API (and its tests) call, one method per use case.
+
+Every method takes the acting :class:`Actor` and writes an audit event (who, organisation,
+role, what). Consent is applied by construction: offence records are read only through the
+consent-filtered repository, history features are built from what the actor's organisation
+may see, stored scores, jobs and audit events are scoped to the actor's organisation.
+
+Errors are one hierarchy (:class:`ServiceError`); the API maps each class to an HTTP
+status once.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import polars as pl
+import sqlalchemy as sa
+from pydantic import BaseModel, Field
+
+from cites_risk.features.adapters import EXTRA_PREFIX, ROW
+from cites_risk.features.contract import (
+    DECLARATION,
+    INSPECTION,
+    OFFENCE,
+    STR_LIST,
+    TIMESTAMP,
+    D,
+    I,
+    O,
+    Record,
+)
+from cites_risk.features.contract import Field as ContractField
+from cites_risk.features.history import History
+from cites_risk.features.reference import Reference, load_reference
+from cites_risk.features.validation import validate
+from cites_risk.models.registry import HOLDOUT_TAG
+from cites_risk.models.tracking import (
+    CHAMPION,
+    RegistryError,
+    Tracking,
+    alias_version,
+    candidate,
+    list_versions,
+    load_model,
+)
+from cites_risk.models.tracking import promote as promote_version
+from cites_risk.profiling.auth import KeyRepository
+from cites_risk.profiling.batch import Deciding
+from cites_risk.profiling.config import Settings
+from cites_risk.profiling.engine import RED_CUT, Engine, engine_for
+from cites_risk.profiling.history_store import DeclarationHistory, history_for
+from cites_risk.profiling.profile_evidence import from_info, weighted
+from cites_risk.profiling.profiles.model import EntityKind, Profile, ProfileError, parse_profile
+from cites_risk.profiling.profiles.repository import ProfileConflictError, ProfileRepository
+from cites_risk.profiling.profiles.watchlist import WatchlistRepository
+from cites_risk.profiling.roles import Role, at_least, may_read_rationale
+from cites_risk.profiling.selection import (
+    DEFAULT_CAPACITY_SHARE,
+    FINAL_RISK,
+    LANE,
+    PROFILE_HITS,
+    SELECTED,
+    SELECTED_BY,
+    SelectionConfig,
+    select,
+)
+from cites_risk.profiling.selection import REASONS as SELECTION_REASONS
+from cites_risk.profiling.sources import vocabulary
+from cites_risk.profiling.store import Actor, Store
+from cites_risk.profiling.store.core import as_utc, upsert, utcnow
+from cites_risk.profiling.store.schema import scores
+from cites_risk.profiling.workflows import tracking_for
+
+#: Declarations of the recent history scored at start-up to place the online red cut.
+CUT_SAMPLE_ROWS = 5_000
+
+# --- errors -------------------------------------------------------------------------------
+
+
+class ServiceError(Exception):
+    """Root of every error the service (and the API on top of it) reports to a caller."""
+
+    title = "Request failed"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class NotFoundError(ServiceError):
+    """Absent, or not visible to the caller: both read the same, so nothing leaks."""
+
+    title = "Not found"
+
+
+class ForbiddenError(ServiceError):
+    title = "Forbidden"
+
+
+class UnauthenticatedError(ServiceError):
+    title = "Unauthenticated"
+
+
+class ConflictError(ServiceError):
+    title = "Conflict"
+
+
+class NotReadyError(ServiceError):
+    title = "Service not ready"
+
+
+class TooLargeError(ServiceError):
+    title = "Request too large"
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    """One bad value: the row (0-based, in the request), the field and the reason."""
+
+    row: int | None
+    field: str
+    reason: str
+    value: str | None = None
+
+
+class InvalidInputError(ServiceError):
+    title = "Invalid input"
+
+    def __init__(self, detail: str, problems: Sequence[FieldProblem] = ()) -> None:
+        super().__init__(detail)
+        self.problems = list(problems)
+
+
+# --- results ------------------------------------------------------------------------------
+
+
+class FeatureValue(BaseModel):
+    name: str
+    value: float | str | bool | None
+
+
+class ScoreResult(BaseModel):
+    """What an inspector is told about one declaration."""
+
+    declaration_id: str
+    score: float = Field(description="calibrated model probability of an offence")
+    final_risk: float = Field(description="model probability combined with profile weights")
+    lane: str = Field(description="red (inspect), yellow (documents) or green (release)")
+    selected: bool
+    selected_by: str | None = Field(description="model, rule or random; null when released")
+    profile_hits: list[str] = Field(description="profiles hit that the caller may see")
+    reasons: list[str] = Field(description="why, in words: selection, profiles, model, species")
+    model_reasons: list[str]
+    species_match: str | None
+    top_features: list[FeatureValue]
+    model_version: str
+    scored_at: datetime
+
+
+class ModelVersion(BaseModel):
+    version: str
+    aliases: list[str]
+    run_id: str
+    metrics: dict[str, float]
+    holdout: str | None = Field(description="test period start the metrics were measured on")
+
+
+class PromotionResult(BaseModel):
+    version: str
+    previous: str | None
+    forced: bool = Field(description="promoted although worse or not comparable")
+    reasons: list[str] = Field(description="why it was worse or not comparable")
+    deltas: dict[str, float] = Field(description="candidate minus champion, per metric")
+
+
+@dataclass
+class _Loaded:
+    engine: Engine
+    online: SelectionConfig
+
+
+# --- the service --------------------------------------------------------------------------
+
+
+class Service:
+    """Settings, store, reference data, the champion model and the profiles, loaded once."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        reference: Reference,
+        *,
+        online_cut: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.reference = reference
+        self.tracking: Tracking = tracking_for(settings)
+        self.declarations = DeclarationHistory(settings.history_dir)
+        self.profiles = ProfileRepository(store)
+        self.watchlist = WatchlistRepository(store)
+        self.keys = KeyRepository(store)
+        self._fixed_cut = online_cut
+        self._loaded: _Loaded | None = None
+        self._profiles_ok = False
+        self.problems: list[str] = []
+        self._lock = threading.Lock()
+
+    @classmethod
+    def start(cls, settings: Settings, *, online_cut: float | None = None) -> Service:
+        """Open the store, read the reference data, load the champion and the profiles.
+
+        A missing model does not stop start-up (``/health`` answers, ``/ready`` says why);
+        scoring refuses until one is promoted.
+        """
+        service = cls(settings, Store(settings.store_url), load_reference(), online_cut=online_cut)
+        service.reload()
+        return service
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- readiness ---------------------------------------------------------------------
+
+    def reload(self) -> None:
+        problems: list[str] = []
+        try:
+            model, version = load_model(self.tracking, CHAMPION)
+            engine = engine_for(self.settings, model, version, self.reference)
+            self._loaded = _Loaded(engine, self._online_config(engine))
+        except RegistryError as exc:
+            self._loaded = None
+            problems.append(str(exc))
+        try:
+            self.profiles.enabled()
+            self._profiles_ok = True
+        except ProfileError as exc:
+            self._profiles_ok = False
+            problems.append(f"stored profiles cannot be read: {exc}")
+        self.problems = problems
+
+    @property
+    def ready(self) -> bool:
+        return self._loaded is not None and self._profiles_ok
+
+    @property
+    def model_version(self) -> str | None:
+        return self._loaded.engine.model_version if self._loaded else None
+
+    def engine(self) -> Engine:
+        """The champion's engine (batch jobs score with it); refuses when not ready."""
+        return self._require().engine
+
+    def _require(self) -> _Loaded:
+        loaded = self._loaded
+        if loaded is None or not self._profiles_ok:
+            raise NotReadyError("; ".join(self.problems) or "no champion model loaded")
+        return loaded
+
+    def _weighted_profiles(self, engine: Engine) -> list[Profile]:
+        """Enabled profiles with the weights they earned on the champion's history."""
+        return weighted(self.profiles.enabled(), from_info(engine.model.info))
+
+    def batch_deciding(self, actor: Actor) -> Deciding:
+        """How a batch job selects: 5 % of each office-day, 2 % of it at random."""
+        return Deciding(
+            self._weighted_profiles(self.engine()),
+            SelectionConfig(capacity_share=DEFAULT_CAPACITY_SHARE),
+            role=Role(actor.role),
+            watchlist=self.watchlist.index(),
+        )
+
+    def _online_config(self, engine: Engine) -> SelectionConfig:
+        """Selection for declarations scored one at a time or in small sets.
+
+        Capacity is a share of an office-day's traffic, which a single declaration does not
+        have: the red cut is instead the model probability that the top
+        ``DEFAULT_CAPACITY_SHARE`` of recent traffic reaches (profiles still force lanes).
+        """
+        cut = self._fixed_cut
+        if cut is None and RED_CUT in engine.model.info:
+            cut = float(engine.model.info[RED_CUT])  # measured at training, real history
+        if cut is None:
+            cut = self._recent_cut(engine)
+        return SelectionConfig(
+            capacity_share=1.0,
+            random_share=0.0,
+            yellow_share=0.0,
+            min_risk=cut,
+            max_profile_share=None,
+        )
+
+    def _recent_cut(self, engine: Engine) -> float:
+        recent = (
+            self.declarations.scan()
+            .sort(D.DECLARED_AT, descending=True)
+            .head(CUT_SAMPLE_ROWS)
+            .collect()
+        )
+        if recent.height == 0:
+            return 1.0  # no traffic seen yet: only profiles send a declaration to red
+        # Organisation-neutral: no offences, so no consent question at start-up.
+        history = History(
+            self.declarations.scan(), History.empty().offences, History.empty().inspections
+        )
+        proba = engine.model.predict_proba(engine.features(recent, history))
+        return float(pl.Series(proba).quantile(1.0 - DEFAULT_CAPACITY_SHARE) or 1.0)
+
+    def authenticate(self, token: str | None) -> Actor:
+        actor = self.keys.authenticate(token) if token else None
+        if actor is None:
+            raise UnauthenticatedError(
+                "give a valid API key: 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+            )
+        return actor
+
+    # -- scoring -----------------------------------------------------------------------
+
+    def score(self, actor: Actor, declarations: Sequence[Mapping[str, Any]]) -> list[ScoreResult]:
+        """Score declarations as one vectorised batch; store and audit every result."""
+        loaded = self._require()
+        if not declarations:
+            return []
+        if len(declarations) > self.settings.api_max_batch:
+            raise TooLargeError(
+                f"{len(declarations)} declarations in one request; at most "
+                f"{self.settings.api_max_batch} (use a batch job for more)"
+            )
+        engine = loaded.engine
+        frame = self._declarations(declarations, engine.model.extras)
+        history = self._history(actor.organisation, frame)
+        scored = engine.score(frame, history)
+        own = [c for c in frame.columns if c == D.ID or c not in scored.columns]
+        full = scored.join(frame.select(own), on=D.ID, how="left", maintain_order="left")
+        profiles = self._weighted_profiles(engine)
+        index = self.watchlist.index()
+        role = Role(actor.role)
+        results = self._results(full, profiles, index, loaded, role)
+        # Stored results are rendered for the least privileged reader: a lookup by anyone in
+        # the organisation never shows a rationale its role may not read.
+        stored = (
+            results
+            if role == Role.INSPECTOR
+            else self._results(full, profiles, index, loaded, Role.INSPECTOR)
+        )
+        self._store_results(actor.organisation, stored)
+        self.store.audit.record(
+            actor,
+            "score.one" if len(results) == 1 else "score.many",
+            results[0].declaration_id if len(results) == 1 else None,
+            rows=len(results),
+            model_version=engine.model_version,
+            red=sum(r.lane == "red" for r in results),
+        )
+        return results
+
+    def _results(
+        self,
+        full: pl.DataFrame,
+        profiles: Sequence[Profile],
+        index: Any,
+        loaded: _Loaded,
+        role: Role,
+    ) -> list[ScoreResult]:
+        selection = select(
+            full,
+            profiles,
+            loaded.online,
+            role=role,
+            watchlist=index,
+            extra_reasons=["reasons", "species_match"],
+        ).frame
+        visible = {p.id for p in profiles if may_read_rationale(role, p.confidentiality)}
+        now = utcnow()
+        out: list[ScoreResult] = []
+        top = full.get_column("top_features").to_list()
+        for i, (row, sel) in enumerate(
+            zip(
+                full.select(D.ID, "score", "reasons", "species_match").iter_rows(named=True),
+                selection.iter_rows(named=True),
+                strict=True,
+            )
+        ):
+            names: list[str] = top[i] or []
+            values = full.select([n for n in names if n in full.columns]).row(i, named=True)
+            out.append(
+                ScoreResult(
+                    declaration_id=row[D.ID],
+                    score=float(row["score"]),
+                    final_risk=float(sel[FINAL_RISK]),
+                    lane=sel[LANE],
+                    selected=bool(sel[SELECTED]),
+                    selected_by=sel[SELECTED_BY],
+                    profile_hits=[p for p in sel[PROFILE_HITS] if p in visible],
+                    reasons=list(sel[SELECTION_REASONS]),
+                    model_reasons=list(row["reasons"] or []),
+                    species_match=row["species_match"],
+                    top_features=[FeatureValue(name=k, value=_plain(v)) for k, v in values.items()],
+                    model_version=loaded.engine.model_version,
+                    scored_at=now,
+                )
+            )
+        return out
+
+    def _declarations(
+        self, rows: Sequence[Mapping[str, Any]], extras: Mapping[str, str]
+    ) -> pl.DataFrame:
+        frame = self._validated(DECLARATION, rows, dict(extras))
+        missing = [name for name in extras if name not in frame.columns]
+        return frame.with_columns(pl.lit(None, pl.String).alias(n) for n in missing)
+
+    def _history(self, organisation: str, frame: pl.DataFrame) -> History:
+        """What ``organisation`` may know, with the request's declarations lodged in it.
+
+        The request joins the history only for this call (consignment siblings see each
+        other), so scoring is a read: nothing is written to the declaration history.
+        """
+        base = history_for(self.store, self.declarations, organisation)
+        lodged = pl.concat([base.declarations, frame.lazy()], how="diagonal_relaxed").unique(
+            subset=[D.ID], keep="last", maintain_order=True
+        )
+        return History(lodged, base.offences, base.inspections)
+
+    def _validated(
+        self,
+        record: Record,
+        rows: Sequence[Mapping[str, Any]],
+        extras: dict[str, str] | None = None,
+    ) -> pl.DataFrame:
+        """The one validation path of files, applied to request rows (as text)."""
+        text = _as_text(record, rows, extras or {})
+        checked = validate(text.lazy(), record, vocabulary(self.reference), None, extras)
+        accepted, rejects = pl.collect_all([checked.accepted, checked.rejects])
+        if rejects.height:
+            problems = [
+                FieldProblem(int(r["row"]) - 1, str(r["field"]), str(r["reason"]), r["value"])
+                for r in rejects.iter_rows(named=True)
+            ]
+            raise InvalidInputError(
+                f"{len({p.row for p in problems})} {record.name} record(s) rejected", problems
+            )
+        return accepted
+
+    def _store_results(self, organisation: str, results: Sequence[ScoreResult]) -> None:
+        rows = [
+            {
+                "declaration_id": r.declaration_id,
+                "organisation": organisation,
+                "scored_at": r.scored_at,
+                "model_version": r.model_version,
+                "score": r.score,
+                "lane": r.lane,
+                "result": r.model_dump(mode="json"),
+            }
+            for r in results
+        ]
+        with self.store.db.begin() as conn:
+            upsert(conn, scores, rows, ["declaration_id", "organisation"])
+
+    def stored_score(self, actor: Actor, declaration_id: str) -> ScoreResult:
+        """The last result scored for the actor's organisation (not re-scored)."""
+        with self.store.db.begin() as conn:
+            row = conn.execute(
+                sa.select(scores.c.result).where(
+                    scores.c.declaration_id == declaration_id,
+                    scores.c.organisation == actor.organisation,
+                )
+            ).first()
+        self.store.audit.record(actor, "score.lookup", declaration_id, found=row is not None)
+        if row is None:
+            raise NotFoundError(f"no stored score for declaration {declaration_id!r}")
+        return ScoreResult.model_validate(row.result)
+
+    # -- feedback ----------------------------------------------------------------------
+
+    def record_inspections(self, actor: Actor, results: Sequence[Mapping[str, Any]]) -> int:
+        """Inspection results of the actor's organisation: labels and history for training."""
+        rows = [dict(r) | {I.ORG: actor.organisation} for r in results]
+        frame = self._validated(INSPECTION, rows)
+        added = self.store.inspections.add(frame)
+        self.store.audit.record(
+            actor,
+            "inspection.record",
+            None,
+            rows=added,
+            declarations=frame.get_column(I.DECLARATION).to_list()[:100],
+        )
+        return added
+
+    # -- offences (consent-filtered only) ----------------------------------------------
+
+    def create_offence(self, actor: Actor, record: Mapping[str, Any]) -> dict[str, Any]:
+        """A new record provided by the actor's organisation; the id is assigned here.
+
+        A caller-chosen id could collide with a record it may not see: answering "exists"
+        would leak it and overwriting would destroy it, so the server picks the id.
+        """
+        offence_id = f"{actor.organisation}-{uuid.uuid4().hex}"
+        row = dict(record) | {O.ID: offence_id, O.PROVIDER: actor.organisation}
+        row[O.SHARED_WITH] = sorted(set(row.get(O.SHARED_WITH) or []))
+        frame = self._validated(OFFENCE, [row])
+        self.store.offences.add(frame)
+        self.store.audit.record(actor, "offence.create", offence_id)
+        return self._offence(actor, offence_id)
+
+    def _offence(self, actor: Actor, offence_id: str) -> dict[str, Any]:
+        found = self.store.offences.get(offence_id, actor.organisation)
+        if found is None:
+            raise NotFoundError(f"no offence record {offence_id!r}")
+        return {k: (as_utc(v) if isinstance(v, datetime) else v) for k, v in found.items()}
+
+    def get_offence(self, actor: Actor, offence_id: str) -> dict[str, Any]:
+        self.store.audit.record(actor, "offence.get", offence_id)
+        return self._offence(actor, offence_id)
+
+    def list_offences(
+        self, actor: Actor, *, limit: int = 100, offset: int = 0
+    ) -> list[dict[str, Any]]:
+        frame = self.store.offences.visible_to(actor.organisation)
+        page = frame.sort(O.DETECTED_AT, descending=True).slice(offset, limit)
+        self.store.audit.record(actor, "offence.list", None, rows=page.height)
+        return page.to_dicts()
+
+    def set_consent(
+        self, actor: Actor, offence_id: str, shared_with: Sequence[str]
+    ) -> dict[str, Any]:
+        """Only the provider may change consent; others get 404 (unseen) or 403 (seen)."""
+        self._offence(actor, offence_id)
+        if not self.store.offences.set_consent(offence_id, actor.organisation, shared_with):
+            raise ForbiddenError("only the organisation that provided a record changes its consent")
+        self.store.audit.record(
+            actor, "offence.consent", offence_id, shared_with=sorted(set(shared_with))
+        )
+        return self._offence(actor, offence_id)
+
+    # -- profiles and watch-lists ------------------------------------------------------
+
+    def list_profiles(self, actor: Actor) -> list[dict[str, Any]]:
+        stored = self.profiles.all()
+        self.store.audit.record(actor, "profile.list", None, rows=len(stored))
+        return [
+            {"version": s.version, "updated_at": s.updated_at, "updated_by": s.updated_by}
+            | s.profile.body()
+            for s in stored
+        ]
+
+    def save_profile(
+        self, actor: Actor, body: Mapping[str, Any], expected_version: int | None
+    ) -> dict[str, Any]:
+        """Create or update (audited by the repository); validation errors name the field."""
+        try:
+            profile = parse_profile(dict(body))
+        except ProfileError as exc:
+            problems = [_profile_problem(line) for line in str(exc).splitlines()]
+            raise InvalidInputError("profile rejected", problems) from None
+        try:
+            result = self.profiles.save(profile, actor, expected_version=expected_version)
+        except ProfileConflictError as exc:
+            raise ConflictError(str(exc)) from None
+        s = result.stored
+        return {"version": s.version, "updated_at": s.updated_at, "updated_by": s.updated_by} | (
+            s.profile.body()
+        )
+
+    def list_watchlist(self, actor: Actor) -> list[dict[str, Any]]:
+        entries = self.watchlist.entries(include_expired=True)
+        self.store.audit.record(actor, "watchlist.list", None, rows=len(entries))
+        return [e.as_dict() for e in entries]
+
+    def add_watchlist(
+        self,
+        actor: Actor,
+        kind: EntityKind,
+        name: str,
+        reason: str,
+        expires_at: datetime | None,
+    ) -> dict[str, Any]:
+        try:
+            return self.watchlist.add(kind, name, reason, actor, expires_at).as_dict()
+        except ValueError as exc:
+            raise InvalidInputError(str(exc), [FieldProblem(None, "name", str(exc))]) from None
+
+    def remove_watchlist(self, actor: Actor, entry_id: str) -> None:
+        if not self.watchlist.remove(entry_id, actor):
+            raise NotFoundError(f"no watch-list entry {entry_id!r}")
+
+    # -- models ------------------------------------------------------------------------
+
+    def list_models(self, actor: Actor) -> list[ModelVersion]:
+        versions = list_versions(self.tracking)
+        self.store.audit.record(actor, "model.list", None, rows=len(versions))
+        return [
+            ModelVersion(
+                version=v["version"],
+                aliases=v["aliases"],
+                run_id=v["run_id"],
+                metrics=dict(v["metrics"]),
+                holdout=v["tags"].get(HOLDOUT_TAG) or None,
+            )
+            for v in versions
+        ]
+
+    def promote(self, actor: Actor, version: str, *, force: bool = False) -> PromotionResult:
+        """Make ``version`` the champion (``models.registry.decide`` rules, as the CLI).
+
+        A challenger worse than the champion on the same holdout, or not comparable with
+        it, is refused unless ``force``; every promotion is audited with its reasons.
+        """
+        if not at_least(Role(actor.role), Role.ANALYST):
+            raise ForbiddenError("promoting a model needs the analyst role")
+        found = candidate(self.tracking, version)
+        if found is None:
+            raise NotFoundError(f"no model version {version!r}")
+        previous = alias_version(self.tracking, CHAMPION)
+        decision = promote_version(self.tracking, found.version, force=force)
+        if not decision.allowed:
+            raise ConflictError(
+                f"not promoted: {decision.summary}; promote with force to override (audited)"
+            )
+        deltas = {k: v for k, v in decision.deltas.items() if not math.isnan(v)}
+        self.store.audit.record(
+            actor,
+            "model.promote",
+            found.version,
+            previous=previous,
+            forced=decision.needs_force,
+            reasons=decision.reasons,
+            deltas=deltas,
+        )
+        with self._lock:
+            self.reload()
+        return PromotionResult(
+            version=found.version,
+            previous=previous,
+            forced=decision.needs_force,
+            reasons=decision.reasons,
+            deltas=deltas,
+        )
+
+    # -- audit -------------------------------------------------------------------------
+
+    def audit(
+        self,
+        actor: Actor,
+        *,
+        action: str | None = None,
+        actor_name: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Events of the actor's own organisation only: others' events name their records."""
+        events = self.store.audit.query(
+            action=action,
+            actor=actor_name,
+            organisation=actor.organisation,
+            since=since,
+            limit=limit,
+        )
+        self.store.audit.record(actor, "audit.query", None, rows=len(events))
+        return events
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> float | str | bool | None:
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    return str(value)
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _as_text(
+    record: Record, rows: Sequence[Mapping[str, Any]], extras: Mapping[str, str]
+) -> pl.DataFrame:
+    """Request rows as the text columns the validator parses (what a file would hold)."""
+    columns: dict[str, pl.Series] = {ROW: pl.Series(ROW, range(1, len(rows) + 1), dtype=pl.UInt32)}
+    for f in record.fields:
+        if f.dtype == STR_LIST:
+            values: list[Any] = [
+                None if r.get(f.name) is None else [str(v) for v in r[f.name]] for r in rows
+            ]
+            columns[f.name] = pl.Series(f.name, values, dtype=pl.List(pl.String))
+        elif any(f.name in r for r in rows) or f.required:
+            columns[f.name] = pl.Series(
+                f.name, [_text(r.get(f.name)) for r in rows], dtype=pl.String
+            )
+    for name in extras:
+        columns[name] = pl.Series(name, [_text(r.get(name)) for r in rows], dtype=pl.String)
+    return pl.DataFrame(columns)
+
+
+def _profile_problem(line: str) -> FieldProblem:
+    # "profile 'x': criteria.all.0.field: unknown field ..." -> field path and reason
+    _, _, rest = line.partition(": ")
+    path, sep, reason = rest.partition(": ")
+    if not sep:
+        return FieldProblem(None, "body", line)
+    return FieldProblem(None, path, reason)
+
+
+def extra_column(name: str) -> str:
+    """The frame column of an administration's extra field ``name`` (``x_name``)."""
+    return name if name.startswith(EXTRA_PREFIX) else EXTRA_PREFIX + name
+
+
+__all__ = [
+    # The data contract, re-exported for the API's request models.
+    "DECLARATION",
+    "INSPECTION",
+    "OFFENCE",
+    "STR_LIST",
+    "TIMESTAMP",
+    "ConflictError",
+    "ContractField",
+    "FeatureValue",
+    "FieldProblem",
+    "ForbiddenError",
+    "I",
+    "InvalidInputError",
+    "ModelVersion",
+    "NotFoundError",
+    "NotReadyError",
+    "O",
+    "PromotionResult",
+    "Record",
+    "ScoreResult",
+    "Service",
+    "ServiceError",
+    "TooLargeError",
+    "UnauthenticatedError",
+]

@@ -1,0 +1,149 @@
+"""Consent (WCO-CITES MoU clause 10): an organisation without consent cannot learn of an
+offence record by any route: list, get, consent change, score reasons and features,
+stored scores or the audit log. The provider, and whoever it shares with, can."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from cites_risk.profiling.roles import Role
+from tests.api.conftest import ORG, OTHER, Api, declaration
+
+IMPORTER = "Shadow Reptile Traders"
+PROFILE = {
+    "id": "importer-with-offence",
+    "title": "Importer with a recorded offence",
+    "owner": "consent-test",
+    "rationale": "The importer was involved in a recorded CITES offence.",
+    "source": "test",
+    "criteria": {"all": [{"field": "importer_offences", "range": {"min": 1}}]},
+    "weight": 0.5,
+    "lane": "red",
+}
+
+
+def _score(api: Api, org: str, declaration_id: str) -> dict[str, Any]:
+    body = declaration(declaration_id, importer=IMPORTER)
+    response = api.client.post("/v1/score", json=body, headers=api.auth(Role.ADMIN, org))
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def _comparable(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k not in ("scored_at", "declaration_id")}
+
+
+@pytest.fixture(scope="module")
+def offence(api: Api) -> str:
+    """A profile that fires on any importer offence, then US-FWS's unshared record."""
+    saved = api.client.put(
+        f"/v1/profiles/{PROFILE['id']}", json=PROFILE, headers=api.auth(Role.ANALYST)
+    )
+    assert saved.status_code == 200, saved.text
+    before = _score(api, OTHER, "C-before")
+    created = api.client.post(
+        "/v1/offences",
+        json={
+            "detected_at": "2021-01-15T00:00:00Z",
+            "importer": IMPORTER,
+            "taxon": "Python regius",
+            "country_export": "GH",
+            "concealment": "false bottom",
+        },
+        headers=api.auth(Role.TARGETING, ORG),
+    )
+    assert created.status_code == 201, created.text
+    record = created.json()
+    assert record["provider_org"] == ORG and record["shared_with"] == []
+    after = _score(api, OTHER, "C-after")
+    # The other organisation's view did not move at all when the record arrived.
+    assert _comparable(before) == _comparable(after)
+    return str(record["offence_id"])
+
+
+def test_the_provider_sees_it_and_it_changes_its_scores(api: Api, offence: str) -> None:
+    got = api.client.get(f"/v1/offences/{offence}", headers=api.auth(Role.TARGETING, ORG))
+    assert got.status_code == 200 and got.json()["importer"] == IMPORTER
+    result = _score(api, ORG, "C-own")
+    assert PROFILE["id"] in result["profile_hits"]
+    assert result["lane"] == "red"
+    assert any("recorded CITES offence" in r for r in result["reasons"])
+
+
+@pytest.mark.parametrize("role", [Role.TARGETING, Role.ANALYST, Role.ADMIN])
+def test_no_route_reveals_it_to_another_organisation(api: Api, offence: str, role: Role) -> None:
+    headers = api.auth(role, OTHER)
+    listed = api.client.get("/v1/offences", params={"limit": 1000}, headers=headers)
+    assert listed.status_code == 200
+    assert offence not in listed.text and IMPORTER not in listed.text
+    got = api.client.get(f"/v1/offences/{offence}", headers=headers)
+    missing = api.client.get("/v1/offences/US-FWS-does-not-exist", headers=headers)
+    # "Not visible" and "does not exist" are the same answer, word for word.
+    assert got.status_code == missing.status_code == 404
+    assert got.json()["title"] == missing.json()["title"]
+    if role != Role.TARGETING:
+        patched = api.client.patch(
+            f"/v1/offences/{offence}/consent", json={"shared_with": ["*"]}, headers=headers
+        )
+        assert patched.status_code == 404
+
+
+def test_scores_of_another_organisation_carry_nothing_of_it(api: Api, offence: str) -> None:
+    result = _score(api, OTHER, "C-other")
+    assert PROFILE["id"] not in result["profile_hits"]
+    text = json.dumps(result)
+    assert not any("recorded CITES offence" in r for r in result["reasons"])
+    features = {f["name"]: f["value"] for f in result["top_features"]}
+    assert features.get("importer_offences") in (None, 0.0)
+    assert offence not in text
+    # Stored results are per organisation: the provider's stored score is not theirs.
+    mine = api.client.get("/v1/scores/C-own", headers=api.auth(Role.INSPECTOR, OTHER))
+    assert mine.status_code == 404
+
+
+def test_the_audit_log_of_another_organisation_does_not_name_it(api: Api, offence: str) -> None:
+    events = api.client.get(
+        "/v1/audit", params={"limit": 1000}, headers=api.auth(Role.ADMIN, OTHER)
+    )
+    assert events.status_code == 200
+    assert IMPORTER not in events.text
+    assert {e["organisation"] for e in events.json()} == {OTHER}
+    # The id appears only in the other organisation's own (unanswered) lookups of it.
+    naming = [e for e in events.json() if offence in json.dumps(e)]
+    assert {e["action"] for e in naming} <= {"offence.get"}
+    assert all("found" not in (e["detail"] or {}) for e in naming)
+    own = api.client.get(
+        "/v1/audit",
+        params={"action": "offence.create", "limit": 1000},
+        headers=api.auth(Role.ADMIN, ORG),
+    )
+    assert offence in own.text
+
+
+def test_sharing_makes_it_visible_and_only_the_provider_may_share(api: Api, offence: str) -> None:
+    shared = api.client.patch(
+        f"/v1/offences/{offence}/consent",
+        json={"shared_with": [OTHER]},
+        headers=api.auth(Role.ANALYST, ORG),
+    )
+    assert shared.status_code == 200 and shared.json()["shared_with"] == [OTHER]
+    try:
+        other = api.auth(Role.ANALYST, OTHER)
+        assert api.client.get(f"/v1/offences/{offence}", headers=other).status_code == 200
+        result = _score(api, OTHER, "C-shared")
+        assert PROFILE["id"] in result["profile_hits"]
+        # Seeing a record is not owning it: the recipient cannot widen its consent.
+        widened = api.client.patch(
+            f"/v1/offences/{offence}/consent", json={"shared_with": ["*"]}, headers=other
+        )
+        assert widened.status_code == 403
+    finally:
+        api.client.patch(
+            f"/v1/offences/{offence}/consent",
+            json={"shared_with": []},
+            headers=api.auth(Role.ANALYST, ORG),
+        )

@@ -1,0 +1,96 @@
+"""Errors: one problem+json shape; 422 names the field; 413 before the body is read."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from cites_risk.profiling.roles import Role
+from tests.api.conftest import Api, declaration
+
+PROBLEM_KEYS = {"type", "title", "status", "detail", "instance"}
+
+
+def _problem(response, status: int) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert set(body) >= PROBLEM_KEYS and body["status"] == status
+    return body  # type: ignore[no-any-return]
+
+
+def test_a_missing_required_field_is_named(api: Api) -> None:
+    body = declaration()
+    del body["office"]
+    response = api.client.post("/v1/score", json=body, headers=api.auth(Role.INSPECTOR))
+    problem = _problem(response, 422)
+    assert [e["field"] for e in problem["errors"]] == ["office"]
+    assert "office" in problem["detail"]
+
+
+def test_a_bad_value_is_named_with_the_reason(api: Api) -> None:
+    body = declaration(country_origin="QQ", quantity=-3)
+    response = api.client.post("/v1/score", json=body, headers=api.auth(Role.INSPECTOR))
+    problem = _problem(response, 422)
+    assert "quantity" in {e["field"] for e in problem["errors"]}
+
+
+def test_contract_validation_names_row_and_field(api: Api) -> None:
+    rows = [declaration("E-1"), declaration("E-2", country_export="QQ")]
+    response = api.client.post(
+        "/v1/score/batch", json={"declarations": rows}, headers=api.auth(Role.TARGETING)
+    )
+    problem = _problem(response, 422)
+    (error,) = problem["errors"]
+    assert error["field"] == "country_export" and error["row"] == 1
+    assert error["loc"] == ["body", 1, "country_export"]
+    assert error["message"] == "unknown country code" and error["value"] == "QQ"
+
+
+def test_unknown_fields_are_refused(api: Api) -> None:
+    body = declaration(colour="green")
+    response = api.client.post("/v1/score", json=body, headers=api.auth(Role.INSPECTOR))
+    assert "colour" in {e["field"] for e in _problem(response, 422)["errors"]}
+
+
+def test_an_oversized_body_is_refused_from_its_length(api: Api) -> None:
+    big = b"x" * (api.settings.api_max_body_mb * (1 << 20) + 1)
+    response = api.client.post(
+        "/v1/score",
+        content=big,
+        headers=api.auth(Role.INSPECTOR) | {"content-type": "application/json"},
+    )
+    assert "MiB" in _problem(response, 413)["detail"]
+
+
+def test_an_oversized_chunked_body_is_refused_while_it_streams(api: Api) -> None:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(api.settings.api_max_body_mb * 4 + 1):
+            yield b" " * (1 << 18)
+
+    response = api.client.post(
+        "/v1/score",
+        content=chunks(),
+        headers=api.auth(Role.INSPECTOR) | {"content-type": "application/json"},
+    )
+    _problem(response, 413)
+
+
+def test_too_many_rows_in_a_json_batch(api: Api) -> None:
+    rows = [declaration(f"B-{i}") for i in range(api.settings.api_max_batch + 1)]
+    response = api.client.post(
+        "/v1/score/batch", json={"declarations": rows}, headers=api.auth(Role.TARGETING)
+    )
+    assert "batch job" in _problem(response, 413)["detail"]
+
+
+def test_unknown_routes_and_methods_are_problems_too(api: Api) -> None:
+    _problem(api.client.get("/v1/nothing-here"), 404)
+    _problem(api.client.delete("/health"), 405)
+
+
+def test_metrics_count_requests_by_route_template(api: Api) -> None:
+    api.client.get("/v1/offences/some-id", headers=api.auth(Role.TARGETING))
+    text = api.client.get("/metrics", headers=api.auth(Role.INSPECTOR)).text
+    assert 'route="/v1/offences/{offence_id}"' in text
+    assert "some-id" not in text
+    assert "cites_risk_ready 1.0" in text
