@@ -36,6 +36,11 @@ class Settings(BaseSettings):
         default="local", description="Organisation the CLI acts for (consent filtering)."
     )
     output_dir: Path = Field(default=Path("output"), description="Where reports are written.")
+    compile_trees: bool = Field(
+        default=False,
+        description="Compile the model's trees to machine code (lleaves) for large batches; "
+        "compiled once per model and cached in home/compiled.",
+    )
     api_max_batch: int = Field(default=10_000, ge=1, description="Rows in one JSON batch.")
     api_max_body_mb: int = Field(default=200, ge=1, description="Largest request body (MiB).")
 

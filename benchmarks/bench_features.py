@@ -1,0 +1,229 @@
+"""``build_features`` on 1 M synthetic declarations against a ~100 k-record history.
+
+Run: ``.venv/bin/python benchmarks/bench_features.py [--rows 1000000] [--offences 30000]``.
+
+Three stages, each in a fresh subprocess (its own peak RSS), on the same data:
+
+* ``build_features``: the whole feature set (every column the model reads);
+* ``history subset (polars)``: the project's entity-history features for importer, exporter,
+  declarant and office only (prior declarations, offences, days since the last offence,
+  decayed offences, smoothed hit rate of past inspections), the same work as the baseline;
+* ``pandas baseline``: a straightforward pandas implementation of that subset (one sort and
+  ``merge_asof`` per key and event type), checked equal to the polars subset.
+
+The history is the scenario itself (every declaration sees the ones lodged strictly before
+it), its offence records and its inspection results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.scale_common import (
+    DEFAULT_DATA,
+    header,
+    in_subprocess,
+    peak_rss_mib,
+    scenario,
+)
+
+KEYS = ("importer", "exporter", "declarant", "office")
+SMOOTHING, DEFAULT_RATE, DECAY = 20.0, 0.03, 365.0
+
+
+def _load(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    return (
+        pl.read_parquet(folder / "declarations"),
+        pl.read_parquet(folder / "offences.parquet"),
+        pl.read_parquet(folder / "inspections"),
+    )
+
+
+def stage_full(folder: Path) -> dict[str, Any]:
+    from cites_risk.features.history import History
+    from cites_risk.features.pipeline import build_features
+    from cites_risk.features.reference import load_reference
+
+    decl, off, insp = _load(folder)
+    ref = load_reference()
+    history = History(decl.lazy(), off.lazy(), insp.lazy())
+    t0 = time.perf_counter()
+    out = build_features(decl.lazy(), history, ref).collect()
+    return {"seconds": time.perf_counter() - t0, "shape": list(out.shape)}
+
+
+def _polars_subset(decl: pl.DataFrame, off: pl.DataFrame, insp: pl.DataFrame) -> pl.DataFrame:
+    from cites_risk.features import pipeline as p
+    from cites_risk.features.contract import D
+    from cites_risk.features.history import IDX, TIME, TIMESTAMP, History
+
+    history = History(decl.lazy(), off.lazy(), insp.lazy())
+    targets = (
+        decl.lazy()
+        .with_row_index(IDX)
+        .with_columns(pl.col(D.DECLARED_AT).cast(TIMESTAMP).alias(TIME))
+    )
+    prior = p._global_hit_rate(targets.select(IDX, TIME), history)
+    frames = [p._key_features(targets, history, k, prior) for k in p.HISTORY_KEYS if k.name in KEYS]
+    out = frames[0]
+    for f in frames[1:]:
+        out = out.join(f, on=IDX, how="left")
+    return out.sort(IDX).collect()
+
+
+def stage_subset(folder: Path) -> dict[str, Any]:
+    decl, off, insp = _load(folder)
+    t0 = time.perf_counter()
+    out = _polars_subset(decl, off, insp)
+    return {"seconds": time.perf_counter() - t0, "shape": list(out.shape)}
+
+
+def pandas_subset(decl: pl.DataFrame, off: pl.DataFrame, insp: pl.DataFrame) -> Any:
+    """The baseline: plain pandas, per key a sort and merge_asof for each event type."""
+    import pandas as pd
+
+    d = decl.select("declaration_id", "declared_at", *KEYS).to_pandas()
+    o = off.select("detected_at", *KEYS).to_pandas()
+    i = insp.select("declaration_id", "inspected_at", "outcome").to_pandas()
+    d["__row"] = np.arange(len(d))
+    d["t"] = d["declared_at"].astype("int64")
+    day = 86_400e6
+    epoch = pd.Timestamp("2000-01-01", tz="UTC").value / 1e3
+    # Inspection results, known at the later of inspection and declaration.
+    i["hit"] = i["outcome"] == "hit"
+    res = i.groupby("declaration_id").agg(inspected_at=("inspected_at", "max"), hit=("hit", "max"))
+    res = d.merge(res, left_on="declaration_id", right_index=True)
+    res["t"] = np.maximum(res["inspected_at"].astype("int64"), res["t"])
+    res["hit"] = res["hit"].astype(float)
+    # Overall hit rate known before each declaration (the prior the key rates shrink to).
+    g = res[["t", "hit"]].sort_values("t", kind="stable")
+    g["n_all"] = np.arange(1, len(g) + 1, dtype=float)
+    g["h_all"] = g["hit"].cumsum()
+    g = g.groupby("t").last().reset_index()
+    out = d.sort_values("t", kind="stable")
+    out = pd.merge_asof(out, g[["t", "n_all", "h_all"]], on="t", allow_exact_matches=False)
+    n_all, h_all = out["n_all"].fillna(0), out["h_all"].fillna(0)
+    out["prior_rate"] = np.where(
+        n_all > 0, (h_all + DEFAULT_RATE * SMOOTHING) / (n_all + SMOOTHING), DEFAULT_RATE
+    )
+    now_days = (out["t"] - epoch) / day
+    for key in KEYS:
+        # Prior declarations: rank within the key minus rows at the same instant.
+        s = out[[key, "t"]].dropna(subset=[key])
+        s = s.sort_values([key, "t"], kind="stable")
+        before = s.groupby(key).cumcount() - s.groupby([key, "t"]).cumcount()
+        out[f"{key}_prior_decl"] = np.log1p(before.reindex(out.index).fillna(0))
+        # Offences: cumulative count, decayed sum and time of the last one.
+        ok = o.dropna(subset=[key, "detected_at"]).copy()
+        ok["t"] = ok["detected_at"].astype("int64")
+        ok = ok.sort_values("t", kind="stable")
+        ok["off"] = ok.groupby(key).cumcount() + 1.0
+        ok["dec"] = np.exp((ok["t"] - epoch) / day / DECAY)
+        ok["dec"] = ok.groupby(key)["dec"].cumsum()
+        ok["last"] = ok["t"]
+        ok = ok.groupby([key, "t"]).last().reset_index().sort_values("t", kind="stable")
+        left = out[[key, "t"]].reset_index()
+        m = pd.merge_asof(
+            left.dropna(subset=[key]).sort_values("t", kind="stable"),
+            ok[[key, "t", "off", "dec", "last"]],
+            on="t",
+            by=key,
+            allow_exact_matches=False,
+        ).set_index("index")
+        off_n = m["off"].reindex(out.index).fillna(0.0)
+        out[f"{key}_offences"] = off_n
+        out[f"{key}_offences_decayed"] = m["dec"].reindex(out.index).fillna(0.0) / np.exp(
+            now_days / DECAY
+        )
+        out[f"{key}_days_since_offence"] = now_days - (m["last"].reindex(out.index) - epoch) / day
+        # Inspections of earlier declarations: smoothed hit rate.
+        r = res[[key, "t", "hit"]].dropna(subset=[key]).sort_values("t", kind="stable")
+        r["insp"] = r.groupby(key).cumcount() + 1.0
+        r["hits"] = r.groupby(key)["hit"].cumsum()
+        r = r.groupby([key, "t"]).last().reset_index().sort_values("t", kind="stable")
+        m = pd.merge_asof(
+            left.dropna(subset=[key]).sort_values("t", kind="stable"),
+            r[[key, "t", "insp", "hits"]],
+            on="t",
+            by=key,
+            allow_exact_matches=False,
+        ).set_index("index")
+        insp_n = m["insp"].reindex(out.index).fillna(0.0)
+        hits = m["hits"].reindex(out.index).fillna(0.0)
+        out[f"{key}_inspected"] = insp_n
+        out[f"{key}_hit_rate"] = (hits + out["prior_rate"] * SMOOTHING) / (insp_n + SMOOTHING)
+    return out.sort_values("__row")
+
+
+def stage_pandas(folder: Path) -> dict[str, Any]:
+    decl, off, insp = _load(folder)
+    t0 = time.perf_counter()
+    out = pandas_subset(decl, off, insp)
+    seconds = time.perf_counter() - t0
+    # Same answers as the project's polars implementation (checked outside the timing).
+    ref = _polars_subset(decl, off, insp)
+    worst = 0.0
+    for key in KEYS:
+        for stat in ("prior_decl", "offences", "offences_decayed", "inspected", "hit_rate"):
+            a = out[f"{key}_{stat}"].to_numpy(dtype=float)
+            b = ref[f"{key}_{stat}"].to_numpy().astype(float)
+            worst = max(worst, float(np.nanmax(np.abs(a - b))))
+    return {"seconds": seconds, "shape": list(out.shape), "max_abs_diff": worst}
+
+
+STAGES = {"full": stage_full, "subset": stage_subset, "pandas": stage_pandas}
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["--child"]:
+        result = STAGES[argv[1]](Path(argv[2]))
+        result["peak_rss_mib"] = peak_rss_mib()
+        import json
+
+        print(json.dumps(result))
+        return
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--offences", type=int, default=30_000)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    args = parser.parse_args(argv)
+    header()
+    files = scenario(args.data, args.rows, n_offences=args.offences)
+    sizes = files.manifest()["sizes"]
+    print(
+        f"{sizes['declarations']:,} declarations; history: {sizes['offences']:,} offences + "
+        f"{sizes['inspections']:,} inspection results "
+        f"(= {sizes['offences'] + sizes['inspections']:,} records) + the declarations themselves"
+    )
+    results = {name: in_subprocess(__file__, name, str(files.folder)) for name in STAGES}
+    for name, label in (
+        ("full", "build_features (all features)"),
+        ("subset", "history subset, polars"),
+        ("pandas", "history subset, pandas baseline"),
+    ):
+        r = results[name]
+        print(
+            f"{label:<34} {r['seconds']:7.2f} s  {args.rows / r['seconds']:>10,.0f} rows/s  "
+            f"{r['shape'][1]:>4} columns  peak RSS {r['peak_rss_mib']:6.0f} MiB"
+        )
+    ratio = results["pandas"]["seconds"] / results["subset"]["seconds"]
+    print(
+        f"polars subset vs pandas: {ratio:.1f}x faster "
+        f"(max |difference| {results['pandas']['max_abs_diff']:.1e})"
+    )
+    print(
+        f"build_features target <= 10 s: {'met' if results['full']['seconds'] <= 10 else 'NOT met'}"
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
