@@ -124,3 +124,35 @@ def test_crash_resumes_without_duplicates(
     ids = read_parts(result.out_dir).collect().get_column("declaration_id")
     assert ids.len() == result.rows_scored and ids.is_unique().all()
     assert not list(out.glob(".*.tmp"))
+
+
+def test_batch_decisions_span_chunks(
+    settings: Settings,
+    store: Store,
+    reference: Reference,
+    lemis_model: RiskModel,
+    source: Path,
+    tmp_path: Path,
+) -> None:
+    from cites_risk.profiling.batch import Deciding
+    from cites_risk.profiling.profiles.model import starter_profiles
+    from cites_risk.profiling.selection import SelectionConfig
+
+    config = SelectionConfig(capacity_share=0.05, pool="batch", random_share=0.0)
+    deciding = Deciding(starter_profiles(), config)
+    result = _run(
+        settings, store, reference, lemis_model, source, tmp_path / "d", 250, deciding=deciding
+    )
+    assert result.decisions_path is not None
+    decisions = pl.read_parquet(result.decisions_path)
+    assert decisions.height == result.rows_scored
+    assert set(decisions.get_column("lane")) <= {"red", "yellow", "green"}
+    # One quota over the whole batch, not one per chunk; forced red lanes may add to it.
+    forced = decisions.filter(
+        pl.col("selected")
+        & pl.col("profile_hits").list.len().gt(0)
+        & (pl.col("selected_by") == "rule")
+    ).height
+    assert decisions.get_column("selected").sum() <= -(-result.rows_scored * 5 // 100) + forced
+    top = decisions.sort("final_risk", descending=True).row(0, named=True)
+    assert top["selected"] and top["reasons"]

@@ -8,6 +8,7 @@ gets inside a batch, and adding later history changes nothing earlier.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import polars as pl
@@ -88,6 +89,30 @@ def _first_word(expr: pl.Expr) -> pl.Expr:
     return _key_text(expr).str.split(" ").list.first()
 
 
+TextKeys = Mapping[str, tuple[str, Callable[[pl.Expr], pl.Expr]]]
+#: Text keys computed once per distinct value (a million lines carry a few thousand
+#: wordings): key column -> (source column, whole text or first word).
+DECLARATION_TEXT_KEYS: TextKeys = {
+    "__k_taxon": (D.TAXON, _key_text),
+    "__k_genus": (D.TAXON, _genus),
+    "__k_goods": (D.DESCRIPTION, _key_text),
+    "__k_goods_word": (D.DESCRIPTION, _first_word),
+}
+OFFENCE_TEXT_KEYS: TextKeys = {"__k_taxon": (O.TAXON, _key_text), "__k_genus": (O.TAXON, _genus)}
+
+
+def with_text_keys(frame: pl.LazyFrame, keys: TextKeys) -> pl.LazyFrame:
+    for source in dict.fromkeys(src for src, _ in keys.values()):
+        wanted = {name: fn for name, (src, fn) in keys.items() if src == source}
+        distinct = (
+            frame.select(pl.col(source))
+            .unique()
+            .with_columns(fn(pl.col(source)).alias(name) for name, fn in wanted.items())
+        )
+        frame = frame.join(distinct, on=source, how="left", maintain_order="left")
+    return frame
+
+
 def _route(origin: pl.Expr, destination: pl.Expr) -> pl.Expr:
     return pl.concat_str([origin, destination], separator=">")
 
@@ -100,12 +125,12 @@ HISTORY_KEYS: tuple[HistoryKey, ...] = (
     HistoryKey("origin", pl.col(D.ORIGIN), pl.col(O.ORIGIN)),
     HistoryKey("export", pl.col(D.EXPORT), pl.col(O.EXPORT)),
     HistoryKey("hs4", pl.col(D.HS).str.slice(0, 4), pl.col(O.HS).str.slice(0, 4)),
-    HistoryKey("genus", _genus(pl.col(D.TAXON)), _genus(pl.col(O.TAXON))),
-    HistoryKey("taxon", _key_text(pl.col(D.TAXON)), _key_text(pl.col(O.TAXON))),
+    HistoryKey("genus", pl.col("__k_genus"), pl.col("__k_genus")),
+    HistoryKey("taxon", pl.col("__k_taxon"), pl.col("__k_taxon")),
     # What the goods are called drives outcomes where no taxon is given (generic names,
     # banned groups such as salamanders): the exact wording and its first word.
-    HistoryKey("goods", _key_text(pl.col(D.DESCRIPTION)), None),
-    HistoryKey("goods_word", _first_word(pl.col(D.DESCRIPTION)), None),
+    HistoryKey("goods", pl.col("__k_goods"), None),
+    HistoryKey("goods_word", pl.col("__k_goods_word"), None),
     HistoryKey(
         "route",
         _route(pl.col(D.ORIGIN), pl.col(D.DESTINATION)),
@@ -285,7 +310,15 @@ def build_features(
 
     ``extras`` names an administration's own columns (``x_*``) to pass through as features.
     """
-    base = declarations.with_row_index(IDX).with_columns(pl.col(D.DECLARED_AT).cast(TIMESTAMP))
+    base = with_text_keys(
+        declarations.with_row_index(IDX).with_columns(pl.col(D.DECLARED_AT).cast(TIMESTAMP)),
+        DECLARATION_TEXT_KEYS,
+    )
+    history = History(
+        declarations=with_text_keys(history.declarations, DECLARATION_TEXT_KEYS),
+        offences=with_text_keys(history.offences, OFFENCE_TEXT_KEYS),
+        inspections=history.inspections,
+    )
     frame = _species(base, reference)
     frame = _commodity(frame, reference)
     frame = _route_value_permits(frame, reference)
@@ -352,10 +385,7 @@ def _species(base: pl.LazyFrame, reference: Reference) -> pl.LazyFrame:
         (
             pl.col("__d_app").is_not_null()
             & (pl.col("__d_conf") >= MISDECLARED_MIN_CONFIDENCE)
-            & (
-                _genus(pl.col(D.TAXON)).is_null()
-                | (_genus(pl.col(D.TAXON)) != _genus(pl.col("__d_genus")))
-            )
+            & (pl.col("__k_genus").is_null() | (pl.col("__k_genus") != _genus(pl.col("__d_genus"))))
         )
         .fill_null(False)
         .alias("sp_misdeclared"),
@@ -662,7 +692,7 @@ def _genus_only(taxon: pl.Expr) -> pl.Expr:
 
 def _line_traits(frame: pl.LazyFrame) -> list[pl.Expr]:
     return [
-        _genus(pl.col(D.TAXON)).alias("__genus"),
+        pl.col("__k_genus").alias("__genus"),
         pl.col(D.HS).alias("__hs"),
         (pl.col(D.SOURCE) == "W").fill_null(False).cast(pl.Float64).alias("__wild"),
         _genus_only(pl.col(D.TAXON)).cast(pl.Float64).alias("__gonly"),

@@ -7,6 +7,10 @@ Two passes over the source, both in fixed chunks of ``chunk_rows`` source rows:
 2. *score*: each chunk is scored against the full history and written as
    ``part-NNNNN.parquet``.
 
+3. *decide*: once every part exists, selection runs over the whole batch (capacity per
+   office and day spans chunks) and writes ``decisions.parquet``: final risk, lane, how
+   each declaration was selected and its reasons.
+
 Chunk k always holds source rows ``k * chunk_rows + 1 .. (k + 1) * chunk_rows``, and a part
 is written under a temporary name and renamed when complete. A rerun after a crash
 therefore skips the parts that exist and never writes a row twice.
@@ -15,7 +19,7 @@ therefore skips the parts that exist and never writes a row twice.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,12 +27,23 @@ import polars as pl
 
 from cites_risk.features.adapters import SourceMapping
 from cites_risk.features.contract import DECLARATION, D
-from cites_risk.features.history import History
 from cites_risk.features.reference import Reference
 from cites_risk.features.validation import REJECT_SCHEMA, validate
 from cites_risk.profiling.config import Settings
-from cites_risk.profiling.engine import REASONS, SCORE, SPECIES, Engine
+from cites_risk.profiling.engine import REASONS, SCORE, SPECIES, Engine, decide
 from cites_risk.profiling.history_store import DeclarationHistory, history_for
+from cites_risk.profiling.profiles.model import Profile
+from cites_risk.profiling.profiles.watchlist import WatchlistIndex
+from cites_risk.profiling.roles import Role
+from cites_risk.profiling.selection import (
+    FINAL_RISK,
+    LANE,
+    PROFILE_HITS,
+    SELECTED,
+    SELECTED_BY,
+    SelectionConfig,
+    SelectionReport,
+)
 from cites_risk.profiling.sources import country_lookup, read_source, vocabulary, write_rejects
 from cites_risk.profiling.store import Actor, Store
 
@@ -52,6 +67,23 @@ OUTPUT_COLUMNS = (
 _LODGED = "_lodged.json"
 
 
+DECISIONS = "decisions.parquet"
+
+
+@dataclass(frozen=True)
+class Deciding:
+    """What the decide pass needs: the enabled profiles, capacity, viewer and watch-lists."""
+
+    profiles: Sequence[Profile]
+    config: SelectionConfig
+    role: Role = Role.INSPECTOR
+    watchlist: WatchlistIndex | None = None
+
+    def columns(self) -> set[str]:
+        """Columns the parts must keep for the profiles to be evaluated."""
+        return {c for p in self.profiles for c in p.columns}
+
+
 @dataclass
 class BatchResult:
     out_dir: Path
@@ -60,6 +92,8 @@ class BatchResult:
     rows_scored: int = 0
     rows_rejected: int = 0
     rejects_path: Path | None = None
+    decisions_path: Path | None = None
+    report: SelectionReport | None = None
 
 
 def source_chunks(
@@ -111,8 +145,12 @@ def score_stream(
     *,
     chunk_rows: int = 200_000,
     progress: Progress | None = None,
+    deciding: Deciding | None = None,
 ) -> BatchResult:
-    """Score ``source`` into ``out_dir/part-*.parquet``; rerunning resumes where it stopped."""
+    """Score ``source`` into ``out_dir/part-*.parquet``; rerunning resumes where it stopped.
+
+    With ``deciding``, also select within capacity over the whole batch (``decisions``).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     rejects_dir = out_dir / "_rejects"
     rejects_dir.mkdir(exist_ok=True)
@@ -139,8 +177,9 @@ def score_stream(
         part = out_dir / f"part-{k:05d}.parquet"
         if not part.exists():
             accepted, _ = _validated(chunk, mapping, reference)
-            scored = _score_chunk(engine, accepted, history)
-            _atomic_parquet(scored, part)
+            keep = set(OUTPUT_COLUMNS) | (deciding.columns() if deciding else set())
+            scored = engine.score(accepted, history)
+            _atomic_parquet(scored.select(c for c in scored.columns if c in keep), part)
         result.parts.append(part)
         done += chunk.height
         if progress:
@@ -156,14 +195,29 @@ def score_stream(
     result.rows_scored = sum(
         pl.scan_parquet(p).select(pl.len()).collect().item() for p in result.parts
     )
+    if deciding is not None:
+        result.decisions_path, result.report = _decide(out_dir, deciding)
     return result
 
 
-def _score_chunk(engine: Engine, declarations: pl.DataFrame, history: History) -> pl.DataFrame:
-    if declarations.height == 0:
-        return pl.DataFrame()
-    scored = engine.score(declarations, history)
-    return scored.select(c for c in OUTPUT_COLUMNS if c in scored.columns)
+def _decide(out_dir: Path, deciding: Deciding) -> tuple[Path, SelectionReport | None]:
+    """Selection over every part at once; the slim columns of 10 M rows fit in memory."""
+    path = out_dir / DECISIONS
+    if path.exists():
+        return path, None
+    needed = {D.ID, D.OFFICE, D.DECLARED_AT, SCORE, REASONS, SPECIES} | deciding.columns()
+    scored = read_parts(out_dir)
+    frame = scored.select(c for c in scored.collect_schema().names() if c in needed).collect()
+    decisions = decide(
+        frame,
+        deciding.profiles,
+        deciding.config,
+        role=deciding.role,
+        watchlist=deciding.watchlist,
+    )
+    columns = [D.ID, FINAL_RISK, LANE, SELECTED, SELECTED_BY, PROFILE_HITS, REASONS]
+    _atomic_parquet(decisions.frame.select(columns), path)
+    return path, decisions.report
 
 
 def read_parts(out_dir: Path) -> pl.LazyFrame:

@@ -6,34 +6,46 @@ callback and returns what it measured, so the CLI prints and the API reuses them
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from cites_risk.features.contract import D
 from cites_risk.features.pipeline import build_features
 from cites_risk.features.reference import Reference
-from cites_risk.models.evaluation import CAPACITIES, evaluate
+from cites_risk.models.evaluation import CAPACITIES, ScoreReport, evaluate, evaluate_scores
+from cites_risk.models.report import write_run_report
 from cites_risk.models.tracking import Tracking, load_model, log_model_run
 from cites_risk.models.training import LABEL, Split, label_frame, train_and_evaluate
 from cites_risk.profiling.config import Settings
 from cites_risk.profiling.engine import (
     REASONS,
+    RED_CUT,
+    RED_CUT_SHARE,
     SCORE,
     SPECIES,
-    Engine,
     decide,
+    engine_for,
     in_period,
     labels_for,
     rank,
 )
 from cites_risk.profiling.history_store import DeclarationHistory, history_for
-from cites_risk.profiling.profile_evidence import INFO_KEY, from_info, measure, to_info, weighted
-from cites_risk.profiling.profiles.model import starter_profiles
+from cites_risk.profiling.profile_evidence import (
+    INFO_KEY,
+    Evidence,
+    from_info,
+    measure,
+    to_info,
+    weighted,
+)
+from cites_risk.profiling.profiles.model import Profile, starter_profiles
 from cites_risk.profiling.profiles.repository import ProfileRepository
 from cites_risk.profiling.profiles.watchlist import WatchlistRepository
 from cites_risk.profiling.roles import Role
@@ -45,6 +57,7 @@ from cites_risk.profiling.selection import (
     SELECTED_BY,
     SelectionConfig,
     SelectionReport,
+    select,
 )
 from cites_risk.profiling.selection_eval import StrategyResult, compare_strategies
 from cites_risk.profiling.sources import Loaded, load_mapping, load_records, write_rejects
@@ -119,6 +132,8 @@ class TrainOutcome:
     version: str | None
     metrics: dict[str, float]
     sizes: dict[str, int]
+    #: The model and its baselines on the same test rows.
+    reports: list[ScoreReport] = field(default_factory=list)
 
 
 def train(
@@ -130,6 +145,7 @@ def train(
     *,
     mapping_name: str,
     seed: int = 0,
+    n_boot: int = 200,
     progress: Progress = _quiet,
 ) -> TrainOutcome:
     """Train on the stored history up to ``split.test_from``; evaluate on the test period."""
@@ -142,20 +158,30 @@ def train(
     features = build_features(declarations, history, reference, extras).collect()
     labelled = label_frame(features, store.inspections.all())
     progress(f"training LightGBM on {labelled.height:,} inspected declarations")
-    result = train_and_evaluate(labelled, split, seed=seed, extras=extras)
-    progress("measuring the enabled risk profiles on the inspected history")
-    past = labelled.filter(pl.col(D.DECLARED_AT) < split.test_from)
-    with_contract = past.join(
-        declarations.select(
-            [D.ID, *(c for c in declarations.collect_schema().names() if c not in past.columns)]
-        ).collect(),
-        on=D.ID,
-        how="left",
+    result = train_and_evaluate(
+        labelled, split, seed=seed, extras=extras, baselines=True, n_boot=n_boot
     )
+    progress("measuring the enabled risk profiles on the inspected history")
+    contract = declarations.select(
+        D.ID, *(c for c in declarations.collect_schema().names() if c not in labelled.columns)
+    ).collect()
+    profiles = ProfileRepository(store).enabled()
+    past = labelled.filter(pl.col(D.DECLARED_AT) < split.test_from)
     evidence = measure(
-        with_contract, ProfileRepository(store).enabled(), past.get_column(LABEL).to_numpy()
+        past.join(contract, on=D.ID, how="left"), profiles, past.get_column(LABEL).to_numpy()
     )
     result.model.info[INFO_KEY] = to_info(evidence)
+    reports = list(result.reports)
+    if len(result.test_scores):
+        # The probability the top 5 % of the most recent period reached, with its real
+        # history: the red cut for declarations scored one at a time.
+        result.model.info[RED_CUT] = float(np.quantile(result.test_scores, 1.0 - RED_CUT_SHARE))
+        if profiles:
+            reports.append(
+                _rules_alone(
+                    result.test.features, contract, profiles, evidence, result.test.label, n_boot
+                )
+            )
     progress("logging the run and registering the model in MLflow")
     params: dict[str, Any] = {
         "seed": seed,
@@ -167,16 +193,46 @@ def train(
         **{f"lgb_{k}": v for k, v in result.model.info["params"].items()},
         "best_iteration": result.model.info["best_iteration"],
     }
-    run_id, version = log_model_run(
-        tracking_for(settings),
-        result.model,
-        params=params,
-        metrics=result.metrics,
-        example=labelled.head(50),
-        run_name=f"train-{mapping_name}",
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        report_dir = Path(tmp) / "report"
+        if len(result.test_scores):
+            write_run_report(
+                result.model,
+                result.test.features,
+                result.test.label,
+                result.test_scores,
+                reports,
+                report_dir,
+                title=f"cites-risk model on {mapping_name}",
+            )
+        run_id, version = log_model_run(
+            tracking_for(settings),
+            result.model,
+            params=params,
+            metrics=result.metrics,
+            example=labelled.head(50),
+            run_name=f"train-{mapping_name}",
+            artifacts={"report": report_dir} if report_dir.exists() else None,
+        )
     store.audit.record(actor, "model.train", version, run_id=run_id, **result.sizes)
-    return TrainOutcome(run_id, version, result.metrics, result.sizes)
+    return TrainOutcome(run_id, version, result.metrics, result.sizes, reports)
+
+
+def _rules_alone(
+    test_features: pl.DataFrame,
+    contract: pl.DataFrame,
+    profiles: Sequence[Profile],
+    evidence: Mapping[str, Evidence],
+    labels: np.ndarray,
+    n_boot: int,
+) -> ScoreReport:
+    """The rule profiles alone, ranked by the risk their (earned) weights give."""
+    frame = test_features.join(contract, on=D.ID, how="left", maintain_order="left")
+    rules_only = frame.with_columns(pl.lit(None, pl.Float64).alias(SCORE))
+    risk = select(rules_only, weighted(profiles, evidence), SelectionConfig(pool="batch")).frame
+    return evaluate_scores(
+        "rule profiles alone", labels, risk.get_column(FINAL_RISK).to_numpy(), n_boot=n_boot
+    )
 
 
 @dataclass(frozen=True)
@@ -240,7 +296,7 @@ def score_file(
     history_files.append(loaded.accepted, f"{mapping.name}-{source.name}")
     history = history_for(store, history_files, actor.organisation)
     model, version = load_model(tracking_for(settings), model_ref)
-    engine = Engine(model, version, reference)
+    engine = engine_for(settings, model, version, reference)
     progress(f"scoring {declarations.height:,} declarations with model v{version}")
     scored = engine.score(declarations, history)
     # Weights earned on past inspections (measured at training time) replace the guesses.

@@ -24,8 +24,11 @@ from cites_risk.models.evaluation import CAPACITIES
 from cites_risk.models.training import Split
 from cites_risk.profiling import workflows
 from cites_risk.profiling.cli.context import console, fail, open_context
+from cites_risk.profiling.cli.models_cmd import models_app
 from cites_risk.profiling.cli.profiles_cmd import profiles_app, watchlist_app
+from cites_risk.profiling.cli.scale_cmd import score_dask_cmd, train_dask_cmd
 from cites_risk.profiling.cli.synth_cmd import synth
+from cites_risk.profiling.cli.users_cmd import users_app
 from cites_risk.profiling.selection import SelectionConfig
 from cites_risk.profiling.sources import LEMIS_SAMPLE, InputError, available_mappings
 
@@ -174,6 +177,21 @@ def train(
             f"{outcome.metrics['average_precision']:.3f}"
         )
         console.print(_capacity_table(outcome.metrics, f"the test period from {test_from}"))
+    if outcome.reports:
+        n = int(outcome.metrics.get("n", 0))
+        table = Table(
+            title=f"Model and baselines on the same {n:,} test declarations "
+            "(95 % bootstrap intervals)"
+        )
+        for col in ("scorer", "average precision", "ROC AUC", "precision @5 %", "recall @5 %"):
+            table.add_column(col, justify="left" if col == "scorer" else "right")
+        for r in outcome.reports:
+            cells = []
+            for key in ("average_precision", "roc_auc", "precision_at_5", "recall_at_5"):
+                v, ci = r.metrics.get(key, float("nan")), r.intervals.get(key)
+                cells.append(f"{v:.3f}" + (f" [{ci.low:.2f}, {ci.high:.2f}]" if ci else ""))
+            table.add_row(r.name, *cells)
+        console.print(table)
 
 
 @app.command()
@@ -313,6 +331,10 @@ def demo(
 app.command()(synth)
 app.add_typer(profiles_app, name="profiles")
 app.add_typer(watchlist_app, name="watchlist")
+app.add_typer(users_app, name="users")
+app.add_typer(models_app, name="models")
+app.command("score-dask")(score_dask_cmd)
+app.command("train-dask")(train_dask_cmd)
 
 
 def main() -> None:
