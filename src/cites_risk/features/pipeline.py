@@ -30,10 +30,13 @@ from cites_risk.features.reference import Reference
 from cites_risk.features.species import APPENDIX_RANK, match_column
 
 FEATURE_SET = "cites-core"
-FEATURE_VERSION = "3"
+FEATURE_VERSION = "4"
 #: Pseudo-count of the smoothed rates: a key needs about this many observations to move
 #: its rate halfway from the overall rate to its own.
 SMOOTHING = 20.0
+#: Time constant (days) of the recent-hits count: enforcement comes in waves that a
+#: cumulative rate hardly registers. exp(t / 60 d) stays finite until the year 2116.
+RECENT_DAYS = 60.0
 DEFAULT_HIT_RATE = 0.03
 #: Common spellings of units, as CITES unit codes; COUNT is "number of specimens".
 COUNT = "COUNT"
@@ -146,6 +149,7 @@ HISTORY_STATS = (
     "inspected",
     "hit_rate",
     "offence_rate",
+    "recent_hits",
 )
 
 #: Categorical features (strings); LightGBM gets them as categories via the fitted encoder.
@@ -512,6 +516,7 @@ def _events(history: History, key: HistoryKey) -> pl.LazyFrame:
         zero.alias("off_decay"),
         zero.alias("insp"),
         zero.alias("hits"),
+        zero.alias("hits_recent"),
         pl.lit(False).alias("__mark"),
     )
     insp = inspected_declarations(history).select(
@@ -522,6 +527,10 @@ def _events(history: History, key: HistoryKey) -> pl.LazyFrame:
         zero.alias("off_decay"),
         pl.lit(1.0).alias("insp"),
         (pl.col("outcome") == "hit").cast(pl.Float64).alias("hits"),
+        (
+            (pl.col("outcome") == "hit").cast(pl.Float64)
+            * (days_since_epoch(pl.col(TIME)) / RECENT_DAYS).exp()
+        ).alias("hits_recent"),
         pl.lit(False).alias("__mark"),
     )
     streams = [decl, insp]
@@ -535,6 +544,7 @@ def _events(history: History, key: HistoryKey) -> pl.LazyFrame:
                 decay_weight(pl.col(O.DETECTED_AT)).alias("off_decay"),
                 zero.alias("insp"),
                 zero.alias("hits"),
+                zero.alias("hits_recent"),
                 pl.lit(True).alias("__mark"),
             )
         )
@@ -562,7 +572,7 @@ def _global_hit_rate(targets: pl.LazyFrame, history: History) -> pl.LazyFrame:
 def _key_features(
     targets: pl.LazyFrame, history: History, key: HistoryKey, prior: pl.LazyFrame
 ) -> pl.LazyFrame:
-    values = ["n", "off", "off_decay", "insp", "hits"]
+    values = ["n", "off", "off_decay", "insp", "hits", "hits_recent"]
     totals = prior_totals(
         targets.select(IDX, TIME, key.declaration.alias(KEY)),
         _events(history, key),
@@ -584,6 +594,9 @@ def _key_features(
             ),
             (now_days - days_since_epoch(pl.col("__last"))).alias(f"{p}_days_since_offence"),
             pl.col("insp").fill_null(0).alias(f"{p}_inspected"),
+            (pl.col("hits_recent").fill_null(0) / (now_days / RECENT_DAYS).exp()).alias(
+                f"{p}_recent_hits"
+            ),
             (
                 (pl.col("hits").fill_null(0) + pl.col("__prior_rate") * SMOOTHING)
                 / (pl.col("insp").fill_null(0) + SMOOTHING)

@@ -58,6 +58,8 @@ def _history_sentence(key: str, stat: str) -> Sentence:
         if stat == "hit_rate":
             n = row.get(f"{key}_inspected") or 0
             return f"{_pct(v)} of earlier inspections of {who} found an offence ({n:.0f} inspected)"
+        if stat == "recent_hits" and v >= 0.05:
+            return f"{who}: recent inspections found offences (weighted count {v:.1f})"
         if stat == "offence_rate" and v > 0:
             return f"{who} has a high offence rate per declaration ({v:.3f})"
         if stat == "prior_decl":
