@@ -44,7 +44,8 @@ reference: $(STAMP)
 	$(BIN)/python scripts/build_reference.py
 
 bench: $(STAMP)
-	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in benchmarks/bench_*.py; do name=$$(basename $$script .py); \
+		echo "== benchmarks.$$name"; $(BIN)/python -m benchmarks.$$name || exit 1; done
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache output .cites-risk
