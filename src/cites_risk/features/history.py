@@ -8,6 +8,7 @@ makes a million declarations against a large history take seconds, not minutes.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import polars as pl
@@ -44,6 +45,11 @@ class History:
     declarations: pl.LazyFrame
     offences: pl.LazyFrame
     inspections: pl.LazyFrame
+
+    @functools.cached_property
+    def inspected(self) -> pl.LazyFrame:
+        """Inspection results joined to their declarations, shared by every history key."""
+        return inspected_declarations(self).cache()
 
     @classmethod
     def empty(cls) -> History:

@@ -21,7 +21,6 @@ from cites_risk.features.history import (
     History,
     days_since_epoch,
     decay_weight,
-    inspected_declarations,
     log1p,
     prior_totals,
     smoothed_rate,
@@ -314,14 +313,16 @@ def build_features(
 
     ``extras`` names an administration's own columns (``x_*``) to pass through as features.
     """
+    # Every history key reads the same inputs: .cache() computes each once per query
+    # instead of once per branch (a third of the time on a million rows).
     base = with_text_keys(
         declarations.with_row_index(IDX).with_columns(pl.col(D.DECLARED_AT).cast(TIMESTAMP)),
         DECLARATION_TEXT_KEYS,
-    )
+    ).cache()
     history = History(
-        declarations=with_text_keys(history.declarations, DECLARATION_TEXT_KEYS),
-        offences=with_text_keys(history.offences, OFFENCE_TEXT_KEYS),
-        inspections=history.inspections,
+        declarations=with_text_keys(history.declarations, DECLARATION_TEXT_KEYS).cache(),
+        offences=with_text_keys(history.offences, OFFENCE_TEXT_KEYS).cache(),
+        inspections=history.inspections.cache(),
     )
     frame = _species(base, reference)
     frame = _commodity(frame, reference)
@@ -519,7 +520,7 @@ def _events(history: History, key: HistoryKey) -> pl.LazyFrame:
         zero.alias("hits_recent"),
         pl.lit(False).alias("__mark"),
     )
-    insp = inspected_declarations(history).select(
+    insp = history.inspected.select(
         key.declaration.alias(KEY),
         pl.col(TIME).cast(TIMESTAMP),
         zero.alias("n"),
@@ -553,7 +554,7 @@ def _events(history: History, key: HistoryKey) -> pl.LazyFrame:
 
 def _global_hit_rate(targets: pl.LazyFrame, history: History) -> pl.LazyFrame:
     """The overall hit rate known before each declaration: the prior the key rates shrink to."""
-    events = inspected_declarations(history).select(
+    events = history.inspected.select(
         pl.lit("all").alias(KEY),
         pl.col(TIME).cast(TIMESTAMP),
         pl.lit(1.0).alias("insp"),
