@@ -147,3 +147,19 @@ def test_sharing_makes_it_visible_and_only_the_provider_may_share(api: Api, offe
             json={"shared_with": []},
             headers=api.auth(Role.ANALYST, ORG),
         )
+
+
+def test_revoked_consent_is_never_served_from_a_cached_history(api: Api, offence: str) -> None:
+    """The service keeps each organisation's history between requests; consent must win."""
+    provider = api.auth(Role.ANALYST, ORG)
+    assert PROFILE["id"] not in _score(api, OTHER, "R-1")["profile_hits"]  # cached, unshared
+    api.client.patch(
+        f"/v1/offences/{offence}/consent", json={"shared_with": [OTHER]}, headers=provider
+    )
+    assert PROFILE["id"] in _score(api, OTHER, "R-2")["profile_hits"]  # cached, shared
+    api.client.patch(f"/v1/offences/{offence}/consent", json={"shared_with": []}, headers=provider)
+    revoked = _score(api, OTHER, "R-3")
+    assert PROFILE["id"] not in revoked["profile_hits"]
+    assert IMPORTER not in json.dumps(revoked["reasons"]) or "offence" not in json.dumps(
+        revoked["reasons"]
+    )

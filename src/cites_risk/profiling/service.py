@@ -204,6 +204,8 @@ class Service:
         self.reference = reference
         self.tracking: Tracking = tracking_for(settings)
         self.declarations = DeclarationHistory(settings.history_dir)
+        self._snapshots: dict[str, tuple[object, History]] = {}
+        self._generation = 0
         self.profiles = ProfileRepository(store)
         self.watchlist = WatchlistRepository(store)
         self.keys = KeyRepository(store)
@@ -416,13 +418,42 @@ class Service:
         missing = [name for name in extras if name not in frame.columns]
         return frame.with_columns(pl.lit(None, pl.String).alias(n) for n in missing)
 
+    def _snapshot(self, organisation: str) -> History:
+        """The organisation's history, read once and kept until anything in it changes.
+
+        Reading the store and the declaration files took most of a single score. The key
+        names every way the history can change: files written, rows added or replaced, and
+        this service's own writes (a consent change replaces no row, but must never be
+        served stale).
+        """
+        files = tuple(
+            (p.name, p.stat().st_mtime_ns, p.stat().st_size)
+            for p in sorted(self.declarations.folder.glob("*.parquet"))
+        )
+        version = (
+            files,
+            self.store.inspections.version(),
+            self.store.offences.version(),
+            self._generation,
+        )
+        cached = self._snapshots.get(organisation)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        base = history_for(self.store, self.declarations, organisation)
+        snapshot = History(base.declarations.collect().lazy(), base.offences, base.inspections)
+        self._snapshots[organisation] = (version, snapshot)
+        return snapshot
+
+    def _changed(self) -> None:
+        self._generation += 1
+
     def _history(self, organisation: str, frame: pl.DataFrame) -> History:
         """What ``organisation`` may know, with the request's declarations lodged in it.
 
         The request joins the history only for this call (consignment siblings see each
         other), so scoring is a read: nothing is written to the declaration history.
         """
-        base = history_for(self.store, self.declarations, organisation)
+        base = self._snapshot(organisation)
         lodged = pl.concat([base.declarations, frame.lazy()], how="diagonal_relaxed").unique(
             subset=[D.ID], keep="last", maintain_order=True
         )
@@ -485,6 +516,7 @@ class Service:
         rows = [dict(r) | {I.ORG: actor.organisation} for r in results]
         frame = self._validated(INSPECTION, rows)
         added = self.store.inspections.add(frame)
+        self._changed()
         self.store.audit.record(
             actor,
             "inspection.record",
@@ -507,6 +539,7 @@ class Service:
         row[O.SHARED_WITH] = sorted(set(row.get(O.SHARED_WITH) or []))
         frame = self._validated(OFFENCE, [row])
         self.store.offences.add(frame)
+        self._changed()
         self.store.audit.record(actor, "offence.create", offence_id)
         return self._offence(actor, offence_id)
 
@@ -533,7 +566,10 @@ class Service:
     ) -> dict[str, Any]:
         """Only the provider may change consent; others get 404 (unseen) or 403 (seen)."""
         self._offence(actor, offence_id)
-        if not self.store.offences.set_consent(offence_id, actor.organisation, shared_with):
+        self._changed()  # before and after: a reader must not keep the old consent
+        changed = self.store.offences.set_consent(offence_id, actor.organisation, shared_with)
+        self._changed()
+        if not changed:
             raise ForbiddenError("only the organisation that provided a record changes its consent")
         self.store.audit.record(
             actor, "offence.consent", offence_id, shared_with=sorted(set(shared_with))

@@ -42,6 +42,14 @@ def _frame(rows: Sequence[sa.Row[Any]], record: Record) -> pl.DataFrame:
     return pl.DataFrame(data, schema=record.schema, strict=False)
 
 
+def _version(db: Database, table: sa.Table) -> tuple[int, object]:
+    with db.begin() as conn:
+        row = conn.execute(
+            sa.select(sa.func.count(), sa.func.max(table.c.recorded_at)).select_from(table)
+        ).one()
+    return int(row[0]), row[1]
+
+
 def can_see(org: str, provider: str, shared_with: Sequence[str] | None) -> bool:
     """The consent rule, in one place."""
     shared = shared_with or ()
@@ -94,6 +102,10 @@ class OffenceRepository:
         with self.db.begin() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(offences)).scalar() or 0)
 
+    def version(self) -> tuple[int, object]:
+        """Changes when rows are added or replaced (count, latest write): for caches."""
+        return _version(self.db, offences)
+
 
 class InspectionRepository:
     def __init__(self, db: Database) -> None:
@@ -118,3 +130,7 @@ class InspectionRepository:
             return int(
                 conn.execute(sa.select(sa.func.count()).select_from(inspections)).scalar() or 0
             )
+
+    def version(self) -> tuple[int, object]:
+        """Changes when rows are added or replaced (count, latest write): for caches."""
+        return _version(self.db, inspections)
