@@ -20,14 +20,14 @@ per cent) are ever read by an inspector.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
 
 from cites_risk.features.contract import D
 from cites_risk.features.history import History
-from cites_risk.models.compiled import LightGBMPredictor, Predictor
+from cites_risk.models.compiled import Predictor
 from cites_risk.models.explain import explain
 from cites_risk.profiling.engine import (
     REASONS,
@@ -57,19 +57,16 @@ class FastEngine:
     def __post_init__(self) -> None:
         if not 0.0 <= self.explain_share <= 1.0:
             raise ValueError("explain_share must be within [0, 1]")
-        if self.predictor is None:
-            self.predictor = LightGBMPredictor(self.engine.model.booster)
+        # The engine owns the calibrated-margin path; this only chooses its predictor.
+        if self.predictor is not None:
+            self.engine = replace(self.engine, predictor=self.predictor)
 
     @property
     def model_version(self) -> str:
         return self.engine.model_version
 
     def predict_proba(self, features: pl.DataFrame) -> np.ndarray:
-        if features.height == 0:
-            return np.zeros(0)
-        assert self.predictor is not None
-        model = self.engine.model
-        return model.calibrator(self.predictor.margin(model.matrix(features)))
+        return self.engine.predict_proba(features)
 
     def explained_rows(self, proba: np.ndarray) -> np.ndarray:
         """Indices (ascending) of the rows whose model reasons are worth computing."""
