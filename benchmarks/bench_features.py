@@ -50,34 +50,27 @@ def _load(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
 
 def stage_full(folder: Path) -> dict[str, Any]:
     from cites_risk.features.history import History
-    from cites_risk.features.pipeline import build_features
+    from cites_risk.features.pipeline import build_features, collect_features
     from cites_risk.features.reference import load_reference
 
     decl, off, insp = _load(folder)
     ref = load_reference()
     history = History(decl.lazy(), off.lazy(), insp.lazy())
     t0 = time.perf_counter()
-    out = build_features(decl.lazy(), history, ref).collect()
+    out = collect_features(build_features(decl.lazy(), history, ref))
     return {"seconds": time.perf_counter() - t0, "shape": list(out.shape)}
 
 
 def _polars_subset(decl: pl.DataFrame, off: pl.DataFrame, insp: pl.DataFrame) -> pl.DataFrame:
     from cites_risk.features import pipeline as p
-    from cites_risk.features.contract import D
-    from cites_risk.features.history import IDX, TIME, TIMESTAMP, History
+    from cites_risk.features.contract import TIMESTAMP, D
+    from cites_risk.features.history import IDX, TIME, History
 
-    history = History(decl.lazy(), off.lazy(), insp.lazy())
-    targets = (
-        decl.lazy()
-        .with_row_index(IDX)
-        .with_columns(pl.col(D.DECLARED_AT).cast(TIMESTAMP).alias(TIME))
-    )
-    prior = p._global_hit_rate(targets.select(IDX, TIME), history)
-    frames = [p._key_features(targets, history, k, prior) for k in p.HISTORY_KEYS if k.name in KEYS]
-    out = frames[0]
-    for f in frames[1:]:
-        out = out.join(f, on=IDX, how="left")
-    return out.sort(IDX).collect()
+    base = decl.lazy().with_row_index(IDX).with_columns(pl.col(D.DECLARED_AT).cast(TIMESTAMP))
+    keys = [k for k in p.HISTORY_KEYS if k.name in KEYS]
+    history = History(p.lodged(base, decl.lazy(), keys).cache(), off.lazy(), insp.lazy())
+    targets = base.with_columns(pl.col(D.DECLARED_AT).alias(TIME))
+    return p.collect_features(p.key_history(targets, history, keys, []))
 
 
 def stage_subset(folder: Path) -> dict[str, Any]:

@@ -159,6 +159,34 @@ def test_single_row_equals_batch(
     rows=declaration_rows(),
     offences=offence_rows(),
     inspected=st.lists(st.integers(0, 11), max_size=6),
+)
+def test_own_presence_in_history_changes_nothing(
+    rows: list[dict[str, object]], offences: list[dict[str, object]], inspected: list[int]
+) -> None:
+    """Lodged or not, once or twice in the batch: a declaration gets the same features.
+
+    Lodged declarations are sorted in as history events rather than as extra targets; this
+    pins that shortcut to the plain definition.
+    """
+    declarations = _frame(rows, DECLARATION.schema)
+    history = _history(declarations, offences, inspected)
+    batch = _features(declarations, history)
+    twice = _features(pl.concat([declarations, declarations]), history)
+    assert_frame_equal(twice.head(declarations.height), batch)
+    assert_frame_equal(twice.tail(declarations.height), batch)
+    for i in range(declarations.height):
+        row = declarations.slice(i, 1)
+        others = pl.concat([declarations.slice(0, i), declarations.slice(i + 1)])
+        # The row's inspection results stay: the row is scored, not forgotten.
+        unlodged = History(others.lazy(), history.offences, history.inspections)
+        assert_frame_equal(_features(row, unlodged), batch.slice(i, 1))
+
+
+@SETTINGS
+@given(
+    rows=declaration_rows(),
+    offences=offence_rows(),
+    inspected=st.lists(st.integers(0, 11), max_size=6),
     late=st.integers(1, 3600 * 24 * 30),
 )
 def test_later_history_changes_nothing_earlier(

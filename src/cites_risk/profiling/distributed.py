@@ -37,7 +37,7 @@ import polars as pl
 
 from cites_risk.features.contract import D
 from cites_risk.features.history import History
-from cites_risk.features.pipeline import build_features
+from cites_risk.features.pipeline import build_features, collect_features
 from cites_risk.features.reference import load_reference
 from cites_risk.models.compiled import CompiledPredictor, cache_dir_for
 from cites_risk.models.preprocess import CategoryCodes, UnitValueBands, to_matrix
@@ -314,7 +314,7 @@ def labelled_partition(job: TrainJob, part: Partition) -> tuple[int, int, int, i
             pl.col(D.ID).is_in(inspections.get_column("declaration_id").implode())
         )
         features = build_features(inspected, history, load_reference(), dict(job.extras))
-        labelled = label_frame(features.collect(), inspections)
+        labelled = label_frame(collect_features(features), inspections)
         path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_parquet(labelled, path)
     frame = pl.read_parquet(path, columns=[D.DECLARED_AT, RANDOM])

@@ -15,7 +15,7 @@ import polars as pl
 
 from cites_risk.features.contract import D
 from cites_risk.features.history import History
-from cites_risk.features.pipeline import build_features
+from cites_risk.features.pipeline import build_features, collect_features
 from cites_risk.features.reference import Reference
 from cites_risk.models.compiled import CompiledPredictor, Predictor
 from cites_risk.models.explain import explain
@@ -69,9 +69,9 @@ class Engine:
         return self.model.calibrator(self.predictor.margin(self.model.matrix(features)))
 
     def features(self, declarations: pl.DataFrame, history: History) -> pl.DataFrame:
-        return build_features(
-            declarations.lazy(), history, self.reference, self.model.extras
-        ).collect()
+        return collect_features(
+            build_features(declarations.lazy(), history, self.reference, self.model.extras)
+        )
 
     def score(
         self, declarations: pl.DataFrame, history: History, *, top_reasons: int = 3

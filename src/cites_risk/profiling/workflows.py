@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 
 from cites_risk.features.contract import D
-from cites_risk.features.pipeline import build_features
+from cites_risk.features.pipeline import build_features, collect_features
 from cites_risk.features.reference import Reference
 from cites_risk.models.evaluation import CAPACITIES, ScoreReport, evaluate, evaluate_scores
 from cites_risk.models.report import write_run_report
@@ -155,7 +155,7 @@ def train(
     declarations = history.declarations
     if split.test_until is not None:
         declarations = declarations.filter(pl.col(D.DECLARED_AT) < split.test_until)
-    features = build_features(declarations, history, reference, extras).collect()
+    features = collect_features(build_features(declarations, history, reference, extras))
     labelled = label_frame(features, store.inspections.all())
     progress(f"training LightGBM on {labelled.height:,} inspected declarations")
     result = train_and_evaluate(

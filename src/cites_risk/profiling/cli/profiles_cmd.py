@@ -12,7 +12,7 @@ from rich.table import Table
 
 from cites_risk.features.contract import D
 from cites_risk.features.history import History
-from cites_risk.features.pipeline import build_features
+from cites_risk.features.pipeline import build_features, collect_features
 from cites_risk.profiling.cli.context import Context, console, fail, open_context
 from cites_risk.profiling.profiles.backtest import BacktestResult, attach_outcomes, backtest
 from cites_risk.profiling.profiles.model import (
@@ -53,7 +53,9 @@ def _history_frame(ctx: Context, source: Path, mapping_name: str) -> pl.DataFram
         raise fail(str(exc)) from exc
     offences = ctx.store.offences.visible_to(ctx.settings.organisation)
     history = History(decl.lazy(), offences.lazy(), insp.lazy())
-    features = build_features(decl.lazy(), history, ctx.reference, mapping.extra_kinds).collect()
+    features = collect_features(
+        build_features(decl.lazy(), history, ctx.reference, mapping.extra_kinds)
+    )
     own = [c for c in decl.columns if c == D.ID or c not in features.columns]
     frame = decl.select(own).join(features, on=D.ID, how="left", maintain_order="left")
     return attach_outcomes(frame, insp)
