@@ -133,8 +133,10 @@ def _history(
     )
 
 
-def _features(declarations: pl.DataFrame, history: History, ref: Reference = REF) -> pl.DataFrame:
-    return build_features(declarations.lazy(), history, ref).collect()
+def _features(
+    declarations: pl.DataFrame, history: History, ref: Reference = REF, *, focused: bool = False
+) -> pl.DataFrame:
+    return build_features(declarations.lazy(), history, ref, focused=focused).collect()
 
 
 @SETTINGS
@@ -152,6 +154,9 @@ def test_single_row_equals_batch(
     for i in range(declarations.height):
         alone = _features(declarations.slice(i, 1), history)
         assert_frame_equal(alone, batch.slice(i, 1))
+        # The online path reads only the history of the row's own keys: same features.
+        focused = _features(declarations.slice(i, 1), history, focused=True)
+        assert_frame_equal(focused, batch.slice(i, 1))
 
 
 @SETTINGS

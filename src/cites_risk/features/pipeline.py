@@ -312,10 +312,14 @@ def build_features(
     history: History,
     reference: Reference,
     extras: dict[str, str] | None = None,
+    *,
+    focused: bool = False,
 ) -> pl.LazyFrame:
     """Features for each declaration, in input order, with the schema of ``feature_schema``.
 
     ``extras`` names an administration's own columns (``x_*``) to pass through as features.
+    ``focused``: the declarations are few next to the history (an online request), so the
+    history events of other keys are dropped before sorting; the features are the same.
     """
     # Every history key reads the same inputs: .cache() computes each once per query
     # instead of once per branch (a third of the time on a million rows).
@@ -334,7 +338,7 @@ def build_features(
     frame = _species(base, reference)
     frame = _commodity(frame, reference)
     frame = _route_value_permits(frame, reference)
-    frame = _join_history(frame, base, history, keys, extra_history_keys(extras))
+    frame = _join_history(frame, base, history, keys, extra_history_keys(extras), focused)
     schema = feature_schema(extras)
     return frame.select(pl.col(name).cast(dtype).alias(name) for name, dtype in schema.items())
 
@@ -590,7 +594,9 @@ def _global_hit_rate(targets: pl.LazyFrame, history: History) -> pl.LazyFrame:
     )
 
 
-def _key_features(alone: pl.LazyFrame, history: History, key: HistoryKey) -> pl.LazyFrame:
+def _key_features(
+    alone: pl.LazyFrame, history: History, key: HistoryKey, focus: pl.LazyFrame | None
+) -> pl.LazyFrame:
     """History features of one key, a row per target in order (``alone``: see ``lodged``).
 
     The hit rate is left as raw hits (``__<key>_hits``): it shrinks to the overall rate,
@@ -599,7 +605,7 @@ def _key_features(alone: pl.LazyFrame, history: History, key: HistoryKey) -> pl.
     values = ["n", "off", "off_decay", "insp", "hits", "hits_recent"]
     totals = prior_totals(
         alone.select(IDX, TIME, key.declaration.alias(KEY)),
-        _events(history, key),
+        _relevant(_events(history, key), focus, key.declaration),
         values,
         last_time=True,
     )
@@ -616,6 +622,15 @@ def _key_features(alone: pl.LazyFrame, history: History, key: HistoryKey) -> pl.
         (pl.col("off") / (pl.col("n") + SMOOTHING)).alias(f"{p}_offence_rate"),
         *([(pl.col("n") == 0).alias(f"{p}_newcomer")] if p in NEWCOMER_KEYS else []),
     )
+
+
+def _relevant(events: pl.LazyFrame, focus: pl.LazyFrame | None, key: pl.Expr) -> pl.LazyFrame:
+    """``events`` of the keys some target in ``focus`` has (all events without a focus)."""
+    if focus is None:
+        return events
+    wanted = focus.select(key.alias(KEY)).unique()
+    # nulls_equal: a lodged target with no key is an event too and must stay.
+    return events.join(wanted, on=KEY, how="semi", nulls_equal=True)
 
 
 def _hit_rates(names: list[str]) -> list[pl.Expr]:
@@ -682,7 +697,9 @@ def _partner_offences(targets: pl.LazyFrame, history: History) -> pl.LazyFrame:
     return pl.concat(out, how="horizontal")
 
 
-def _consignment(targets: pl.LazyFrame, history: History) -> pl.LazyFrame:
+def _consignment(
+    targets: pl.LazyFrame, history: History, focus: pl.LazyFrame | None
+) -> pl.LazyFrame:
     """Lines of the same consignment lodged up to the declaration's time, itself included."""
     events = history.declarations.select(
         pl.col(D.CONSIGNMENT).alias(KEY),
@@ -692,7 +709,7 @@ def _consignment(targets: pl.LazyFrame, history: History) -> pl.LazyFrame:
     )
     totals = prior_totals(
         targets.select(IDX, TIME, pl.col(D.CONSIGNMENT).alias(KEY)),
-        events.drop("__hid"),
+        _relevant(events.drop("__hid"), focus, pl.col(D.CONSIGNMENT)),
         ["lines"],
         inclusive=True,
     )
@@ -813,16 +830,21 @@ def lodged(base: pl.LazyFrame, declarations: pl.LazyFrame, keys: list[HistoryKey
 
 
 def key_history(
-    targets: pl.LazyFrame, history: History, keys: list[HistoryKey], extra_keys: list[str]
+    targets: pl.LazyFrame,
+    history: History,
+    keys: list[HistoryKey],
+    extra_keys: list[str],
+    focused: bool = False,
 ) -> pl.LazyFrame:
     """The history features of ``keys``, a row per target in order, and ``__prior_rate``.
 
-    ``history.declarations`` carries ``__idx`` from ``_lodged``; ``targets`` has ``__t``.
+    ``history.declarations`` carries ``__idx`` from ``lodged``; ``targets`` has ``__t``.
     """
+    focus = targets if focused else None
     alone = targets.join(history.declarations.select(pl.col(IDX).drop_nulls()), on=IDX, how="anti")
     parts = [_global_hit_rate(targets.select(IDX, TIME), history).drop(IDX)]
     for key in keys:
-        features = _key_features(alone, history, key)
+        features = _key_features(alone, history, key, focus)
         if key.name in extra_keys:
             features = features.select(f"{key.name}_inspected", f"__{key.name}_hits")
         parts.append(features)
@@ -835,6 +857,7 @@ def _join_history(
     history: History,
     keys: list[HistoryKey],
     extra_keys: list[str],
+    focused: bool,
 ) -> pl.LazyFrame:
     """``frame`` with the history features beside it.
 
@@ -844,10 +867,10 @@ def _join_history(
     targets = base.with_columns(pl.col(D.DECLARED_AT).alias(TIME))
     parts = [
         frame,
-        key_history(targets, history, keys, extra_keys),
+        key_history(targets, history, keys, extra_keys, focused),
         _transit(targets, history),
         _partner_offences(targets, history),
-        _consignment(targets, history),
+        _consignment(targets, history, targets if focused else None),
         _consignment_mix(targets, history),
     ]
     # Extras with no history yet: nothing inspected, the overall rate.

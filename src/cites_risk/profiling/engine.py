@@ -55,6 +55,11 @@ def species_sentence(row: dict[str, object]) -> str | None:
     return f"{said} {how} {taxon}, {listing} (match confidence {score:.0%})"
 
 
+#: Up to this many declarations, features read only the history of their own keys: an
+#: online request then costs the same against a thousand or a million past declarations.
+FOCUS_ROWS = 1_000
+
+
 @dataclass
 class Engine:
     model: RiskModel
@@ -70,7 +75,13 @@ class Engine:
 
     def features(self, declarations: pl.DataFrame, history: History) -> pl.DataFrame:
         return collect_features(
-            build_features(declarations.lazy(), history, self.reference, self.model.extras)
+            build_features(
+                declarations.lazy(),
+                history,
+                self.reference,
+                self.model.extras,
+                focused=declarations.height <= FOCUS_ROWS,
+            )
         )
 
     def score(
