@@ -129,5 +129,8 @@ class CategoryCodes:
 
 
 def to_matrix(frame: pl.DataFrame, columns: Sequence[str]) -> np.ndarray:
-    """A float64 matrix in exactly the fitted column order; booleans become 0/1."""
-    return frame.select(pl.col(c).cast(pl.Float64) for c in columns).to_numpy()
+    """A float64 matrix in exactly the fitted column order; booleans become 0/1.
+
+    Row-major: LightGBM and the compiled trees both read rows, and would otherwise copy it.
+    """
+    return frame.select(pl.col(c).cast(pl.Float64) for c in columns).to_numpy(order="c")
