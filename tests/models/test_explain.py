@@ -40,6 +40,14 @@ def test_sentence_wording() -> None:
         "25 % of earlier inspections of importer found an offence (8 inspected)"
     )
     assert sentence_for("cites_source", {"cites_source": "W"}) == "CITES source code W"
+    pair = {"importer_hs_hit_rate": 0.4, "importer_hs_inspected": 5.0}
+    assert sentence_for("importer_hs_hit_rate", pair) == (
+        "40 % of earlier inspections of this importer with this HS code found an offence"
+        " (5 inspected)"
+    )
+    assert sentence_for("origin_hs_prior_decl", {"origin_hs_prior_decl": 0.0}) == (
+        "first declaration of this origin country with this HS code"
+    )
     row2 = {"x_courier_hit_rate": 0.5, "x_courier_inspected": 4.0}
     assert "with this courier" in sentence_for("x_courier_hit_rate", row2)
     assert sentence_for("x_tax_type", {"x_tax_type": None}) == "tax type not declared"

@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 
 from cites_risk.features.contract import D
+from cites_risk.features.pairs import PAIR_KEYS
 from cites_risk.models.risk_model import RiskModel
 
 Row = dict[str, Any]
@@ -74,6 +75,41 @@ def _history_sentence(key: str, stat: str) -> Sentence:
         return None
 
     return say
+
+
+_SIDE_WORDS = {
+    D.IMPORTER: "importer",
+    D.EXPORTER: "exporter",
+    D.DECLARANT: "declarant",
+    D.OFFICE: "office",
+    D.ORIGIN: "origin country",
+    D.HS: "HS code",
+}
+_PAIRS = {p.name: p for p in PAIR_KEYS}
+
+
+def _pair_sentence(column: str, row: Row) -> str | None:
+    """Sentences of the pair-of-keys history (``features/pairs.py``)."""
+    for name, pair in _PAIRS.items():
+        stat = column.removeprefix(f"{name}_")
+        if stat == column:
+            continue
+        first = _SIDE_WORDS.get(pair.first, pair.first)
+        who = f"this {first} with this {_SIDE_WORDS.get(pair.second, pair.second)}"
+        v = row.get(column)
+        if v is None:
+            return None
+        if stat == "hit_rate":
+            n = row.get(f"{name}_inspected") or 0
+            return f"{_pct(v)} of earlier inspections of {who} found an offence ({n:.0f} inspected)"
+        if stat == "prior_decl":
+            count = math.expm1(v)
+            if count < 0.5:
+                return f"first declaration of {who}"
+            return f"{who}: {count:.0f} earlier declaration(s)"
+        if stat == "inspected":
+            return f"{who}: {v:.0f} earlier inspection(s)"
+    return None
 
 
 def _band_sentence(col: str, what: str) -> Sentence:
@@ -239,6 +275,9 @@ def sentence_for(column: str, row: Row) -> str:
         text = SENTENCES[column](row)
         if text:
             return text
+    text = _pair_sentence(column, row)
+    if text:
+        return text
     for key in _ENTITY_WORDS:
         prefix = f"{key}_"
         if column.startswith(prefix):
