@@ -70,7 +70,7 @@ def _polars_subset(decl: pl.DataFrame, off: pl.DataFrame, insp: pl.DataFrame) ->
     keys = [k for k in p.HISTORY_KEYS if k.name in KEYS]
     history = History(p.lodged(base, decl.lazy(), keys).cache(), off.lazy(), insp.lazy())
     targets = base.with_columns(pl.col(D.DECLARED_AT).alias(TIME))
-    return p.collect_features(p.key_history(targets, history, keys, []))
+    return p.collect_features(p.key_history(targets, history, keys))
 
 
 def stage_subset(folder: Path) -> dict[str, Any]:

@@ -36,6 +36,15 @@ _NO_TIME = -(2**63)
 
 
 @dataclass(frozen=True)
+class HistoryKey:
+    """A key whose history is tracked: how to read it from declarations and offences."""
+
+    name: str
+    declaration: pl.Expr
+    offence: pl.Expr | None
+
+
+@dataclass(frozen=True)
 class History:
     """What the engine knew before scoring: declarations, offences and inspection results.
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from cites_risk.features.contract import TIMESTAMP, D
-from cites_risk.features.history import IDX, KEY, TIME, History, log1p, prior_totals
+from cites_risk.features.contract import D
+from cites_risk.features.history import HistoryKey
 
 
 @dataclass(frozen=True)
@@ -43,87 +43,16 @@ PAIR_COLUMNS: dict[str, pl.DataType] = {
 _SEP = "\x1f"
 
 
-def _pair_key(index: int, pair: PairKey) -> pl.Expr:
-    """``<pair number><sep><first><sep><second>``; null when either side is unknown."""
+def _pair_key(pair: PairKey) -> pl.Expr:
+    """``<first><sep><second>``; null when either side is unknown."""
     first, second = pl.col(pair.first).cast(pl.String), pl.col(pair.second).cast(pl.String)
-    return (
-        pl.when(first.is_not_null() & second.is_not_null())
-        .then(pl.concat_str([pl.lit(str(index)), first, second], separator=_SEP))
-        .alias(KEY)
+    return pl.when(first.is_not_null() & second.is_not_null()).then(
+        pl.concat_str([first, second], separator=_SEP)
     )
 
 
-def _stacked(frame: pl.LazyFrame, columns: list[pl.Expr]) -> pl.LazyFrame:
-    return pl.concat(
-        [frame.select(*columns, _pair_key(i, p)) for i, p in enumerate(PAIR_KEYS)],
-        how="vertical",
-    )
-
-
-def pair_history(
-    targets: pl.LazyFrame, history: History, prior: pl.LazyFrame, smoothing: float
-) -> pl.LazyFrame:
-    """Per pair: earlier declarations (log), earlier inspections, smoothed hit rate.
-
-    ``targets`` has ``__idx``, ``__t`` and the pairs' columns; ``prior`` has ``__idx`` and
-    ``__prior_rate``, the overall hit rate known before each declaration, which a pair's
-    rate is shrunk towards with ``smoothing`` pseudo-inspections. All pairs share one
-    :func:`prior_totals` pass: a declaration appears once per pair, its index spread as
-    ``idx * n_pairs + pair``, and is folded back into one row afterwards.
-    """
-    n = len(PAIR_KEYS)
-    stacked = pl.concat(
-        [
-            targets.select(
-                (pl.col(IDX).cast(pl.UInt64) * n + i).alias(IDX),
-                pl.col(TIME).cast(TIMESTAMP),
-                _pair_key(i, p),
-            )
-            for i, p in enumerate(PAIR_KEYS)
-        ],
-        how="vertical",
-    )
-    zero = pl.lit(0.0)
-    declared = _stacked(
-        history.declarations,
-        [
-            pl.col(D.DECLARED_AT).cast(TIMESTAMP).alias(TIME),
-            pl.lit(1.0).alias("n"),
-            zero.alias("insp"),
-            zero.alias("hits"),
-        ],
-    )
-    inspected = _stacked(
-        history.inspected,
-        [
-            pl.col(TIME).cast(TIMESTAMP),
-            zero.alias("n"),
-            pl.lit(1.0).alias("insp"),
-            (pl.col("outcome") == "hit").cast(pl.Float64).alias("hits"),
-        ],
-    )
-    totals = prior_totals(
-        stacked, pl.concat([declared, inspected], how="vertical"), ["n", "insp", "hits"]
-    ).with_columns(
-        (pl.col(IDX).cast(pl.UInt64) // n).alias("__row"),
-        (pl.col(IDX).cast(pl.UInt64) % n).alias("__pair"),
-    )
-    out = targets.select(IDX, pl.col(IDX).cast(pl.UInt64).alias("__row")).join(
-        prior.select(IDX, "__prior_rate"), on=IDX, how="left"
-    )
-    rate_prior = pl.col("__prior_rate") * smoothing
-    for i, pair in enumerate(PAIR_KEYS):
-        one = totals.filter(pl.col("__pair") == i).select("__row", "n", "insp", "hits")
-        insp = pl.col("insp").fill_null(0.0)
-        out = (
-            out.join(one, on="__row", how="left")
-            .with_columns(
-                log1p(pl.col("n").fill_null(0.0)).alias(f"{pair.name}_prior_decl"),
-                insp.alias(f"{pair.name}_inspected"),
-                ((pl.col("hits").fill_null(0.0) + rate_prior) / (insp + smoothing)).alias(
-                    f"{pair.name}_hit_rate"
-                ),
-            )
-            .drop("n", "insp", "hits")
-        )
-    return out.drop("__row", "__prior_rate")
+#: Pairs are tracked like any single key (one point-in-time stream each); no offence
+#: record names a pair, so only declarations and inspection results feed them.
+PAIR_HISTORY_KEYS: tuple[HistoryKey, ...] = tuple(
+    HistoryKey(p.name, _pair_key(p), None) for p in PAIR_KEYS
+)
