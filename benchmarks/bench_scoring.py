@@ -128,7 +128,7 @@ def run_stage(
             rows_ = fast.explained_rows(proba)
             explain(model, feats[pl.Series(rows_)])
             d = time.perf_counter()
-            breakdown = {"features": b - a, "predict": c - b, "explain_top10": d - c}
+            breakdown = {"features": b - a, "predict": c - b, "explain_top_share": d - c}
             e0 = time.perf_counter()
             explain(model, feats.head(5_000))
             breakdown["explain_rows_per_s"] = 5_000 / (time.perf_counter() - e0)

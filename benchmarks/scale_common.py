@@ -127,11 +127,13 @@ def scenario(
 
 def trained_model(data: Path, trees: int = 300, rows: int = 1_000_000) -> Path:
     """A RiskModel of exactly ``trees`` trees trained on a synthetic scenario, saved once."""
-    folder = data / f"model-{rows}-{trees}"
+    from cites_risk.features.pipeline import FEATURE_VERSION, build_features, collect_features
+
+    # A model of other features would be refused by the scorer: one folder per version.
+    folder = data / f"model-{rows}-{trees}-v{FEATURE_VERSION}"
     if (folder / "model.json").exists():
         return folder
     from cites_risk.features.history import History
-    from cites_risk.features.pipeline import build_features
     from cites_risk.features.reference import load_reference
     from cites_risk.models.risk_model import TrainingData, fit_risk_model
     from cites_risk.models.training import LABEL, WEIGHT, label_frame
@@ -140,7 +142,7 @@ def trained_model(data: Path, trees: int = 300, rows: int = 1_000_000) -> Path:
     declarations = pl.scan_parquet(files.declarations)
     inspections = pl.read_parquet(files.inspections)
     history = History(declarations, pl.scan_parquet(files.offences), inspections.lazy())
-    features = build_features(declarations, history, load_reference()).collect()
+    features = collect_features(build_features(declarations, history, load_reference()))
     labelled = label_frame(features, inspections)
     cut = int(labelled.height * 0.8)
     train, valid = labelled.head(cut), labelled.slice(cut)
