@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from cites_risk.api.schemas import EXAMPLE_DECLARATION
 from cites_risk.features.reference import load_reference
 from cites_risk.models.training import Split
 from cites_risk.profiling import workflows
@@ -37,21 +38,6 @@ from cites_risk.profiling.store import Actor, Store
 
 ORG = "US-FWS"
 SETUP = Actor("bench", ORG, Role.ADMIN.value)
-DECLARATION = {
-    "declared_at": "2021-06-01T10:00:00Z",
-    "office": "LA",
-    "importer": "Blue Lagoon Pets",
-    "exporter": "Axolotl Farms",
-    "declared_taxon": "Ambystoma mexicanum",
-    "goods_description": "live axolotls",
-    "hs_code": "010690",
-    "country_origin": "MX",
-    "country_export": "MX",
-    "quantity": 120,
-    "unit": "NO",
-    "cites_purpose": "T",
-    "cites_source": "C",
-}
 
 
 def trained_home(home: Path) -> str:
@@ -104,7 +90,7 @@ def run_rate(
         if pause > 0:
             time.sleep(pause)
         client = local[i % len(local)]
-        payload = {**DECLARATION, "declaration_id": f"B-{rate:g}-{i}"} if body else None
+        payload = {**EXAMPLE_DECLARATION, "declaration_id": f"B-{rate:g}-{i}"} if body else None
         try:
             r = (
                 client.post(path, json=payload, headers=headers)

@@ -30,11 +30,12 @@ from benchmarks.scale_common import DEFAULT_DATA, header, in_subprocess, peak_rs
 
 def _features(folder: Path, cache: Path) -> Path:
     """The scenario's model matrix and labels, built once."""
-    path = cache / "train-matrix.parquet"
+    from cites_risk.features.pipeline import FEATURE_VERSION, build_features, collect_features
+
+    path = cache / f"train-matrix-v{FEATURE_VERSION}.parquet"
     if path.exists():
         return path
     from cites_risk.features.history import History
-    from cites_risk.features.pipeline import build_features
     from cites_risk.features.reference import load_reference
     from cites_risk.models.preprocess import CategoryCodes, UnitValueBands
     from cites_risk.models.risk_model import categorical_columns, model_columns
@@ -45,7 +46,7 @@ def _features(folder: Path, cache: Path) -> Path:
         pl.scan_parquet(folder / "offences.parquet"),
         pl.scan_parquet(folder / "inspections"),
     )
-    feats = build_features(decl.lazy(), history, load_reference()).collect()
+    feats = collect_features(build_features(decl.lazy(), history, load_reference()))
     truth = pl.read_parquet(folder / "truth")
     cats, cols = categorical_columns(), model_columns()
     prepared = (
@@ -96,12 +97,15 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--trees", type=int, default=300)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument(
+        "--modes", nargs="+", choices=("project", "defaults"), default=["project", "defaults"]
+    )
     args = parser.parse_args(argv)
     header()
     files = scenario(args.data, 1_000_000, n_offences=30_000)
     path = _features(files.folder, files.folder)
     for rows in args.rows:
-        for mode in ("project", "defaults"):
+        for mode in args.modes:
             r = in_subprocess(__file__, str(path), str(rows), str(args.trees), mode)
             total = r["bin_s"] + r["boost_s"]
             print(

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from cites_risk.api.app import create_app
+from cites_risk.api.schemas import EXAMPLE_DECLARATION
 from cites_risk.profiling.auth import KeyRepository
 from cites_risk.profiling.config import Settings
 from cites_risk.profiling.roles import Role
@@ -105,21 +106,5 @@ def api(trained: Trained) -> Iterator[Api]:
 
 
 def declaration(declaration_id: str = "T-1", **fields: Any) -> dict[str, Any]:
-    """A plausible LEMIS-like declaration (axolotls from Mexico)."""
-    base: dict[str, Any] = {
-        "declaration_id": declaration_id,
-        "declared_at": "2021-06-01T10:00:00Z",
-        "office": "LA",
-        "importer": "Blue Lagoon Pets",
-        "exporter": "Axolotl Farms",
-        "declared_taxon": "Ambystoma mexicanum",
-        "goods_description": "live axolotls",
-        "hs_code": "010690",
-        "country_origin": "MX",
-        "country_export": "MX",
-        "quantity": 120,
-        "unit": "NO",
-        "cites_purpose": "T",
-        "cites_source": "C",
-    }
-    return base | fields
+    """The documented example declaration (axolotls from Mexico), with changes."""
+    return EXAMPLE_DECLARATION | {"declaration_id": declaration_id} | fields

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from cites_risk.api.schemas import EXAMPLE_DECLARATION
 from cites_risk.profiling.roles import Role
 from tests.api.conftest import Api, declaration
 
@@ -94,3 +95,14 @@ def test_metrics_count_requests_by_route_template(api: Api) -> None:
     assert 'route="/v1/offences/{offence_id}"' in text
     assert "some-id" not in text
     assert "cites_risk_ready 1.0" in text
+
+
+def test_the_documented_example_is_a_valid_request(api: Api) -> None:
+    """The example in the API documentation is the one the tests send: it cannot rot."""
+    schemas = api.app.openapi()["components"]["schemas"]
+    assert schemas["DeclarationIn"]["examples"] == [EXAMPLE_DECLARATION]
+    response = api.client.post(
+        "/v1/score", json=EXAMPLE_DECLARATION, headers=api.auth(Role.INSPECTOR)
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["declaration_id"] == EXAMPLE_DECLARATION["declaration_id"]

@@ -55,15 +55,43 @@ def _field(f: ContractField) -> tuple[Any, Any]:
     return kind | None, Field(default=None, description=f.description, **bounds)
 
 
+#: A plausible declaration (axolotls from Mexico, as in the LEMIS data): the example of the
+#: API documentation, and the request the tests and the latency benchmark send.
+EXAMPLE_DECLARATION: dict[str, Any] = {
+    "declaration_id": "EX-1",
+    "declared_at": "2021-06-01T10:00:00Z",
+    "office": "LA",
+    "importer": "Blue Lagoon Pets",
+    "exporter": "Axolotl Farms",
+    "declared_taxon": "Ambystoma mexicanum",
+    "goods_description": "live axolotls",
+    "hs_code": "010690",
+    "country_origin": "MX",
+    "country_export": "MX",
+    "quantity": 120,
+    "unit": "NO",
+    "cites_purpose": "T",
+    "cites_source": "C",
+}
+
+
 def from_record(
-    name: str, record: Record, *, exclude: Iterable[str] = (), **more: tuple[Any, Any]
+    name: str,
+    record: Record,
+    *,
+    exclude: Iterable[str] = (),
+    example: dict[str, Any] | None = None,
+    **more: tuple[Any, Any],
 ) -> type[BaseModel]:
     """A strict pydantic model of a contract record (unknown fields are refused)."""
     skip = set(exclude)
     fields = {f.name: _field(f) for f in record.fields if f.name not in skip}
+    config = ConfigDict(extra="forbid")
+    if example:
+        config["json_schema_extra"] = {"examples": [example]}
     model: type[BaseModel] = create_model(  # type: ignore[call-overload]
         name,
-        __config__=ConfigDict(extra="forbid"),
+        __config__=config,
         __doc__=f"A {record.name} record of the data contract.",
         **fields,
         **more,
@@ -80,6 +108,7 @@ else:
     DeclarationIn = from_record(
         "DeclarationIn",
         DECLARATION,
+        example=EXAMPLE_DECLARATION,
         extras=(
             dict[str, Extra] | None,
             Field(default=None, description="an administration's own fields (x_*), by name"),
