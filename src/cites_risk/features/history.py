@@ -195,7 +195,9 @@ def inspected_declarations(history: History) -> pl.LazyFrame:
     )
 
 
-def smoothed_rate(hits: pl.Expr, trials: pl.Expr, prior: float, strength: float) -> pl.Expr:
+def smoothed_rate(
+    hits: pl.Expr, trials: pl.Expr, prior: float | pl.Expr, strength: float
+) -> pl.Expr:
     """Additive smoothing toward ``prior``: few observations say little."""
     return (hits + prior * strength) / (trials + strength)
 

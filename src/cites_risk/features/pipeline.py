@@ -291,10 +291,6 @@ def feature_schema(extras: dict[str, str] | None = None) -> pl.Schema:
 EXTRA_HISTORY_STATS = ("inspected", "hit_rate")
 
 
-def _extra_stats(name: str) -> list[str]:
-    return [f"{name}_{stat}" for stat in EXTRA_HISTORY_STATS]
-
-
 def extra_history_keys(extras: dict[str, str] | None) -> list[str]:
     """The categorical extras whose history (inspections, hit rate) becomes features."""
     return [name for name, kind in (extras or {}).items() if kind != "number"]
@@ -629,9 +625,8 @@ def _relevant(events: pl.LazyFrame, focus: pl.LazyFrame | None, key: pl.Expr) ->
 def _hit_rates(names: list[str]) -> list[pl.Expr]:
     """Smoothed hit rates of past inspections, shrunk toward the overall rate known then."""
     return [
-        (
-            (pl.col(f"__{name}_hits") + pl.col("__prior_rate") * SMOOTHING)
-            / (pl.col(f"{name}_inspected") + SMOOTHING)
+        smoothed_rate(
+            pl.col(f"__{name}_hits"), pl.col(f"{name}_inspected"), pl.col("__prior_rate"), SMOOTHING
         ).alias(f"{name}_hit_rate")
         for name in names
     ]
