@@ -43,6 +43,14 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f} %"
 
 
+def _hit_rate_sentence(rate: float, inspected: float | None, whose: str) -> str:
+    """``whose``: which inspections, e.g. "of importer", "with this port"."""
+    return (
+        f"{_pct(rate)} of earlier inspections {whose} found an offence "
+        f"({inspected or 0:.0f} inspected)"
+    )
+
+
 def _history_sentence(key: str, stat: str) -> Sentence:
     who = _ENTITY_WORDS.get(key, key)
 
@@ -57,8 +65,7 @@ def _history_sentence(key: str, stat: str) -> Sentence:
         if stat == "days_since_offence" and v == v:
             return f"{who}: last offence {v:.0f} days before this declaration"
         if stat == "hit_rate":
-            n = row.get(f"{key}_inspected") or 0
-            return f"{_pct(v)} of earlier inspections of {who} found an offence ({n:.0f} inspected)"
+            return _hit_rate_sentence(v, row.get(f"{key}_inspected"), f"of {who}")
         if stat == "recent_hits" and v >= 0.05:
             return f"{who}: recent inspections found offences (weighted count {v:.1f})"
         if stat == "offence_rate" and v > 0:
@@ -100,8 +107,7 @@ def _pair_sentence(column: str, row: Row) -> str | None:
         if v is None:
             return None
         if stat == "hit_rate":
-            n = row.get(f"{name}_inspected") or 0
-            return f"{_pct(v)} of earlier inspections of {who} found an offence ({n:.0f} inspected)"
+            return _hit_rate_sentence(v, row.get(f"{name}_inspected"), f"of {who}")
         if stat == "prior_decl":
             count = math.expm1(v)
             if count < 0.5:
@@ -289,10 +295,7 @@ def sentence_for(column: str, row: Row) -> str:
         label = base.removeprefix("x_").replace("_", " ")
         rate, n = row.get(f"{base}_hit_rate"), row.get(f"{base}_inspected")
         if rate is not None:
-            return (
-                f"{_pct(rate)} of earlier inspections with this {label} found an offence "
-                f"({n or 0:.0f} inspected)"
-            )
+            return _hit_rate_sentence(rate, n, f"with this {label}")
     value = row.get(column)
     label = column.removeprefix("x_").replace("_", " ")
     if isinstance(value, float):
