@@ -282,20 +282,6 @@ def score(
 
 
 @app.command()
-def serve(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8000,
-) -> None:
-    """Run the HTTP API and the inspector page (loads the champion model and profiles)."""
-    import uvicorn
-
-    from cites_risk.api.app import create_app
-    from cites_risk.profiling.config import Settings
-
-    uvicorn.run(create_app(Settings()), host=host, port=port)
-
-
-@app.command()
 def demo(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
@@ -335,7 +321,3 @@ app.add_typer(users_app, name="users")
 app.add_typer(models_app, name="models")
 app.command("score-dask")(score_dask_cmd)
 app.command("train-dask")(train_dask_cmd)
-
-
-def main() -> None:
-    app()
