@@ -6,10 +6,12 @@ Three stages, each in a fresh subprocess (its own peak RSS), on the same data:
 
 * ``build_features``: the whole feature set (every column the model reads);
 * ``history subset (polars)``: the project's entity-history features for importer, exporter,
-  declarant and office only (prior declarations, offences, days since the last offence,
-  decayed offences, smoothed hit rate of past inspections), the same work as the baseline;
-* ``pandas baseline``: a straightforward pandas implementation of that subset (one sort and
-  ``merge_asof`` per key and event type), checked equal to the polars subset.
+  declarant and office only (prior declarations, offences, decayed offences, days since the
+  last offence, inspections, smoothed hit rate, recent hits, offence rate), the same work as
+  the baseline;
+* ``pandas baseline``: a straightforward pandas implementation of that subset (a sort and
+  a ``merge_asof`` per key and event type: ``pandas_scoring.key_history``, which the pandas
+  stage of ``bench_scoring`` uses for every key), checked equal to the polars subset.
 
 The history is the scenario itself (every declaration sees the ones lodged strictly before
 it), its offence records and its inspection results.
@@ -35,9 +37,9 @@ from benchmarks.scale_common import (
     peak_rss_mib,
     scenario,
 )
+from cites_risk.features.pipeline import HISTORY_STATS
 
 KEYS = ("importer", "exporter", "declarant", "office")
-SMOOTHING, DEFAULT_RATE, DECAY = 20.0, 0.03, 365.0
 
 
 def _load(folder: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
@@ -81,80 +83,19 @@ def stage_subset(folder: Path) -> dict[str, Any]:
 
 
 def pandas_subset(decl: pl.DataFrame, off: pl.DataFrame, insp: pl.DataFrame) -> Any:
-    """The baseline: plain pandas, per key a sort and merge_asof for each event type."""
-    import pandas as pd
+    """The baseline: plain pandas, per key a sort and merge_asof for each event type.
+
+    The same code as the pandas stage of ``bench_scoring`` (``pandas_scoring.key_history``),
+    with every declaration both a target and part of the history.
+    """
+    from benchmarks.pandas_scoring import key_history, micros
 
     d = decl.select("declaration_id", "declared_at", *KEYS).to_pandas()
     o = off.select("detected_at", *KEYS).to_pandas()
     i = insp.select("declaration_id", "inspected_at", "outcome").to_pandas()
-    d["__row"] = np.arange(len(d))
-    d["t"] = d["declared_at"].astype("int64")
-    day = 86_400e6
-    epoch = pd.Timestamp("2000-01-01", tz="UTC").value / 1e3
-    # Inspection results, known at the later of inspection and declaration.
-    i["hit"] = i["outcome"] == "hit"
-    res = i.groupby("declaration_id").agg(inspected_at=("inspected_at", "max"), hit=("hit", "max"))
-    res = d.merge(res, left_on="declaration_id", right_index=True)
-    res["t"] = np.maximum(res["inspected_at"].astype("int64"), res["t"])
-    res["hit"] = res["hit"].astype(float)
-    # Overall hit rate known before each declaration (the prior the key rates shrink to).
-    g = res[["t", "hit"]].sort_values("t", kind="stable")
-    g["n_all"] = np.arange(1, len(g) + 1, dtype=float)
-    g["h_all"] = g["hit"].cumsum()
-    g = g.groupby("t").last().reset_index()
-    out = d.sort_values("t", kind="stable")
-    out = pd.merge_asof(out, g[["t", "n_all", "h_all"]], on="t", allow_exact_matches=False)
-    n_all, h_all = out["n_all"].fillna(0), out["h_all"].fillna(0)
-    out["prior_rate"] = np.where(
-        n_all > 0, (h_all + DEFAULT_RATE * SMOOTHING) / (n_all + SMOOTHING), DEFAULT_RATE
-    )
-    now_days = (out["t"] - epoch) / day
-    for key in KEYS:
-        # Prior declarations: rank within the key minus rows at the same instant.
-        s = out[[key, "t"]].dropna(subset=[key])
-        s = s.sort_values([key, "t"], kind="stable")
-        before = s.groupby(key).cumcount() - s.groupby([key, "t"]).cumcount()
-        out[f"{key}_prior_decl"] = np.log1p(before.reindex(out.index).fillna(0))
-        # Offences: cumulative count, decayed sum and time of the last one.
-        ok = o.dropna(subset=[key, "detected_at"]).copy()
-        ok["t"] = ok["detected_at"].astype("int64")
-        ok = ok.sort_values("t", kind="stable")
-        ok["off"] = ok.groupby(key).cumcount() + 1.0
-        ok["dec"] = np.exp((ok["t"] - epoch) / day / DECAY)
-        ok["dec"] = ok.groupby(key)["dec"].cumsum()
-        ok["last"] = ok["t"]
-        ok = ok.groupby([key, "t"]).last().reset_index().sort_values("t", kind="stable")
-        left = out[[key, "t"]].reset_index()
-        m = pd.merge_asof(
-            left.dropna(subset=[key]).sort_values("t", kind="stable"),
-            ok[[key, "t", "off", "dec", "last"]],
-            on="t",
-            by=key,
-            allow_exact_matches=False,
-        ).set_index("index")
-        off_n = m["off"].reindex(out.index).fillna(0.0)
-        out[f"{key}_offences"] = off_n
-        out[f"{key}_offences_decayed"] = m["dec"].reindex(out.index).fillna(0.0) / np.exp(
-            now_days / DECAY
-        )
-        out[f"{key}_days_since_offence"] = now_days - (m["last"].reindex(out.index) - epoch) / day
-        # Inspections of earlier declarations: smoothed hit rate.
-        r = res[[key, "t", "hit"]].dropna(subset=[key]).sort_values("t", kind="stable")
-        r["insp"] = r.groupby(key).cumcount() + 1.0
-        r["hits"] = r.groupby(key)["hit"].cumsum()
-        r = r.groupby([key, "t"]).last().reset_index().sort_values("t", kind="stable")
-        m = pd.merge_asof(
-            left.dropna(subset=[key]).sort_values("t", kind="stable"),
-            r[[key, "t", "insp", "hits"]],
-            on="t",
-            by=key,
-            allow_exact_matches=False,
-        ).set_index("index")
-        insp_n = m["insp"].reindex(out.index).fillna(0.0)
-        hits = m["hits"].reindex(out.index).fillna(0.0)
-        out[f"{key}_inspected"] = insp_n
-        out[f"{key}_hit_rate"] = (hits + out["prior_rate"] * SMOOTHING) / (insp_n + SMOOTHING)
-    return out.sort_values("__row")
+    d["t"] = micros(d["declared_at"])
+    o["t"] = micros(o["detected_at"])
+    return key_history(d, d, o, i, [(key, True) for key in KEYS])
 
 
 def stage_pandas(folder: Path) -> dict[str, Any]:
@@ -166,10 +107,12 @@ def stage_pandas(folder: Path) -> dict[str, Any]:
     ref = _polars_subset(decl, off, insp)
     worst = 0.0
     for key in KEYS:
-        for stat in ("prior_decl", "offences", "offences_decayed", "inspected", "hit_rate"):
+        for stat in HISTORY_STATS:
             a = out[f"{key}_{stat}"].to_numpy(dtype=float)
             b = ref[f"{key}_{stat}"].to_numpy().astype(float)
-            worst = max(worst, float(np.nanmax(np.abs(a - b))))
+            # A value on one side only is a difference; nulls on both sides are not.
+            diff = np.where(np.isnan(a) & np.isnan(b), 0.0, np.abs(a - b))
+            worst = max(worst, float(np.nan_to_num(diff, nan=np.inf).max()))
     return {"seconds": seconds, "shape": list(out.shape), "max_abs_diff": worst}
 
 
