@@ -7,6 +7,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from cites_risk.features.carry import carry
+from cites_risk.features.contract import OFFENCE
+from cites_risk.features.history import History
 from cites_risk.features.reference import Reference
 from cites_risk.models.risk_model import RiskModel
 from cites_risk.profiling.batch import read_parts, score_stream
@@ -156,3 +159,22 @@ def test_batch_decisions_span_chunks(
     assert decisions.get_column("selected").sum() <= -(-result.rows_scored * 5 // 100) + forced
     top = decisions.sort("final_risk", descending=True).row(0, named=True)
     assert top["selected"] and top["reasons"]
+
+
+def test_a_declaration_before_the_carried_history_is_refused(
+    reference: Reference, lemis_model: RiskModel, lemis: LemisData
+) -> None:
+    """Carried totals hold events an earlier declaration must not see: refuse, loudly."""
+    history = History(
+        lemis.declarations.lazy(),
+        pl.DataFrame(schema=OFFENCE.schema).lazy(),
+        lemis.inspections.lazy(),
+    )
+    times = lemis.declarations.get_column("declared_at").sort()
+    carried = carry(history, times[times.len() // 2], lemis_model.extras)
+    early = lemis.declarations.filter(pl.col("declared_at") == times[0])
+    engine = Engine(lemis_model, "test", reference)
+    with pytest.raises(ValueError, match="cannot be scored against a history carried"):
+        engine.features(early, carried)
+    late = lemis.declarations.filter(pl.col("declared_at") == times[-1])
+    assert engine.features(late, carried).height == late.height

@@ -8,7 +8,8 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from cites_risk.profiling.cli.app import app
+# The console script `cites-risk` (``serve`` included), as a user runs it.
+from cites_risk.api.cli import app
 
 runner = CliRunner()
 

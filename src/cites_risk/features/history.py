@@ -9,7 +9,9 @@ what makes a million declarations against a large history take seconds, not minu
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 import polars as pl
 
@@ -45,17 +47,57 @@ class HistoryKey:
 
 
 @dataclass(frozen=True)
+class Carried:
+    """The declarations and inspection results before ``until``, folded into totals.
+
+    Every history statistic of a declaration event or an inspection result is a running
+    sum, so what a key had seen by ``until`` is one row of sums; a declaration at or after
+    ``until`` gets the same features from that row as from the events themselves. A batch
+    scored partition by partition in time order carries these from one partition to the
+    next and sorts only its own events (``features/carry.py`` builds them).
+
+    Offence records are few and stay events: the days since the last offence need them.
+    """
+
+    until: datetime
+    #: Per history key: ``__key`` and the sums of ``CARRIED_VALUES``.
+    keys: Mapping[str, pl.DataFrame]
+    #: One row: inspections and hits over all keys (the prior the key rates shrink to).
+    overall: pl.DataFrame
+    #: ``__key`` (consignment id) and the lines lodged before ``until``.
+    consignments: pl.DataFrame
+    #: Trading pairs (importer, exporter) and their first trade: partner offences read them.
+    pairs: pl.DataFrame
+    #: Declarations lodged before ``until`` whose inspection result is known only at or
+    #: after it: the result is still an event, and its keys are the declaration's.
+    late: pl.LazyFrame
+
+    @property
+    def time(self) -> pl.Expr:
+        """When the carried totals happen: just before ``until``, so that every
+        declaration at or after it sees them and none before it does."""
+        return pl.lit(self.until).cast(TIMESTAMP) - pl.duration(microseconds=1)
+
+
+#: The sums a carried key row holds (declaration and inspection events; see ``Carried``).
+CARRIED_VALUES = ("n", "insp", "hits", "hits_recent")
+
+
+@dataclass(frozen=True)
 class History:
     """What the engine knew before scoring: declarations, offences and inspection results.
 
     The caller decides what each organisation may see (consent) before building this.
     ``declarations`` must hold the declarations being scored as well when they have been
-    lodged, so that consignment siblings are visible to each other.
+    lodged, so that consignment siblings are visible to each other. With ``carried``, the
+    declarations before ``carried.until`` are folded into it and only later ones are here;
+    every declaration scored against it must then be at or after ``until``.
     """
 
     declarations: pl.LazyFrame
     offences: pl.LazyFrame
     inspections: pl.LazyFrame
+    carried: Carried | None = None
 
     @functools.cached_property
     def inspected(self) -> pl.LazyFrame:
@@ -177,15 +219,16 @@ def inspected_declarations(history: History) -> pl.LazyFrame:
     """Inspection results joined to their declarations, timed when the result was known.
 
     A result cannot be known before its declaration was lodged, whatever the source says,
-    so its time is the later of the two.
+    so its time is the later of the two. A carried history's late results are here too.
     """
     latest = history.inspections.group_by(I.DECLARATION).agg(
         pl.col(I.INSPECTED_AT).max(),
         (pl.col(I.OUTCOME) == Outcome.HIT).any().alias("__hit"),
     )
-    return history.declarations.join(
-        latest, left_on=D.ID, right_on=I.DECLARATION, how="inner"
-    ).select(
+    declarations = history.declarations
+    if history.carried is not None:
+        declarations = pl.concat([declarations, history.carried.late], how="diagonal_relaxed")
+    return declarations.join(latest, left_on=D.ID, right_on=I.DECLARATION, how="inner").select(
         pl.all().exclude(I.INSPECTED_AT, "__hit"),
         pl.max_horizontal(pl.col(I.INSPECTED_AT), pl.col(D.DECLARED_AT)).alias(TIME),
         pl.when(pl.col("__hit"))

@@ -9,6 +9,7 @@ gets inside a batch, and adding later history changes nothing earlier.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 import polars as pl
 
@@ -316,13 +317,17 @@ def build_features(
         declarations.with_row_index(IDX).with_columns(pl.col(D.DECLARED_AT).cast(TIMESTAMP)),
         DECLARATION_TEXT_KEYS,
     ).cache()
-    keys = _history_keys(history, extra_history_keys(extras))
-    history = History(
-        declarations=lodged(
-            base, with_text_keys(history.declarations, DECLARATION_TEXT_KEYS), keys
-        ).cache(),
-        offences=with_text_keys(history.offences, OFFENCE_TEXT_KEYS).cache(),
-        inspections=history.inspections.cache(),
+    keys = history_keys(history, extra_history_keys(extras))
+    if history.carried is not None:
+        missing = [k.name for k in keys if k.name not in history.carried.keys]
+        if missing:
+            raise ValueError(
+                f"the history was carried without the keys {missing}: carry it with the "
+                "extras of the model that scores against it"
+            )
+    history = keyed_history(
+        history,
+        lodged(base, with_text_keys(history.declarations, DECLARATION_TEXT_KEYS), keys).cache(),
     )
     frame = _species(base, reference)
     frame = _commodity(frame, reference)
@@ -330,6 +335,20 @@ def build_features(
     frame = _join_history(frame, base, history, keys, extra_history_keys(extras), focused)
     schema = feature_schema(extras)
     return frame.select(pl.col(name).cast(dtype).alias(name) for name, dtype in schema.items())
+
+
+def keyed_history(history: History, declarations: pl.LazyFrame) -> History:
+    """``history`` with the text keys computed, its declarations replaced by
+    ``declarations`` (keyed by the caller, who knows which of them are being scored)."""
+    carried = history.carried
+    if carried is not None:
+        carried = replace(carried, late=with_text_keys(carried.late, DECLARATION_TEXT_KEYS))
+    return History(
+        declarations=declarations,
+        offences=with_text_keys(history.offences, OFFENCE_TEXT_KEYS).cache(),
+        inspections=history.inspections.cache(),
+        carried=carried,
+    )
 
 
 def collect_features(features: pl.LazyFrame) -> pl.DataFrame:
@@ -565,15 +584,55 @@ def _events(history: History, key: HistoryKey) -> pl.LazyFrame:
     return pl.concat(streams, how="vertical")
 
 
-def _global_hit_rate(targets: pl.LazyFrame, history: History) -> pl.LazyFrame:
-    """The overall hit rate known before each declaration: the prior the key rates shrink to."""
+def key_events(
+    history: History, key: HistoryKey, focus: pl.LazyFrame | None, wanted: pl.LazyFrame | None
+) -> pl.LazyFrame:
+    """The events of one key: those of ``focus``'s key values (all without a focus) and the
+    carried totals of ``wanted``'s key values (all without ``wanted``)."""
+    events = _relevant(_events(history, key), focus, key.declaration)
+    if history.carried is None:
+        return events
+    zero = pl.lit(0.0)
+    carried = (
+        history.carried.keys[key.name]
+        .lazy()
+        .select(
+            pl.col(KEY).cast(events.collect_schema()[KEY]),
+            history.carried.time.alias(TIME),
+            pl.lit(None, pl.UInt32).alias(IDX),
+            pl.col("n"),
+            zero.alias("off"),
+            zero.alias("off_decay"),
+            pl.col("insp", "hits", "hits_recent"),
+            pl.lit(False).alias("__mark"),
+        )
+    )
+    return pl.concat([events, _relevant(carried, wanted, key.declaration)], how="vertical")
+
+
+def overall_events(history: History) -> pl.LazyFrame:
+    """Every inspection result as one key's events (and the carried totals of them)."""
     events = history.inspected.select(
         pl.lit("all").alias(KEY),
         pl.col(TIME).cast(TIMESTAMP),
         pl.lit(1.0).alias("insp"),
         (pl.col("outcome") == "hit").cast(pl.Float64).alias("hits"),
     )
-    totals = prior_totals(targets.with_columns(pl.lit("all").alias(KEY)), events, ["insp", "hits"])
+    if history.carried is None:
+        return events
+    carried = history.carried.overall.lazy().select(
+        pl.lit("all").alias(KEY),
+        history.carried.time.alias(TIME),
+        pl.col("insp", "hits"),
+    )
+    return pl.concat([events, carried], how="vertical")
+
+
+def _global_hit_rate(targets: pl.LazyFrame, history: History) -> pl.LazyFrame:
+    """The overall hit rate known before each declaration: the prior the key rates shrink to."""
+    totals = prior_totals(
+        targets.with_columns(pl.lit("all").alias(KEY)), overall_events(history), ["insp", "hits"]
+    )
     return totals.select(
         IDX,
         pl.when(pl.col("insp") > 0)
@@ -584,7 +643,11 @@ def _global_hit_rate(targets: pl.LazyFrame, history: History) -> pl.LazyFrame:
 
 
 def _key_features(
-    alone: pl.LazyFrame, history: History, key: HistoryKey, focus: pl.LazyFrame | None
+    alone: pl.LazyFrame,
+    targets: pl.LazyFrame,
+    history: History,
+    key: HistoryKey,
+    focus: pl.LazyFrame | None,
 ) -> pl.LazyFrame:
     """History features of one key, a row per target in order (``alone``: see ``lodged``).
 
@@ -594,7 +657,7 @@ def _key_features(
     values = ["n", "off", "off_decay", "insp", "hits", "hits_recent"]
     totals = prior_totals(
         alone.select(IDX, TIME, key.declaration.alias(KEY)),
-        _relevant(_events(history, key), focus, key.declaration),
+        key_events(history, key, focus, targets),
         values,
         last_time=True,
     )
@@ -650,6 +713,16 @@ def _aligned(targets: pl.LazyFrame, per_target: pl.LazyFrame) -> pl.LazyFrame:
     return targets.select(IDX).join(per_target, on=IDX, how="left", maintain_order="left")
 
 
+def trading_pairs(history: History) -> pl.LazyFrame:
+    """Importer-exporter pairs and when they first traded (``__first``)."""
+    pairs = history.declarations.filter(
+        pl.col(D.IMPORTER).is_not_null(), pl.col(D.EXPORTER).is_not_null()
+    ).select(D.IMPORTER, D.EXPORTER, pl.col(D.DECLARED_AT).cast(TIMESTAMP).alias("__first"))
+    if history.carried is not None:
+        pairs = pl.concat([pairs, history.carried.pairs.lazy()], how="vertical")
+    return pairs.group_by(D.IMPORTER, D.EXPORTER).agg(pl.col("__first").min())
+
+
 def _partner_offences(targets: pl.LazyFrame, history: History) -> pl.LazyFrame:
     """One hop: offences of the trading partners an entity had before the declaration.
 
@@ -657,13 +730,7 @@ def _partner_offences(targets: pl.LazyFrame, history: History) -> pl.LazyFrame:
     offence and their first trade. Offences the entity itself took part in are not counted
     again.
     """
-    pairs = (
-        history.declarations.filter(
-            pl.col(D.IMPORTER).is_not_null(), pl.col(D.EXPORTER).is_not_null()
-        )
-        .group_by(D.IMPORTER, D.EXPORTER)
-        .agg(pl.col(D.DECLARED_AT).cast(TIMESTAMP).min().alias("__first"))
-    )
+    pairs = trading_pairs(history)
     out = []
     for entity, partner in ((D.IMPORTER, D.EXPORTER), (D.EXPORTER, D.IMPORTER)):
         offences = history.offences.filter(pl.col(partner).is_not_null()).select(
@@ -693,11 +760,10 @@ def _consignment(
         pl.col(D.CONSIGNMENT).alias(KEY),
         pl.col(D.DECLARED_AT).cast(TIMESTAMP).alias(TIME),
         pl.col(D.ID).alias("__hid"),
-        pl.lit(1.0).alias("lines"),
     )
     totals = prior_totals(
         targets.select(IDX, TIME, pl.col(D.CONSIGNMENT).alias(KEY)),
-        _relevant(events.drop("__hid"), focus, pl.col(D.CONSIGNMENT)),
+        consignment_events(history, focus, targets),
         ["lines"],
         inclusive=True,
     )
@@ -715,6 +781,28 @@ def _consignment(
     ).select(
         (pl.col("lines") - pl.col("__self").fill_null(0) + 1.0).alias("consignment_lines"),
     )
+
+
+def consignment_events(
+    history: History, focus: pl.LazyFrame | None, wanted: pl.LazyFrame | None
+) -> pl.LazyFrame:
+    """Each lodged line as an event of its consignment, and the carried line counts
+    (``focus`` and ``wanted`` as in ``key_events``)."""
+    consignment = pl.col(D.CONSIGNMENT)
+    events = history.declarations.select(
+        consignment.alias(KEY),
+        pl.col(D.DECLARED_AT).cast(TIMESTAMP).alias(TIME),
+        pl.lit(1.0).alias("lines"),
+    )
+    events = _relevant(events, focus, consignment)
+    if history.carried is None:
+        return events
+    carried = history.carried.consignments.lazy().select(
+        pl.col(KEY),
+        history.carried.time.alias(TIME),
+        pl.col("lines"),
+    )
+    return pl.concat([events, _relevant(carried, wanted, consignment)], how="vertical")
 
 
 def _genus_only(taxon: pl.Expr) -> pl.Expr:
@@ -778,7 +866,7 @@ def _consignment_mix(targets: pl.LazyFrame, history: History) -> pl.LazyFrame:
     return _aligned(targets, mix).drop(IDX)
 
 
-def _history_keys(history: History, extra_keys: list[str]) -> list[HistoryKey]:
+def history_keys(history: History, extra_keys: list[str]) -> list[HistoryKey]:
     """The tracked keys: the standard ones, the pairs (``features/pairs.py``) and the
     categorical extras the history holds."""
     in_history = set(history.declarations.collect_schema().names())
@@ -833,7 +921,7 @@ def key_history(
     parts = [_global_hit_rate(targets.select(IDX, TIME), history).drop(IDX)]
     # Every key gets every statistic; the declared schema keeps the ones each key shows
     # (pairs and extras have no offence records, so only some of theirs mean anything).
-    parts += [_key_features(alone, history, key, focus) for key in keys]
+    parts += [_key_features(alone, targets, history, key, focus) for key in keys]
     return pl.concat(parts, how="horizontal").with_columns(_hit_rates([k.name for k in keys]))
 
 

@@ -5,7 +5,8 @@ Two passes over the source, both in fixed chunks of ``chunk_rows`` source rows:
 1. *lodge*: each chunk's valid declarations are appended to the declaration history (so that
    consignment siblings and earlier lines are visible to every row, wherever its chunk);
 2. *score*: each chunk is scored against the full history and written as
-   ``part-NNNNN.parquet``.
+   ``part-NNNNN.parquet``. The history is carried from chunk to chunk
+   (``features/carry.py``): chunks in time order sort only their own events.
 
 3. *decide*: once every part exists, selection runs over the whole batch (capacity per
    office and day spans chunks) and writes ``decisions.parquet``: final risk, lane, how
@@ -26,6 +27,7 @@ from pathlib import Path
 import polars as pl
 
 from cites_risk.features.adapters import SourceMapping
+from cites_risk.features.carry import HistoryWalk
 from cites_risk.features.contract import DECLARATION, D
 from cites_risk.features.reference import Reference
 from cites_risk.features.validation import REJECT_SCHEMA, validate
@@ -171,14 +173,15 @@ def score_stream(
         marker.write_text(json.dumps({"rows": total, "source": str(source)}))
     result.rows_read = total
 
-    history = history_for(store, history_files, actor.organisation)
+    # Chunks in time order fold the history forward instead of sorting all of it again.
+    walk = HistoryWalk(history_for(store, history_files, actor.organisation), engine.model.extras)
     done = 0
     for k, chunk in source_chunks(source, mapping, chunk_rows):
         part = out_dir / f"part-{k:05d}.parquet"
         if not part.exists():
             accepted, _ = _validated(chunk, mapping, reference)
             keep = set(OUTPUT_COLUMNS) | (deciding.columns() if deciding else set())
-            scored = engine.score(accepted, history)
+            scored = engine.score(accepted, walk.for_batch(accepted))
             _atomic_parquet(scored.select(c for c in scored.columns if c in keep), part)
         result.parts.append(part)
         done += chunk.height

@@ -189,8 +189,10 @@ def _scorer(
 def _history(files: HistoryFiles) -> History:
     """The history collected once per worker process and kept for its next tasks."""
     h = files.history()
-    frames = pl.collect_all([h.declarations, h.offences, h.inspections])
-    return History(*(f.lazy() for f in frames))
+    declarations, offences, inspections = pl.collect_all(
+        [h.declarations, h.offences, h.inspections]
+    )
+    return History(declarations.lazy(), offences.lazy(), inspections.lazy())
 
 
 def _atomic_parquet(frame: pl.DataFrame, path: Path) -> None:

@@ -74,6 +74,14 @@ class Engine:
         return self.model.calibrator(self.predictor.margin(self.model.matrix(features)))
 
     def features(self, declarations: pl.DataFrame, history: History) -> pl.DataFrame:
+        carried = history.carried
+        if carried is not None and declarations.height:
+            first = declarations.get_column(D.DECLARED_AT).min()
+            if isinstance(first, datetime) and first < carried.until:
+                raise ValueError(
+                    f"a declaration of {first} cannot be scored against a history carried "
+                    f"to {carried.until}: carry it to the batch's first declaration"
+                )
         return collect_features(
             build_features(
                 declarations.lazy(),

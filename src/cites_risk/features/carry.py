@@ -1,0 +1,141 @@
+"""Carry a history forward: fold everything before a time into per-key totals.
+
+Scoring a batch partition by partition, each against the full history, sorts the whole
+history for every key again in every partition: a batch lodged in the history costs time
+quadratic in its size. A partition that starts at ``until`` only needs, per key, what the
+key had seen by then, and every statistic of declarations and inspection results is a
+running sum. ``carry`` folds those events into one row of sums per key value; ``through``
+drops what happened after a partition's last declaration. In time order, each partition
+then folds only the previous one's events and sorts only its own, and the features are
+those of the full history (``tests/features/test_carry.py``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import polars as pl
+
+from cites_risk.features.contract import TIMESTAMP, D, O
+from cites_risk.features.history import (
+    CARRIED_VALUES,
+    IDX,
+    KEY,
+    TIME,
+    Carried,
+    History,
+    inspected_declarations,
+)
+from cites_risk.features.pipeline import (
+    DECLARATION_TEXT_KEYS,
+    consignment_events,
+    extra_history_keys,
+    history_keys,
+    key_events,
+    keyed_history,
+    overall_events,
+    trading_pairs,
+    with_text_keys,
+)
+
+
+def carry(history: History, until: datetime, extras: dict[str, str] | None = None) -> History:
+    """``history`` with its declarations and inspection results before ``until`` folded.
+
+    Declarations scored against the result must be at or after ``until``; ``extras`` are
+    those of the model that will score them (their keys are carried too). A carried history
+    can be carried again to a later time, which folds only the events in between.
+    """
+    if history.carried is not None and until < history.carried.until:
+        raise ValueError(
+            f"cannot carry a history back from {history.carried.until} to {until}; "
+            "carry the full history instead"
+        )
+    at = pl.lit(until).cast(TIMESTAMP)
+    declared = pl.col(D.DECLARED_AT).cast(TIMESTAMP)
+    keys = history_keys(history, extra_history_keys(extras))
+    keyed = keyed_history(
+        history,
+        with_text_keys(history.declarations, DECLARATION_TEXT_KEYS)
+        .with_columns(pl.lit(None, pl.UInt32).alias(IDX))
+        .cache(),
+    )
+    before = pl.col(TIME) < at
+    sums = [pl.col(v).sum() for v in CARRIED_VALUES]
+    folded_keys = [
+        key_events(keyed, key, None, None)
+        # Offence records stay events (marked); what remains is declarations and results.
+        .filter(before, pl.col(KEY).is_not_null(), ~pl.col("__mark"))
+        .group_by(KEY)
+        .agg(sums)
+        for key in keys
+    ]
+    overall = overall_events(keyed).filter(before).select(pl.col("insp", "hits").sum())
+    consignments = (
+        consignment_events(keyed, None, None)
+        .filter(before, pl.col(KEY).is_not_null())
+        .group_by(KEY)
+        .agg(pl.col("lines").sum())
+    )
+    pairs = trading_pairs(keyed).filter(pl.col("__first") < at)
+    columns = history.declarations.collect_schema().names()
+    late = inspected_declarations(history).filter(pl.col(TIME) >= at, declared < at).select(columns)
+    collected = pl.collect_all([*folded_keys, overall, consignments, pairs, late])
+    *key_frames, overall_frame, consignment_frame, pair_frame, late_frame = collected
+    return History(
+        declarations=history.declarations.filter(declared >= at),
+        offences=history.offences,
+        inspections=history.inspections,
+        carried=Carried(
+            until=until,
+            keys={key.name: frame for key, frame in zip(keys, key_frames, strict=True)},
+            overall=overall_frame,
+            consignments=consignment_frame,
+            pairs=pair_frame,
+            late=late_frame.lazy(),
+        ),
+    )
+
+
+def through(history: History, end: datetime) -> History:
+    """``history`` without the declarations and offences after ``end``.
+
+    Nothing after a declaration's own time reaches its features (consignment lines lodged
+    at the same instant do), so declarations up to ``end`` lose nothing. Inspection results
+    are kept whole: a declaration's result is timed by its latest inspection.
+    """
+    at = pl.lit(end).cast(TIMESTAMP)
+    return History(
+        declarations=history.declarations.filter(pl.col(D.DECLARED_AT).cast(TIMESTAMP) <= at),
+        offences=history.offences.filter(pl.col(O.DETECTED_AT).cast(TIMESTAMP) <= at),
+        inspections=history.inspections,
+        carried=history.carried,
+    )
+
+
+class HistoryWalk:
+    """A history carried along a batch scored partition by partition.
+
+    ``window`` gives each partition the history it needs: carried to its first declaration
+    and cut after its last. Partitions in time order fold only the events since the
+    previous one; a partition earlier than the last starts again from the full history.
+    """
+
+    def __init__(self, history: History, extras: dict[str, str] | None = None) -> None:
+        self.full = history
+        self.extras = extras
+        self.walked = history
+
+    def window(self, start: datetime, end: datetime) -> History:
+        carried = self.walked.carried
+        base = self.full if carried is not None and start < carried.until else self.walked
+        self.walked = carry(base, start, self.extras)
+        return through(self.walked, end)
+
+    def for_batch(self, batch: pl.DataFrame) -> History:
+        """``window`` over the batch's own time span (the full history if it is empty)."""
+        times = batch.get_column(D.DECLARED_AT)
+        start, end = times.min(), times.max()
+        if not isinstance(start, datetime) or not isinstance(end, datetime):
+            return self.full
+        return self.window(start, end)

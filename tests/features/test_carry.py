@@ -1,0 +1,117 @@
+"""A carried history gives the features of the full one (``features/carry.py``)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import polars as pl
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
+
+from cites_risk.features.carry import carry, through
+from cites_risk.features.contract import DECLARATION, D
+from cites_risk.features.pipeline import build_features
+from tests.features.test_feature_invariants import (
+    REF,
+    SETTINGS,
+    _features,
+    _frame,
+    _history,
+    declaration_rows,
+    offence_rows,
+)
+
+
+def _times(declarations: pl.DataFrame) -> list[datetime]:
+    return sorted(declarations.get_column(D.DECLARED_AT).to_list())
+
+
+@SETTINGS
+@given(
+    rows=declaration_rows(n_min=2),
+    offences=offence_rows(),
+    inspected=st.lists(st.integers(0, 11), max_size=8),
+    cut=st.integers(0, 11),
+    nudge=st.sampled_from([timedelta(0), timedelta(microseconds=1), timedelta(days=1)]),
+)
+def test_carried_history_gives_the_features_of_the_full_one(
+    rows: list[dict[str, object]],
+    offences: list[dict[str, object]],
+    inspected: list[int],
+    cut: int,
+    nudge: timedelta,
+) -> None:
+    declarations = _frame(rows, DECLARATION.schema)
+    history = _history(declarations, offences, inspected)
+    times = _times(declarations)
+    # At a declaration's own instant, or just before the next one.
+    until = times[cut % len(times)] - nudge
+    targets = declarations.filter(pl.col(D.DECLARED_AT) >= until)
+    carried = carry(history, until)
+    assert carried.carried is not None
+    # Results two days after a declaration lodged before the cut stay events.
+    full = _features(targets, history)
+    assert_frame_equal(_features(targets, carried), full)
+    assert_frame_equal(_features(targets, carried, focused=True), full)
+
+
+@SETTINGS
+@given(
+    rows=declaration_rows(n_min=3),
+    offences=offence_rows(),
+    inspected=st.lists(st.integers(0, 11), max_size=8),
+    cuts=st.lists(st.integers(0, 11), min_size=2, max_size=4),
+)
+def test_carrying_partition_by_partition_equals_carrying_once(
+    rows: list[dict[str, object]],
+    offences: list[dict[str, object]],
+    inspected: list[int],
+    cuts: list[int],
+) -> None:
+    """The batch scorer's walk: carry to each partition's start, drop what follows its end."""
+    declarations = _frame(rows, DECLARATION.schema)
+    history = _history(declarations, offences, inspected)
+    times = _times(declarations)
+    starts = sorted({times[c % len(times)] for c in cuts})
+    walked = history
+    for start, end in zip(starts, [*starts[1:], times[-1]], strict=True):
+        walked = carry(walked, start)
+        part = declarations.filter(pl.col(D.DECLARED_AT).is_between(start, end))
+        assert_frame_equal(_features(part, through(walked, end)), _features(part, history))
+
+
+@SETTINGS
+@given(rows=declaration_rows())
+def test_carrying_back_in_time_is_refused(rows: list[dict[str, object]]) -> None:
+    declarations = _frame(rows, DECLARATION.schema)
+    history = _history(declarations, [], [])
+    until = _times(declarations)[-1]
+    with pytest.raises(ValueError, match="cannot carry a history back"):
+        carry(carry(history, until), until - timedelta(seconds=1))
+
+
+@SETTINGS
+@given(rows=declaration_rows(n_min=2), brokers=st.lists(st.sampled_from(["B1", "B2"])))
+def test_a_history_carried_without_the_models_extras_is_refused(
+    rows: list[dict[str, object]], brokers: list[str]
+) -> None:
+    broker = [*brokers, *["B1"] * len(rows)]
+    schema = pl.Schema({**DECLARATION.schema, "x_broker": pl.String()})
+    declarations = pl.DataFrame(
+        [{**row, "x_broker": b} for row, b in zip(rows, broker, strict=False)], schema=schema
+    )
+    history = _history(declarations, [], [0, 1])
+    until = _times(declarations)[0]
+    extras = {"x_broker": "category"}
+    plain = carry(history, until)
+    with pytest.raises(ValueError, match=r"carried without the keys \['x_broker'\]"):
+        build_features(declarations.lazy(), plain, REF, extras).collect()
+    # Carried with them, the extras' history is the full history's too.
+    with_extras = carry(history, until, extras)
+    targets = declarations.filter(pl.col(D.DECLARED_AT) >= until).lazy()
+    assert_frame_equal(
+        build_features(targets, with_extras, REF, extras).collect(),
+        build_features(targets, history, REF, extras).collect(),
+    )
