@@ -15,7 +15,7 @@ import math
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, Field
 
 from cites_risk.features.adapters import EXTRA_PREFIX, ROW
+from cites_risk.features.carry import carry
 from cites_risk.features.contract import (
     DECLARATION,
     INSPECTION,
@@ -81,6 +82,32 @@ from cites_risk.profiling.workflows import tracking_for
 CUT_SAMPLE_ROWS = 5_000
 
 # --- errors -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """An organisation's history as read, and carried to its latest declaration."""
+
+    full: History
+    carried: History | None = None
+    #: Sorted ids of the declarations folded into ``carried``.
+    folded: pl.Series | None = None
+
+    def for_request(self, frame: pl.DataFrame) -> History:
+        """The carried history when the request can use it: every declaration at or after
+        the carry and none already folded into it (a re-scored id must replace its lodged
+        row, which a sum cannot give back); else the full one. Same features either way."""
+        if self.carried is None or self.carried.carried is None or self.folded is None:
+            return self.full
+        first = frame.get_column(D.DECLARED_AT).min()
+        if not isinstance(first, datetime) or first < self.carried.carried.until:
+            return self.full
+        ids = frame.get_column(D.ID)
+        at = self.folded.search_sorted(ids, side="left")
+        found = self.folded.gather(at.clip(upper_bound=max(self.folded.len() - 1, 0)))
+        if self.folded.len() and (found == ids).any():
+            return self.full
+        return self.carried
 
 
 class ServiceError(Exception):
@@ -204,7 +231,7 @@ class Service:
         self.reference = reference
         self.tracking: Tracking = tracking_for(settings)
         self.declarations = DeclarationHistory(settings.history_dir)
-        self._snapshots: dict[str, tuple[object, History]] = {}
+        self._snapshots: dict[str, tuple[object, _Snapshot]] = {}
         self._generation = 0
         self.profiles = ProfileRepository(store)
         self.watchlist = WatchlistRepository(store)
@@ -337,7 +364,7 @@ class Service:
             )
         engine = loaded.engine
         frame = self._declarations(declarations, engine.model.extras)
-        history = self._history(actor.organisation, frame)
+        history = self._history(actor.organisation, frame, engine.model.extras)
         scored = engine.score(frame, history)
         own = [c for c in frame.columns if c == D.ID or c not in scored.columns]
         full = scored.join(frame.select(own), on=D.ID, how="left", maintain_order="left")
@@ -418,13 +445,13 @@ class Service:
         missing = [name for name in extras if name not in frame.columns]
         return frame.with_columns(pl.lit(None, pl.String).alias(n) for n in missing)
 
-    def _snapshot(self, organisation: str) -> History:
+    def _snapshot(self, organisation: str, extras: dict[str, str] | None) -> _Snapshot:
         """The organisation's history, read once and kept until anything in it changes.
 
         Reading the store and the declaration files took most of a single score. The key
         names every way the history can change: files written, rows added or replaced, and
         this service's own writes (a consent change replaces no row, but must never be
-        served stale).
+        served stale); and the model's extras, whose keys are carried.
         """
         files = tuple(
             (p.name, p.stat().st_mtime_ns, p.stat().st_size)
@@ -435,29 +462,41 @@ class Service:
             self.store.inspections.version(),
             self.store.offences.version(),
             self._generation,
+            tuple(sorted((extras or {}).items())),
         )
         cached = self._snapshots.get(organisation)
         if cached is not None and cached[0] == version:
             return cached[1]
         base = history_for(self.store, self.declarations, organisation)
-        snapshot = History(base.declarations.collect().lazy(), base.offences, base.inspections)
+        declarations = base.declarations.collect()
+        full = History(declarations.lazy(), base.offences, base.inspections)
+        snapshot = _Snapshot(full)
+        latest = declarations.get_column(D.DECLARED_AT).max()
+        if isinstance(latest, datetime):
+            # Folded up to the latest declaration, a request sorts a few carried rows per
+            # key instead of the whole history.
+            carried = carry(full, latest, extras)
+            folded = declarations.filter(pl.col(D.DECLARED_AT) < latest).get_column(D.ID)
+            snapshot = _Snapshot(full, carried, folded.unique().sort())
         self._snapshots[organisation] = (version, snapshot)
         return snapshot
 
     def _changed(self) -> None:
         self._generation += 1
 
-    def _history(self, organisation: str, frame: pl.DataFrame) -> History:
+    def _history(
+        self, organisation: str, frame: pl.DataFrame, extras: dict[str, str] | None
+    ) -> History:
         """What ``organisation`` may know, with the request's declarations lodged in it.
 
         The request joins the history only for this call (consignment siblings see each
         other), so scoring is a read: nothing is written to the declaration history.
         """
-        base = self._snapshot(organisation)
+        base = self._snapshot(organisation, extras).for_request(frame)
         lodged = pl.concat([base.declarations, frame.lazy()], how="diagonal_relaxed").unique(
             subset=[D.ID], keep="last", maintain_order=True
         )
-        return History(lodged, base.offences, base.inspections)
+        return replace(base, declarations=lodged)
 
     def _validated(
         self,
