@@ -186,6 +186,42 @@ def _list_of(exprs: Sequence[pl.Expr], lists: Sequence[pl.Expr] = ()) -> pl.Expr
     return pl.concat_list(items).list.drop_nulls()
 
 
+def _hit_lists(
+    indexed: pl.LazyFrame, profiles: Sequence[Profile], visible: set[str]
+) -> pl.LazyFrame:
+    """Per row with a hit (``__row``): the ids of the profiles hit and the rationales of
+    the ``visible`` ones (``__texts``), both in profile order.
+
+    Built from the hits alone: a list per row, nearly all of them empty, built from a
+    column per profile, cost more than the rest of the selection together.
+    """
+    schema: dict[str, pl.DataType] = {
+        _ROW: pl.UInt32(),
+        PROFILE_HITS: pl.List(pl.String()),
+        "__texts": pl.List(pl.String()),
+    }
+    if not profiles:
+        return pl.LazyFrame(schema=schema)
+    long = pl.concat(
+        [
+            indexed.filter(pl.col(hit_column(p.id))).select(
+                _ROW,
+                pl.lit(i, pl.UInt32).alias("__order"),
+                pl.lit(p.id).alias(PROFILE_HITS),
+                pl.lit(f"{p.title}: {p.rationale}" if p.id in visible else None, pl.String).alias(
+                    "__texts"
+                ),
+            )
+            for i, p in enumerate(profiles)
+        ]
+    )
+    return (
+        long.sort(_ROW, "__order")
+        .group_by(_ROW, maintain_order=True)
+        .agg(pl.col(PROFILE_HITS), pl.col("__texts").drop_nulls())
+    )
+
+
 def _suspended(
     hits: pl.DataFrame, profiles: Sequence[Profile], config: SelectionConfig
 ) -> tuple[list[SuspendedProfile], dict[str, int]]:
@@ -299,9 +335,9 @@ def select(
     ).lazy()
     group = config.group
     n = pl.len().over(group)
+    indexed = base.with_row_index(_ROW)
     lf = (
-        base.with_row_index(_ROW)
-        .with_columns(
+        indexed.with_columns(
             (
                 pl.col(D.DECLARED_AT).dt.date()
                 if config.pool == "office_day"
@@ -312,7 +348,6 @@ def select(
             forced_red.alias("__forced"),
             forced_yellow.alias("__yellow_forced"),
             n_hits.alias("__n_hits"),
-            _list_of([pl.when(hit(p)).then(pl.lit(p.id)) for p in active]).alias(PROFILE_HITS),
         )
         # Ranking ties break on the declaration id, so input order cannot change the outcome.
         .sort(D.ID, _ROW)
@@ -397,17 +432,21 @@ def select(
         pl.col("__yellow_forced"),
         pl.col(LANE),
     )
-    texts = [pl.when(hit(p)).then(pl.lit(f"{p.title}: {p.rationale}")) for p in visible]
     hidden = [hit(p) for p in active if p not in visible]
-    if hidden:  # one neutral sentence however many restricted profiles hit
-        texts.append(pl.when(_any(hidden)).then(pl.lit(HIDDEN_RATIONALE)))
+    # One neutral sentence however many restricted profiles hit.
+    hidden_text = [pl.when(_any(hidden)).then(pl.lit(HIDDEN_RATIONALE))] if hidden else []
     extras = [
         pl.col(f"__extra{i}")
         if isinstance(frame.schema[c], pl.List)
         else pl.concat_list(pl.col(f"__extra{i}").cast(pl.String))
         for i, c in enumerate(extra_reasons)
     ]
-    reasons = _list_of([sentence, *texts, *watch_reasons], extras)
+    lf = lf.join(
+        _hit_lists(indexed, active, {p.id for p in visible}), on=_ROW, how="left"
+    ).with_columns(pl.col(PROFILE_HITS, "__texts").fill_null(_EMPTY))
+    reasons = _list_of([sentence], [pl.col("__texts")]).list.concat(
+        _list_of([*hidden_text, *watch_reasons], extras)
+    )
     result = lf.with_columns(reasons.alias(REASONS)).sort(_ROW).collect()
     out = result.select(OUTPUT_SCHEMA.names()).cast(dict(OUTPUT_SCHEMA.items()))
     return Selection(out, SelectionReport(_per_group(result, config), suspended, counts))
