@@ -39,7 +39,8 @@ _NO_TIME = -(2**63)
 
 @dataclass(frozen=True)
 class HistoryKey:
-    """A key whose history is tracked: how to read it from declarations and offences."""
+    """A key whose history is tracked: how to read it (as text) from declarations and
+    offences."""
 
     name: str
     declaration: pl.Expr
@@ -129,6 +130,7 @@ def prior_totals(
     *,
     last_time: bool = False,
     inclusive: bool = False,
+    own: bool = False,
 ) -> pl.LazyFrame:
     """Running totals of ``values`` over events of the same ``__key`` strictly before ``__t``.
 
@@ -137,8 +139,8 @@ def prior_totals(
     totals (0 where there were none) and, with ``last_time``, ``__last``: the latest earlier
     event time whose ``__mark`` column is true. ``inclusive`` counts events at the same instant too.
 
-    An event may itself be a target: ``events`` then has an ``__idx`` column, set on those
-    rows (and the target is left out of ``targets``). A declaration scored after it was
+    An event may itself be a target (``own``): ``events`` then has an ``__idx`` column, set
+    on those rows (and the target is left out of ``targets``). A declaration scored after it was
     lodged is both, and sorting it once instead of twice halves the work of a batch.
 
     Targets and events go into one stream sorted by (key, time, order); a target ordered
@@ -147,8 +149,9 @@ def prior_totals(
     join. Keys are hashed to 64 bits for the sort; a collision between two keys is about as
     likely as a meteorite.
     """
-    has_own = IDX in events.collect_schema().names()
-    if inclusive and has_own:
+    # Said, not read off the schema: resolving the schema of a large plan costs an online
+    # request more than sorting its events.
+    if inclusive and own:
         raise ValueError("events that are targets are counted strictly before their instant")
     order_target = 2 if inclusive else 0
     t = targets.select(
@@ -160,14 +163,14 @@ def prior_totals(
         *(pl.lit(0.0).alias(v) for v in values),
         *([pl.lit(False).alias("__mark")] if last_time else []),
     )
-    own = pl.col(IDX).cast(pl.UInt32) if has_own else pl.lit(None, pl.UInt32)
+    own_idx = pl.col(IDX).cast(pl.UInt32) if own else pl.lit(None, pl.UInt32)
     e = events.filter(
-        (pl.col(KEY).is_not_null() | own.is_not_null()) & pl.col(TIME).is_not_null()
+        (pl.col(KEY).is_not_null() | own_idx.is_not_null()) & pl.col(TIME).is_not_null()
     ).select(
         pl.col(KEY).hash(seed=7).alias("__h"),
         pl.col(KEY).is_null().alias("__nokey"),
         pl.col(TIME).cast(TIMESTAMP),
-        own.alias(IDX),
+        own_idx.alias(IDX),
         pl.lit(1, pl.Int8).alias("__order"),
         *(pl.col(v).cast(pl.Float64) for v in values),
         *([pl.col("__mark")] if last_time else []),

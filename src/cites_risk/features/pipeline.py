@@ -597,7 +597,8 @@ def key_events(
         history.carried.keys[key.name]
         .lazy()
         .select(
-            pl.col(KEY).cast(events.collect_schema()[KEY]),
+            # Every key is text (``HistoryKey``): no need to resolve the events' schema.
+            pl.col(KEY).cast(pl.String),
             history.carried.time.alias(TIME),
             pl.lit(None, pl.UInt32).alias(IDX),
             pl.col("n"),
@@ -660,6 +661,7 @@ def _key_features(
         key_events(history, key, focus, targets),
         values,
         last_time=True,
+        own=True,
     )
     now_days = days_since_epoch(pl.col(TIME))
     p = key.name
