@@ -5,7 +5,8 @@ Builds a trained home (LEMIS sample, real LightGBM, starter profiles), starts
 (open loop: a slow answer does not delay the next request, so queueing shows in the
 latency). Each rate sends a bounded number of requests and stops by itself. Latency is
 measured from the scheduled send time. The baseline in the same run is ``/health`` at the
-same rate: what the framework and the loopback cost with no scoring.
+same rate: what the framework and the loopback cost with no scoring. The declaration is
+dated after the history (the online case) and, with ``--when both``, also inside it.
 
     .venv/bin/python -m benchmarks.bench_api [--rates 50 200] [--seconds 10]
 """
@@ -72,8 +73,20 @@ def wait_ready(base: str, timeout: float = 120.0) -> None:
     raise RuntimeError("server did not become ready")
 
 
+#: When the scored declaration was lodged: after the history (today's traffic, the online
+#: case: the service scores it against its carried snapshot) or inside it (the example's own
+#: date in 2021, which needs the whole history).
+WHEN = {"after": "2022-01-10T10:00:00Z", "inside": str(EXAMPLE_DECLARATION["declared_at"])}
+
+
 def run_rate(
-    base: str, path: str, token: str, rate: float, seconds: float, body: bool
+    base: str,
+    path: str,
+    token: str,
+    rate: float,
+    seconds: float,
+    body: bool,
+    declared_at: str = WHEN["after"],
 ) -> dict[str, float]:
     """Open-loop load: request i is due at i / rate; latency counts from that instant."""
     n = int(rate * seconds)
@@ -90,7 +103,15 @@ def run_rate(
         if pause > 0:
             time.sleep(pause)
         client = local[i % len(local)]
-        payload = {**EXAMPLE_DECLARATION, "declaration_id": f"B-{rate:g}-{i}"} if body else None
+        payload = (
+            {
+                **EXAMPLE_DECLARATION,
+                "declaration_id": f"B-{rate:g}-{i}",
+                "declared_at": declared_at,
+            }
+            if body
+            else None
+        )
         try:
             r = (
                 client.post(path, json=payload, headers=headers)
@@ -131,6 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rates", type=float, nargs="+", default=[50.0, 200.0])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--when", choices=[*WHEN, "both"], default="both")
     args = parser.parse_args()
     print(f"$ {sys.executable} -m benchmarks.bench_api " + " ".join(sys.argv[1:]))
     print(f"machine: nproc {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
@@ -156,14 +178,17 @@ def main() -> None:
             wait_ready(base)
             run_rate(base, "/v1/score", token, 20, 2, body=True)  # warm-up, not reported
             print(
-                f"{'route':12s} {'rate':>6s} {'sent':>6s} {'achieved':>9s} "
+                f"{'route':12s} {'lodged':>7s} {'rate':>6s} {'sent':>6s} {'achieved':>9s} "
                 f"{'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'errors':>7s}"
             )
+            whens = list(WHEN) if args.when == "both" else [args.when]
+            runs = [("/health", False, "-")] + [("/v1/score", True, w) for w in whens]
             for rate in args.rates:
-                for path, body in (("/health", False), ("/v1/score", True)):
-                    m = run_rate(base, path, token, rate, args.seconds, body)
+                for path, body, when in runs:
+                    m = run_rate(base, path, token, rate, args.seconds, body, WHEN.get(when, ""))
                     print(
-                        f"{path:12s} {rate:6.0f} {m['requests']:6.0f} {m['achieved_rps']:9.1f} "
+                        f"{path:12s} {when:>7s} {rate:6.0f} {m['requests']:6.0f} "
+                        f"{m['achieved_rps']:9.1f} "
                         f"{m['p50_ms']:8.1f} {m['p95_ms']:8.1f} {m['p99_ms']:8.1f} "
                         f"{m['errors']:7.0f}"
                     )
