@@ -5,6 +5,7 @@ origin in SOURCE.txt) and writes zstd Parquet files:
 
 * cites_species.parquet, species_names.parquet
     <- cites-species-index/Index_of_CITES_Species_2017-04-21.csv.gz (Species+, 2017, stale)
+* domesticated_forms.parquet <- CURATED list below (validated against the species index)
 * hs_codes.parquet   <- hs-nomenclature/harmonized-system.csv + sections.csv (HS 2022)
 * cites_hs.parquet   <- CURATED list below (validated against hs_codes)
 * countries.parquet  <- cites-trade/cites_parties.tsv + lemis-amphibian/lemis_codes.csv
@@ -330,6 +331,368 @@ CITES_HS: list[tuple[str, str, str | None, bool, str]] = [
     ("9705", "zoological_collections", None, False, "zoological/botanical collections, trophies"),
 ]
 
+# ---------------------------------------------------------------------------
+# CURATED: domesticated forms of animals, which CITES does not cover, and the few cage birds
+# the Psittaciformes listing names as not included. A declared taxon or description naming one
+# of these must never be matched to a listed taxon, exactly or fuzzily, although the species
+# index gives some of these names to the wild taxon ("Canis familiaris", "Bos grunniens" and
+# "Bos frontalis" are synonyms there; "Domestic Sheep" is an English name of Ovis aries) and
+# others are one letter from a listed name ("Bos taurus" / Bos gaurus).
+# basis:
+#   annotation_names_form        the CITES annotation of wild_taxon excludes the domesticated
+#                                form and names it (cites_name); checked against the index
+#   annotation_domesticated_form the annotation of wild_taxon excludes "the domesticated form"
+#                                without naming it; form = the usual name for it; checked
+#   not_in_appendices            the annotation of wild_taxon names it as not included; checked
+#   domesticated_only            a domesticated form the Appendices do not mention (its wild
+#                                ancestor is unlisted, or listed without an exclusion)
+# Other names of the same form (written as a subspecies of its wild relative, as many authors
+# do since ICZN Opinion 2027 (2003) conserved the names of the wild species) share its basis.
+# (form, name_kind, cites_name, wild_taxon, basis, note)
+# ---------------------------------------------------------------------------
+DOMESTICATED: list[tuple[str, str, str | None, str | None, str, str]] = [
+    (
+        "Bos frontalis",
+        "scientific",
+        "Bos frontalis",
+        "Bos gaurus",
+        "annotation_names_form",
+        "gayal, mithun",
+    ),
+    (
+        "Bos gaurus frontalis",
+        "scientific",
+        "Bos frontalis",
+        "Bos gaurus",
+        "annotation_names_form",
+        "gayal as a subspecies of the gaur",
+    ),
+    (
+        "Bos grunniens",
+        "scientific",
+        "Bos grunniens",
+        "Bos mutus",
+        "annotation_names_form",
+        "domestic yak",
+    ),
+    (
+        "Bos mutus grunniens",
+        "scientific",
+        "Bos grunniens",
+        "Bos mutus",
+        "annotation_names_form",
+        "domestic yak as a subspecies of the wild yak",
+    ),
+    (
+        "Bubalus bubalis",
+        "scientific",
+        "Bubalus bubalis",
+        "Bubalus arnee",
+        "annotation_names_form",
+        "domestic water buffalo",
+    ),
+    (
+        "Bubalus arnee bubalis",
+        "scientific",
+        "Bubalus bubalis",
+        "Bubalus arnee",
+        "annotation_names_form",
+        "domestic water buffalo as a subspecies",
+    ),
+    (
+        "Equus asinus",
+        "scientific",
+        "Equus asinus",
+        "Equus africanus",
+        "annotation_names_form",
+        "donkey",
+    ),
+    (
+        "Equus africanus asinus",
+        "scientific",
+        "Equus asinus",
+        "Equus africanus",
+        "annotation_names_form",
+        "donkey as a subspecies of the African wild ass",
+    ),
+    (
+        "Canis lupus familiaris",
+        "scientific",
+        "Canis lupus familiaris",
+        "Canis lupus",
+        "annotation_names_form",
+        "domestic dog",
+    ),
+    (
+        "Canis familiaris",
+        "scientific",
+        "Canis lupus familiaris",
+        "Canis lupus",
+        "annotation_names_form",
+        "domestic dog as a species",
+    ),
+    (
+        "Canis lupus dingo",
+        "scientific",
+        "Canis lupus dingo",
+        "Canis lupus",
+        "annotation_names_form",
+        "dingo, excluded with the domesticated form",
+    ),
+    (
+        "Canis dingo",
+        "scientific",
+        "Canis lupus dingo",
+        "Canis lupus",
+        "annotation_names_form",
+        "dingo as a species",
+    ),
+    (
+        "Ovis aries aries",
+        "scientific",
+        "Ovis aries aries",
+        "Ovis aries",
+        "annotation_names_form",
+        "domestic sheep",
+    ),
+    (
+        "Ovis aries",
+        "scientific",
+        "Ovis aries aries",
+        "Ovis aries",
+        "annotation_names_form",
+        "domestic sheep by its livestock name; wild sheep go by subspecies or O. orientalis",
+    ),
+    (
+        "Ovis orientalis aries",
+        "scientific",
+        "Ovis aries aries",
+        "Ovis aries",
+        "annotation_names_form",
+        "domestic sheep as a subspecies of the mouflon",
+    ),
+    (
+        "Ovis gmelini aries",
+        "scientific",
+        "Ovis aries aries",
+        "Ovis aries",
+        "annotation_names_form",
+        "domestic sheep as a subspecies of the mouflon",
+    ),
+    (
+        "Domestic Sheep",
+        "common_en",
+        "Ovis aries aries",
+        "Ovis aries",
+        "annotation_names_form",
+        "the index gives this English name to Ovis aries",
+    ),
+    (
+        "Capra hircus",
+        "scientific",
+        None,
+        "Capra hircus aegagrus",
+        "annotation_domesticated_form",
+        "domestic goat: the species without the wild goat aegagrus",
+    ),
+    (
+        "Capra hircus hircus",
+        "scientific",
+        None,
+        "Capra hircus aegagrus",
+        "annotation_domesticated_form",
+        "domestic goat",
+    ),
+    (
+        "Capra aegagrus hircus",
+        "scientific",
+        None,
+        "Capra hircus aegagrus",
+        "annotation_domesticated_form",
+        "domestic goat as a subspecies of the wild goat",
+    ),
+    (
+        "Felis catus",
+        "scientific",
+        None,
+        "Felis silvestris",
+        "annotation_domesticated_form",
+        "domestic cat (Felidae spp. annotation)",
+    ),
+    (
+        "Felis silvestris catus",
+        "scientific",
+        None,
+        "Felis silvestris",
+        "annotation_domesticated_form",
+        "domestic cat as a subspecies of the wildcat",
+    ),
+    (
+        "Agapornis roseicollis",
+        "scientific",
+        "Agapornis roseicollis",
+        "Psittaciformes",
+        "not_in_appendices",
+        "rosy-faced lovebird",
+    ),
+    (
+        "Melopsittacus undulatus",
+        "scientific",
+        "Melopsittacus undulatus",
+        "Psittaciformes",
+        "not_in_appendices",
+        "budgerigar",
+    ),
+    (
+        "Nymphicus hollandicus",
+        "scientific",
+        "Nymphicus hollandicus",
+        "Psittaciformes",
+        "not_in_appendices",
+        "cockatiel",
+    ),
+    (
+        "Psittacula krameri",
+        "scientific",
+        "Psittacula krameri",
+        "Psittaciformes",
+        "not_in_appendices",
+        "rose-ringed parakeet",
+    ),
+    (
+        "Bos taurus",
+        "scientific",
+        None,
+        None,
+        "domesticated_only",
+        "taurine cattle (wild ancestor Bos primigenius, not listed); one letter from Bos gaurus",
+    ),
+    ("Bos indicus", "scientific", None, None, "domesticated_only", "zebu cattle"),
+    (
+        "Bos taurus indicus",
+        "scientific",
+        None,
+        None,
+        "domesticated_only",
+        "zebu as a subspecies of cattle",
+    ),
+    (
+        "Bos primigenius taurus",
+        "scientific",
+        None,
+        None,
+        "domesticated_only",
+        "taurine cattle as a subspecies of the aurochs",
+    ),
+    (
+        "Bos primigenius indicus",
+        "scientific",
+        None,
+        None,
+        "domesticated_only",
+        "zebu as a subspecies of the aurochs",
+    ),
+    (
+        "Equus caballus",
+        "scientific",
+        None,
+        "Equus przewalskii",
+        "domesticated_only",
+        "domestic horse; the listed wild horse is Equus przewalskii",
+    ),
+    (
+        "Equus ferus caballus",
+        "scientific",
+        None,
+        "Equus przewalskii",
+        "domesticated_only",
+        "domestic horse as a subspecies of the wild horse",
+    ),
+    (
+        "Camelus dromedarius",
+        "scientific",
+        None,
+        None,
+        "domesticated_only",
+        "dromedary; no camel is listed",
+    ),
+    (
+        "Camelus bactrianus",
+        "scientific",
+        None,
+        None,
+        "domesticated_only",
+        "domestic Bactrian camel; no camel is listed",
+    ),
+    (
+        "Lama glama",
+        "scientific",
+        None,
+        "Lama guanicoe",
+        "domesticated_only",
+        "llama, domesticated from the guanaco",
+    ),
+    (
+        "Lama guanicoe glama",
+        "scientific",
+        None,
+        "Lama guanicoe",
+        "domesticated_only",
+        "llama as a subspecies of the guanaco",
+    ),
+    (
+        "Vicugna pacos",
+        "scientific",
+        None,
+        "Vicugna vicugna",
+        "domesticated_only",
+        "alpaca, domesticated from the vicuna",
+    ),
+    (
+        "Lama pacos",
+        "scientific",
+        None,
+        "Vicugna vicugna",
+        "domesticated_only",
+        "alpaca under its older genus",
+    ),
+    (
+        "Sus scrofa domestica",
+        "scientific",
+        None,
+        None,
+        "domesticated_only",
+        "domestic pig; Sus scrofa is not listed",
+    ),
+    ("Sus domesticus", "scientific", None, None, "domesticated_only", "domestic pig as a species"),
+    (
+        "Gallus gallus domesticus",
+        "scientific",
+        None,
+        None,
+        "domesticated_only",
+        "chicken; Gallus gallus is not listed",
+    ),
+    ("Gallus domesticus", "scientific", None, None, "domesticated_only", "chicken as a species"),
+    (
+        "Columba livia domestica",
+        "scientific",
+        None,
+        None,
+        "domesticated_only",
+        "domestic pigeon; Columba livia is not listed",
+    ),
+    ("Mustela furo", "scientific", None, None, "domesticated_only", "ferret"),
+    (
+        "Mustela putorius furo",
+        "scientific",
+        None,
+        None,
+        "domesticated_only",
+        "ferret as a subspecies of the polecat",
+    ),
+]
+
 # Synonym = leading genus + lowercase epithets / rank markers / hybrid sign.
 _SYNONYM = re.compile(
     r"[A-Z][a-z]+(?:-[a-z]+)?"
@@ -361,8 +724,8 @@ def read_species_csv(shared: Path) -> pl.DataFrame:
     return pl.read_csv(shared / SPECIES_CSV, infer_schema=False)
 
 
-def most_protective_appendix(listing: pl.Expr) -> pl.Expr:
-    parts = listing.str.split("/")
+def most_protective(parts: pl.Expr) -> pl.Expr:
+    """I, then II, then III among a list of listing codes; null when none (NC, empty)."""
     return (
         pl.when(parts.list.contains("I"))
         .then(pl.lit("I"))
@@ -383,8 +746,42 @@ def clean_annotation(text: str | None) -> str | None:
     return cleaned[:ANNOTATION_MAX_CHARS]
 
 
+def own_appendices(annotation: pl.Expr) -> pl.Expr:
+    """The appendices a taxon's own annotation has an entry for ("Appendix II:...")."""
+    return (
+        annotation.fill_null("")
+        .str.extract_all(r"Appendix I{1,3}:")
+        .list.eval(pl.element().str.extract(r"(I{1,3}):"))
+    )
+
+
+def species_appendix(raw: pl.DataFrame) -> pl.Expr:
+    """Most protective appendix of the taxon itself.
+
+    The CurrentListing of a species in the index also carries the listings of its subspecies
+    and varieties: "Ovis aries" is I/II because O. a. ophion and O. a. vignei are in Appendix I
+    (the species itself is in II), "Capra hircus" III/NC for the wild goat C. h. aegagrus
+    alone. AnnotationEnglish has one "Appendix X:" entry per listing of the taxon itself; it
+    names exactly the listing's appendices for every species without infraspecific rows. A
+    species with such rows keeps only the appendices its own entries name.
+    """
+    infraspecific = raw.filter(pl.col("RankName").is_in(["SUBSPECIES", "VARIETY"]))
+    parents = infraspecific.select(
+        pl.concat_str(
+            pl.col("Genus").str.strip_chars(), pl.col("Species").str.strip_chars(), separator=" "
+        )
+    ).to_series()
+    parts = pl.col("CurrentListing").str.split("/")
+    own = parts.list.set_intersection(own_appendices(pl.col("AnnotationEnglish")))
+    has_infraspecific = (pl.col("RankName") == "SPECIES") & pl.col("FullName").is_in(
+        parents.implode()
+    )
+    return most_protective(pl.when(has_infraspecific).then(own).otherwise(parts))
+
+
 def build_species(raw: pl.DataFrame) -> pl.DataFrame:
     taxonomy = ["Kingdom", "Phylum", "Class", "Order", "Family", "Genus", "FullName", "RankName"]
+    appendix = species_appendix(raw)
     return (
         raw.with_columns(empty_to_null(*taxonomy, "CurrentListing"))
         .select(
@@ -398,7 +795,7 @@ def build_species(raw: pl.DataFrame) -> pl.DataFrame:
             pl.col("Family").alias("family"),
             pl.col("Genus").alias("genus"),
             pl.col("CurrentListing").alias("listing"),
-            most_protective_appendix(pl.col("CurrentListing")).alias("appendix"),
+            appendix.alias("appendix"),
             (pl.col("CitesAccepted").str.to_lowercase() == "true").alias("cites_accepted"),
             pl.col("All_DistributionISOCodes")
             .str.split(",")
@@ -475,6 +872,44 @@ def build_species_names(raw: pl.DataFrame) -> pl.DataFrame:
         .unique()
         .sort("name", "name_kind", "taxon_id")
     )
+
+
+def build_domesticated(raw: pl.DataFrame) -> pl.DataFrame:
+    frame = pl.DataFrame(
+        DOMESTICATED,
+        schema={
+            "form": pl.String,
+            "name_kind": pl.String,
+            "cites_name": pl.String,
+            "wild_taxon": pl.String,
+            "basis": pl.String,
+            "note": pl.String,
+        },
+        orient="row",
+    ).with_columns(normalise_name_expr(pl.col("form")).alias("name"))
+    if frame["name"].is_duplicated().any():
+        raise ValueError("duplicate curated domesticated forms")
+    annotations = {
+        name: " ".join(_HTML_TAG.sub("", f"{short or ''} {full or ''}").split())
+        for name, short, full in raw.select(
+            "FullName", "AnnotationEnglish", "FullAnnotationEnglish"
+        ).iter_rows()
+    }
+    for form, _, cites_name, wild, basis, _ in DOMESTICATED:
+        if wild is not None and wild not in annotations:
+            raise ValueError(f"{form}: wild taxon {wild!r} is not in the species index")
+        said = annotations.get(wild or "", "")
+        if basis in ("annotation_names_form", "not_in_appendices"):
+            if cites_name is None or cites_name not in said:
+                raise ValueError(f"{form}: the annotation of {wild} does not name {cites_name!r}")
+        elif basis == "annotation_domesticated_form":
+            if "domesticated form" not in said:
+                raise ValueError(f"{form}: the annotation of {wild} excludes no domesticated form")
+        elif basis != "domesticated_only":
+            raise ValueError(f"{form}: unknown basis {basis!r}")
+    return frame.select(
+        "name", "form", "name_kind", "cites_name", "wild_taxon", "basis", "note"
+    ).sort("name")
 
 
 def build_hs_codes(shared: Path) -> pl.DataFrame:
@@ -601,6 +1036,7 @@ def build_all(shared: Path, out: Path, sample_dir: Path = SAMPLE_DIR) -> None:
     raw = read_species_csv(shared)
     write(build_species(raw), out, "cites_species.parquet")
     write(build_species_names(raw), out, "species_names.parquet")
+    write(build_domesticated(raw), out, "domesticated_forms.parquet")
     hs_codes = write(build_hs_codes(shared), out, "hs_codes.parquet")
     write(build_cites_hs(hs_codes), out, "cites_hs.parquet")
     write(build_countries(shared), out, "countries.parquet")

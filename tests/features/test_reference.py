@@ -44,6 +44,15 @@ EXPECTED_SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "annotation": pl.String(),
     },
     "species_names": {"name": pl.String(), "taxon_id": pl.Int64(), "name_kind": pl.String()},
+    "domesticated": {
+        "name": pl.String(),
+        "form": pl.String(),
+        "name_kind": pl.String(),
+        "cites_name": pl.String(),
+        "wild_taxon": pl.String(),
+        "basis": pl.String(),
+        "note": pl.String(),
+    },
     "hs_codes": {
         "hscode": pl.String(),
         "level": pl.Int8(),

@@ -31,7 +31,7 @@ from cites_risk.features.reference import Reference
 from cites_risk.features.species import APPENDIX_RANK, match_column
 
 FEATURE_SET = "cites-core"
-FEATURE_VERSION = "5"
+FEATURE_VERSION = "6"
 #: Pseudo-count of the smoothed rates: a key needs about this many observations to move
 #: its rate halfway from the overall rate to its own.
 SMOOTHING = 20.0

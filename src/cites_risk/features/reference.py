@@ -1,4 +1,4 @@
-"""Packaged reference tables (CITES species, HS codes, country and trade codes).
+"""Packaged reference tables (CITES species, domesticated forms, HS codes, country and trade codes).
 
 The Parquet files in ``reference_data/`` are derived from public sources by
 ``scripts/build_reference.py``; see ``reference_data/SOURCES.md``.
@@ -20,6 +20,7 @@ REFERENCE_DIR: Path = Path(__file__).resolve().parent / "reference_data"
 TABLE_FILES: dict[str, str] = {
     "species": "cites_species.parquet",
     "species_names": "species_names.parquet",
+    "domesticated": "domesticated_forms.parquet",
     "hs_codes": "hs_codes.parquet",
     "cites_hs": "cites_hs.parquet",
     "countries": "countries.parquet",
@@ -77,6 +78,9 @@ class Reference:
     cites_codes: pl.DataFrame
     term_units: pl.DataFrame
     lemis_codes: pl.DataFrame
+    #: Domesticated forms CITES does not cover (and the cage birds it names as not included):
+    #: names that must never match a listed taxon. See SOURCES.md.
+    domesticated: pl.DataFrame
 
     def country_codes(self) -> frozenset[str]:
         """Valid ISO-2 codes plus CITES/LEMIS pseudo-codes (XX unknown, XF Africa...)."""

@@ -137,15 +137,26 @@ class SpeciesMatcher:
             n for n, (_, k) in self.by_name.items() if k in ("scientific", "synonym")
         )
         self.max_words = 4
+        # Domesticated forms are not covered by CITES, yet the index gives some of their names
+        # to the wild taxon ("Canis familiaris", "Bos grunniens" are synonyms there) and others
+        # are a letter away from a listed name ("Bos taurus" / Bos gaurus). Such a name beats
+        # any listed name of the same length or shorter, exact or fuzzy.
+        self.domestic = frozenset(reference.domesticated.get_column("name").to_list())
+        self.domestic_sorted = sorted(self.domestic)
+        self.domestic_words = max((len(n.split(" ")) for n in self.domestic), default=0)
 
     def match_taxon(self, text: str) -> Match | None:
         norm = normalise_name(text)
         if not norm or _NOT_A_TAXON.search(norm):
             return None
         words = [w for w in norm.split() if w not in _PLACEHOLDER_EPITHETS]
-        for n in (len(words), 2):
+        for n in range(len(words), 0, -1):
             candidate = " ".join(words[:n])
-            if candidate in self.by_name:
+            if candidate in self.domestic:
+                # Not a CITES specimen; only a longer name (a wild subspecies such as
+                # "Ovis aries ophion", perhaps misspelt) can still be a listed taxon.
+                return self._fuzzy(words) if n < len(words) else None
+            if n in (len(words), 2) and candidate in self.by_name:
                 taxon_id, kind = self.by_name[candidate]
                 # A listing of a whole genus or family says less about the specimen.
                 level = self.rank.get(taxon_id, "SPECIES").lower()
@@ -153,14 +164,9 @@ class SpeciesMatcher:
                     return Match(taxon_id, level, CONFIDENCE[level])
                 return Match(taxon_id, kind, CONFIDENCE[kind])
         if len(words) >= 2:
-            best = process.extractOne(
-                " ".join(words[:2]), self.scientific, scorer=fuzz.ratio, score_cutoff=FUZZY_CUTOFF
-            )
-            # Both halves must be close: a different species of the same genus scores
-            # high on the whole name but is a different animal.
-            if best is not None and fuzz.ratio(words[1], best[0].split(" ")[-1]) >= EPITHET_CUTOFF:
-                taxon_id, _ = self.by_name[best[0]]
-                return Match(taxon_id, "fuzzy", float(best[1]) / 100.0)
+            fuzzy = self._fuzzy(words[:2])
+            if fuzzy is not None:
+                return fuzzy
         if words and words[0] in self.higher:
             taxon_id, level = self.higher[words[0]]
             return Match(taxon_id, level, CONFIDENCE.get(level, 0.6))
@@ -178,10 +184,20 @@ class SpeciesMatcher:
         """
         words = normalise_name(text).split()
         other_kind = any(w.rstrip("s") in KIND_NOUNS for w in words)
+        domestic = self._domestic_spans(words)
         for size in range(min(self.max_words, len(words)), 0, -1):
             for start in range(len(words) - size + 1):
                 candidate = " ".join(words[start : start + size])
                 if len(candidate) < 5 or (size == 1 and other_kind):
+                    continue
+                # Words of a domesticated form ("cattle hides Bos taurus") name nothing
+                # listed, alone or with a neighbour; only a longer name containing the form
+                # whole ("Equus caballus przewalskii") may.
+                end = start + size
+                if any(
+                    a < end and start < b and not (start <= a and b <= end and size > b - a)
+                    for a, b in domestic
+                ):
                     continue
                 hit = self.by_name.get(candidate)
                 if hit is not None:
@@ -191,6 +207,36 @@ class SpeciesMatcher:
                 if higher is not None and size == 1:
                     return Match(higher[0], "description", 0.5)
         return None
+
+    def _fuzzy(self, words: list[str]) -> Match | None:
+        """Closest scientific name or synonym to ``words``, if close enough and not domestic."""
+        query = " ".join(words)
+        best = process.extractOne(
+            query, self.scientific, scorer=fuzz.ratio, score_cutoff=FUZZY_CUTOFF
+        )
+        # Both halves must be close: a different species of the same genus scores
+        # high on the whole name but is a different animal.
+        if best is None or fuzz.ratio(words[-1], best[0].split(" ")[-1]) < EPITHET_CUTOFF:
+            return None
+        # A text at least as close to a domesticated form is that form, perhaps misspelt:
+        # "Bos taurus" is as near to Bos gaurus as a typo of the gaur would be.
+        domestic = process.extractOne(
+            query, self.domestic_sorted, scorer=fuzz.ratio, score_cutoff=best[1]
+        )
+        if domestic is not None:
+            return None
+        taxon_id, _ = self.by_name[best[0]]
+        return Match(taxon_id, "fuzzy", float(best[1]) / 100.0)
+
+    def _domestic_spans(self, words: list[str]) -> list[tuple[int, int]]:
+        """(start, end) of the longest domesticated form starting at each word."""
+        spans = []
+        for start in range(len(words)):
+            for size in range(min(self.domestic_words, len(words) - start), 1, -1):
+                if " ".join(words[start : start + size]) in self.domestic:
+                    spans.append((start, start + size))
+                    break
+        return spans
 
     def frame(self, texts: pl.Series, description: bool) -> pl.DataFrame:
         match = self.match_description if description else self.match_taxon
