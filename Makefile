@@ -23,6 +23,7 @@ lint: $(STAMP)
 
 types: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy benchmarks scripts
 
 # Debian's Chromium for the inspector page's end-to-end test. Installed when missing and we
 # may (root with apt, as on CI); elsewhere the browser test reports itself skipped.

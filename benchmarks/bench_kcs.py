@@ -42,7 +42,7 @@ def main() -> None:
             Task("critical", pl.col(I.FINDING) == "critical", {"recall_at_5": 0.80}),
         ],
         split,
-        seeds=range(args.seeds),  # type: ignore[arg-type]
+        seeds=range(args.seeds),
         raw_drop=RAW_DROP,
         raw_label=raw_label,
         raw_times=data.raw.get_column("Date").str.to_datetime(time_zone="UTC"),

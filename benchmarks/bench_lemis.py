@@ -40,7 +40,7 @@ def main() -> None:
         data,
         [Task("refused", None, {"average_precision": 0.75, "recall_at_5": 0.80})],
         split,
-        seeds=range(args.seeds),  # type: ignore[arg-type]
+        seeds=range(args.seeds),
         raw_drop=RAW_DROP,
         raw_label=lambda raw, _: (raw.get_column("action") == "R").cast(pl.Float64).to_numpy(),
         raw_times=times,

@@ -88,8 +88,8 @@ def run(path: Path, rows: int, trees: int, mode: str) -> dict[str, Any]:
 
 def main(argv: list[str]) -> None:
     if argv[:1] == ["--child"]:
-        _, path, rows, trees, mode = argv
-        result = run(Path(path), int(rows), int(trees), mode)
+        _, matrix, rows, trees, mode = argv
+        result = run(Path(matrix), int(rows), int(trees), mode)
         result["peak_rss_mib"] = peak_rss_mib()
         print(json.dumps(result))
         return
