@@ -30,7 +30,7 @@ from typing import Any
 
 import polars as pl
 
-from cites_risk.features.contract import RECORDS, STR_LIST, Record
+from cites_risk.features.contract import RECORDS, STR_LIST, Record, schema_of
 
 ROW = "__row"
 ROW_TOKEN = "$row"
@@ -279,7 +279,7 @@ class SourceMapping:
         if record.name not in self.records:
             raise MappingError(f"mapping {self.name!r} has no {record.name} records")
         rules = self.records[record.name]
-        present = set(raw.collect_schema().names())
+        present = set(schema_of(raw).names())
         absent = sorted(self.source_columns(record.name) - present)
         if absent:
             raise MappingError(

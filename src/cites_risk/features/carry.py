@@ -16,7 +16,7 @@ from datetime import datetime
 
 import polars as pl
 
-from cites_risk.features.contract import TIMESTAMP, D, O
+from cites_risk.features.contract import TIMESTAMP, D, O, schema_of
 from cites_risk.features.history import (
     CARRIED_VALUES,
     IDX,
@@ -78,7 +78,7 @@ def carry(history: History, until: datetime, extras: dict[str, str] | None = Non
         .agg(pl.col("lines").sum())
     )
     pairs = trading_pairs(keyed).filter(pl.col("__first") < at)
-    columns = history.declarations.collect_schema().names()
+    columns = schema_of(history.declarations).names()
     late = inspected_declarations(history).filter(pl.col(TIME) >= at, declared < at).select(columns)
     collected = pl.collect_all([*folded_keys, overall, consignments, pairs, late])
     *key_frames, overall_frame, consignment_frame, pair_frame, late_frame = collected

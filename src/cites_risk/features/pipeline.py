@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import polars as pl
 
-from cites_risk.features.contract import TIMESTAMP, D, O
+from cites_risk.features.contract import TIMESTAMP, D, O, schema_of
 from cites_risk.features.history import (
     IDX,
     KEY,
@@ -871,7 +871,7 @@ def _consignment_mix(targets: pl.LazyFrame, history: History) -> pl.LazyFrame:
 def history_keys(history: History, extra_keys: list[str]) -> list[HistoryKey]:
     """The tracked keys: the standard ones, the pairs (``features/pairs.py``) and the
     categorical extras the history holds."""
-    in_history = set(history.declarations.collect_schema().names())
+    in_history = set(schema_of(history.declarations).names())
     extra = [
         HistoryKey(name, pl.col(name).cast(pl.String), None)
         for name in extra_keys

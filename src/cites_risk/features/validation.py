@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from cites_risk.features.adapters import ROW
-from cites_risk.features.contract import STR_LIST, TIMESTAMP, Field, Record
+from cites_risk.features.contract import STR_LIST, TIMESTAMP, Field, Record, schema_of
 
 REJECT_SCHEMA = pl.Schema(
     {"row": pl.Int64, "field": pl.String, "value": pl.String, "reason": pl.String}
@@ -127,7 +127,7 @@ def validate(
     Absent optional fields become typed nulls; an absent required field is a structural
     error raised as ``ValueError`` (the whole source is unusable, not one row).
     """
-    present = set(mapped.collect_schema().names())
+    present = set(schema_of(mapped).names())
     missing = [n for n in record.required if n not in present]
     if missing:
         raise ValueError(f"{record.name} source lacks required field(s): {', '.join(missing)}")

@@ -28,7 +28,7 @@ import polars as pl
 
 from cites_risk.features.adapters import SourceMapping
 from cites_risk.features.carry import HistoryWalk
-from cites_risk.features.contract import DECLARATION, D
+from cites_risk.features.contract import DECLARATION, D, schema_of
 from cites_risk.features.reference import Reference
 from cites_risk.features.validation import REJECT_SCHEMA, validate
 from cites_risk.profiling.config import Settings
@@ -210,7 +210,7 @@ def _decide(out_dir: Path, deciding: Deciding) -> tuple[Path, SelectionReport | 
         return path, None
     needed = {D.ID, D.OFFICE, D.DECLARED_AT, SCORE, REASONS, SPECIES} | deciding.columns()
     scored = read_parts(out_dir)
-    frame = scored.select(c for c in scored.collect_schema().names() if c in needed).collect()
+    frame = scored.select(c for c in schema_of(scored).names() if c in needed).collect()
     decisions = decide(
         frame,
         deciding.profiles,

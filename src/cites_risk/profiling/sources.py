@@ -15,7 +15,7 @@ import polars as pl
 import yaml
 
 from cites_risk.features.adapters import ROW, MappingError, SourceMapping
-from cites_risk.features.contract import RECORDS
+from cites_risk.features.contract import RECORDS, schema_of
 from cites_risk.features.reference import Reference
 from cites_risk.features.validation import REJECT_SCHEMA, Vocabulary, validate
 
@@ -120,7 +120,7 @@ def read_source(path: Path, mapping: SourceMapping) -> pl.LazyFrame:
             )
         else:
             frame = _read_small_csv(path, mapping).lazy()
-        names = frame.collect_schema().names()
+        names = schema_of(frame).names()
     except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read {path}: {exc}") from exc
     renamed = {n: n.strip() for n in names if n != n.strip()}

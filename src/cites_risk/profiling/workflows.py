@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from cites_risk.features.contract import D
+from cites_risk.features.contract import D, schema_of
 from cites_risk.features.pipeline import build_features, collect_features
 from cites_risk.features.reference import Reference
 from cites_risk.models.evaluation import CAPACITIES, ScoreReport, evaluate, evaluate_scores
@@ -163,7 +163,7 @@ def train(
     )
     progress("measuring the enabled risk profiles on the inspected history")
     contract = declarations.select(
-        D.ID, *(c for c in declarations.collect_schema().names() if c not in labelled.columns)
+        D.ID, *(c for c in schema_of(declarations).names() if c not in labelled.columns)
     ).collect()
     profiles = ProfileRepository(store).enabled()
     past = labelled.filter(pl.col(D.DECLARED_AT) < split.test_from)
