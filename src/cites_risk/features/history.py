@@ -149,8 +149,8 @@ def prior_totals(
     join. Keys are hashed to 64 bits for the sort; a collision between two keys is about as
     likely as a meteorite.
     """
-    # Said, not read off the schema: resolving the schema of a large plan costs an online
-    # request more than sorting its events.
+    # Said by the caller, who knows, rather than read off the events' schema: that would
+    # resolve each key's plan once more on every call.
     if inclusive and own:
         raise ValueError("events that are targets are counted strictly before their instant")
     order_target = 2 if inclusive else 0

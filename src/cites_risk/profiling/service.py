@@ -81,8 +81,6 @@ from cites_risk.profiling.workflows import tracking_for
 #: Declarations of the recent history scored at start-up to place the online red cut.
 CUT_SAMPLE_ROWS = 5_000
 
-# --- errors -------------------------------------------------------------------------------
-
 
 @dataclass(frozen=True)
 class _Snapshot:
@@ -102,12 +100,16 @@ class _Snapshot:
         first = frame.get_column(D.DECLARED_AT).min()
         if not isinstance(first, datetime) or first < self.carried.carried.until:
             return self.full
-        ids = frame.get_column(D.ID)
-        at = self.folded.search_sorted(ids, side="left")
-        found = self.folded.gather(at.clip(upper_bound=max(self.folded.len() - 1, 0)))
-        if self.folded.len() and (found == ids).any():
-            return self.full
+        if self.folded.len():
+            # A binary search per id: hashing the whole history's ids would cost O(history).
+            ids = frame.get_column(D.ID)
+            at = self.folded.search_sorted(ids, side="left").clip(upper_bound=self.folded.len() - 1)
+            if (self.folded.gather(at) == ids).any():
+                return self.full
         return self.carried
+
+
+# --- errors -------------------------------------------------------------------------------
 
 
 class ServiceError(Exception):
