@@ -10,8 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from cites_risk.features.carry import carry, through
-from cites_risk.features.contract import DECLARATION, D
+from cites_risk.features.carry import carry, narrowed, through
+from cites_risk.features.contract import DECLARATION, D, I
+from cites_risk.features.history import KEY
 from cites_risk.features.pipeline import build_features
 from tests.features.test_feature_invariants import (
     REF,
@@ -55,6 +56,17 @@ def test_carried_history_gives_the_features_of_the_full_one(
     full = _features(targets, history)
     assert_frame_equal(_features(targets, carried), full)
     assert_frame_equal(_features(targets, carried, focused=True), full)
+    # Only results that can still reach a feature are kept: the rest are in the totals.
+    kept = set(carried.inspections.collect().get_column(I.DECLARATION))
+    late = set(carried.carried.late.collect().get_column(D.ID))
+    assert kept <= set(targets.get_column(D.ID)) | late
+    # An online request: the totals cut to its own key values give the same features.
+    one = targets.head(1)
+    cut = narrowed(carried, one)
+    assert cut.carried is not None
+    assert_frame_equal(_features(one, cut, focused=True), full.head(1))
+    importers = set(one.get_column(D.IMPORTER))
+    assert set(cut.carried.keys["importer"].get_column(KEY)) <= importers
 
 
 @SETTINGS

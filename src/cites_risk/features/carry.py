@@ -12,11 +12,12 @@ those of the full history (``tests/features/test_carry.py``).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 import polars as pl
 
-from cites_risk.features.contract import TIMESTAMP, D, O, schema_of
+from cites_risk.features.contract import TIMESTAMP, D, I, O, schema_of
 from cites_risk.features.history import (
     CARRIED_VALUES,
     IDX,
@@ -25,6 +26,7 @@ from cites_risk.features.history import (
     Carried,
     History,
     inspected_declarations,
+    rows_with,
 )
 from cites_risk.features.pipeline import (
     DECLARATION_TEXT_KEYS,
@@ -63,7 +65,7 @@ def carry(history: History, until: datetime, extras: dict[str, str] | None = Non
     before = pl.col(TIME) < at
     sums = [pl.col(v).sum() for v in CARRIED_VALUES]
     folded_keys = [
-        key_events(keyed, key, None, None)
+        key_events(keyed, [key], None, None)
         # Offence records stay events (marked); what remains is declarations and results.
         .filter(before, pl.col(KEY).is_not_null(), ~pl.col("__mark"))
         .group_by(KEY)
@@ -79,13 +81,19 @@ def carry(history: History, until: datetime, extras: dict[str, str] | None = Non
     )
     pairs = trading_pairs(keyed).filter(pl.col("__first") < at)
     columns = schema_of(history.declarations).names()
-    late = inspected_declarations(history).filter(pl.col(TIME) >= at, declared < at).select(columns)
-    collected = pl.collect_all([*folded_keys, overall, consignments, pairs, late])
-    *key_frames, overall_frame, consignment_frame, pair_frame, late_frame = collected
+    inspected = inspected_declarations(history)
+    late = inspected.filter(pl.col(TIME) >= at, declared < at).select(columns)
+    # A result known before ``until`` is folded, and so is every earlier result of its
+    # declaration (a declaration's result is timed by its latest inspection): only the
+    # others can still reach a feature.
+    folded_results = inspected.filter(pl.col(TIME) < at).select(pl.col(D.ID).alias(I.DECLARATION))
+    open_results = history.inspections.join(folded_results, on=I.DECLARATION, how="anti")
+    collected = pl.collect_all([*folded_keys, overall, consignments, pairs, late, open_results])
+    *key_frames, overall_frame, consignment_frame, pair_frame, late_frame, open_frame = collected
     return History(
         declarations=history.declarations.filter(declared >= at),
         offences=history.offences,
-        inspections=history.inspections,
+        inspections=open_frame.lazy(),
         carried=Carried(
             until=until,
             keys={key.name: frame for key, frame in zip(keys, key_frames, strict=True)},
@@ -93,6 +101,40 @@ def carry(history: History, until: datetime, extras: dict[str, str] | None = Non
             consignments=consignment_frame,
             pairs=pair_frame,
             late=late_frame.lazy(),
+        ),
+    )
+
+
+def narrowed(
+    history: History, declarations: pl.DataFrame, extras: dict[str, str] | None = None
+) -> History:
+    """``history`` with its carried totals cut to the key values of ``declarations``.
+
+    That is all their features read of the totals (the rest is left out by the query's
+    own semi-joins), found by binary search: scanning every key's totals in each query was
+    most of what one online declaration cost against a large history.
+    """
+    carried = history.carried
+    if carried is None:
+        return history
+    keys = history_keys(history, extra_history_keys(extras))
+    values = (
+        with_text_keys(declarations.lazy(), DECLARATION_TEXT_KEYS)
+        .select(*(key.declaration.alias(key.name) for key in keys), pl.col(D.CONSIGNMENT))
+        .collect()
+    )
+    index = carried.by_key
+    cut = {
+        key.name: rows_with(index.keys[key.name], KEY, values.get_column(key.name))
+        for key in keys
+        if key.name in index.keys
+    }
+    return replace(
+        history,
+        carried=replace(
+            carried,
+            keys={**carried.keys, **cut},
+            consignments=rows_with(index.consignments, KEY, values.get_column(D.CONSIGNMENT)),
         ),
     )
 

@@ -17,6 +17,7 @@ from cites_risk.features.contract import TIMESTAMP, D, O, schema_of
 from cites_risk.features.history import (
     IDX,
     KEY,
+    KID,
     TIME,
     History,
     HistoryKey,
@@ -25,6 +26,7 @@ from cites_risk.features.history import (
     log1p,
     prior_totals,
     smoothed_rate,
+    stack,
 )
 from cites_risk.features.pairs import PAIR_COLUMNS, PAIR_HISTORY_KEYS
 from cites_risk.features.reference import Reference
@@ -585,30 +587,39 @@ def _events(history: History, key: HistoryKey) -> pl.LazyFrame:
 
 
 def key_events(
-    history: History, key: HistoryKey, focus: pl.LazyFrame | None, wanted: pl.LazyFrame | None
+    history: History,
+    keys: list[HistoryKey],
+    focus: pl.LazyFrame | None,
+    wanted: pl.LazyFrame | None,
 ) -> pl.LazyFrame:
-    """The events of one key: those of ``focus``'s key values (all without a focus) and the
-    carried totals of ``wanted``'s key values (all without ``wanted``)."""
-    events = _relevant(_events(history, key), focus, key.declaration)
+    """The events of ``keys``, stacked (``__kid``): those of ``focus``'s key values (all
+    without a focus) and the carried totals of ``wanted``'s key values (all without
+    ``wanted``)."""
+    names = [key.declaration for key in keys]
+    events = _relevant(stack([_events(history, key) for key in keys]), focus, names)
     if history.carried is None:
         return events
     zero = pl.lit(0.0)
-    carried = (
-        history.carried.keys[key.name]
-        .lazy()
-        .select(
-            # Every key is text (``HistoryKey``): no need to resolve the events' schema.
-            pl.col(KEY).cast(pl.String),
-            history.carried.time.alias(TIME),
-            pl.lit(None, pl.UInt32).alias(IDX),
-            pl.col("n"),
-            zero.alias("off"),
-            zero.alias("off_decay"),
-            pl.col("insp", "hits", "hits_recent"),
-            pl.lit(False).alias("__mark"),
-        )
+    time = history.carried.time
+    carried = stack(
+        [
+            history.carried.keys[key.name]
+            .lazy()
+            .select(
+                # Every key is text (``HistoryKey``): no need to resolve the events' schema.
+                pl.col(KEY).cast(pl.String),
+                time.alias(TIME),
+                pl.lit(None, pl.UInt32).alias(IDX),
+                pl.col("n"),
+                zero.alias("off"),
+                zero.alias("off_decay"),
+                pl.col("insp", "hits", "hits_recent"),
+                pl.lit(False).alias("__mark"),
+            )
+            for key in keys
+        ]
     )
-    return pl.concat([events, _relevant(carried, wanted, key.declaration)], how="vertical")
+    return pl.concat([events, _relevant(carried, wanted, names)], how="vertical")
 
 
 def overall_events(history: History) -> pl.LazyFrame:
@@ -643,48 +654,72 @@ def _global_hit_rate(targets: pl.LazyFrame, history: History) -> pl.LazyFrame:
     )
 
 
-def _key_features(
+def _keys_features(
     alone: pl.LazyFrame,
     targets: pl.LazyFrame,
     history: History,
-    key: HistoryKey,
+    keys: list[HistoryKey],
     focus: pl.LazyFrame | None,
 ) -> pl.LazyFrame:
-    """History features of one key, a row per target in order (``alone``: see ``lodged``).
+    """History features of every key, a row per target in order (``alone``: see ``lodged``).
 
-    The hit rate is left as raw hits (``__<key>_hits``): it shrinks to the overall rate,
-    which ``_hit_rates`` brings in once for every key.
+    The keys go through one stacked stream; each key's column is every ``len(keys)``-th row
+    of the result (a row per target and key, in that order). The hit rate is left as raw
+    hits (``__<key>_hits``): it shrinks to the overall rate, which ``_hit_rates`` brings in
+    once for every key.
     """
     values = ["n", "off", "off_decay", "insp", "hits", "hits_recent"]
     totals = prior_totals(
-        alone.select(IDX, TIME, key.declaration.alias(KEY)),
-        key_events(history, key, focus, targets),
+        stack([alone.select(IDX, TIME, key.declaration.alias(KEY)) for key in keys]),
+        key_events(history, keys, focus, targets),
         values,
         last_time=True,
         own=True,
+        stacked=True,
     )
     now_days = days_since_epoch(pl.col(TIME))
-    p = key.name
-    return totals.select(
-        log1p(pl.col("n")).alias(f"{p}_prior_decl"),
-        pl.col("off").alias(f"{p}_offences"),
-        (pl.col("off_decay") / (now_days / 365.0).exp()).alias(f"{p}_offences_decayed"),
-        (now_days - days_since_epoch(pl.col("__last"))).alias(f"{p}_days_since_offence"),
-        pl.col("insp").alias(f"{p}_inspected"),
-        (pl.col("hits_recent") / (now_days / RECENT_DAYS).exp()).alias(f"{p}_recent_hits"),
-        pl.col("hits").alias(f"__{p}_hits"),
-        (pl.col("off") / (pl.col("n") + SMOOTHING)).alias(f"{p}_offence_rate"),
-        *([(pl.col("n") == 0).alias(f"{p}_newcomer")] if p in NEWCOMER_KEYS else []),
+    stats = totals.select(
+        log1p(pl.col("n")).alias("prior_decl"),
+        pl.col("off").alias("offences"),
+        (pl.col("off_decay") / (now_days / 365.0).exp()).alias("offences_decayed"),
+        (now_days - days_since_epoch(pl.col("__last"))).alias("days_since_offence"),
+        pl.col("insp").alias("inspected"),
+        (pl.col("hits_recent") / (now_days / RECENT_DAYS).exp()).alias("recent_hits"),
+        pl.col("hits"),
+        (pl.col("off") / (pl.col("n") + SMOOTHING)).alias("offence_rate"),
+        (pl.col("n") == 0).alias("newcomer"),
+    )
+    named = {
+        "prior_decl": "{}_prior_decl",
+        "offences": "{}_offences",
+        "offences_decayed": "{}_offences_decayed",
+        "days_since_offence": "{}_days_since_offence",
+        "inspected": "{}_inspected",
+        "recent_hits": "{}_recent_hits",
+        "hits": "__{}_hits",
+        "offence_rate": "{}_offence_rate",
+    }
+    width = len(keys)
+    return stats.select(
+        pl.col(stat).gather_every(width, i).alias(name.format(key.name))
+        for i, key in enumerate(keys)
+        for stat, name in {
+            **named,
+            **({"newcomer": "{}_newcomer"} if key.name in NEWCOMER_KEYS else {}),
+        }.items()
     )
 
 
-def _relevant(events: pl.LazyFrame, focus: pl.LazyFrame | None, key: pl.Expr) -> pl.LazyFrame:
-    """``events`` of the keys some target in ``focus`` has (all events without a focus)."""
+def _relevant(
+    events: pl.LazyFrame, focus: pl.LazyFrame | None, keys: list[pl.Expr]
+) -> pl.LazyFrame:
+    """Stacked ``events`` of the key values some target in ``focus`` has, per key (all
+    events without a focus)."""
     if focus is None:
         return events
-    wanted = focus.select(key.alias(KEY)).unique()
+    wanted = stack([focus.select(key.alias(KEY)) for key in keys]).unique()
     # nulls_equal: a lodged target with no key is an event too and must stay.
-    return events.join(wanted, on=KEY, how="semi", nulls_equal=True)
+    return events.join(wanted, on=[KID, KEY], how="semi", nulls_equal=True)
 
 
 def _hit_rates(names: list[str]) -> list[pl.Expr]:
@@ -715,24 +750,38 @@ def _aligned(targets: pl.LazyFrame, per_target: pl.LazyFrame) -> pl.LazyFrame:
     return targets.select(IDX).join(per_target, on=IDX, how="left", maintain_order="left")
 
 
-def trading_pairs(history: History) -> pl.LazyFrame:
-    """Importer-exporter pairs and when they first traded (``__first``)."""
+def trading_pairs(history: History, focus: pl.LazyFrame | None = None) -> pl.LazyFrame:
+    """Importer-exporter pairs and when they first traded (``__first``); with ``focus``,
+    only the pairs of its importers and of its exporters."""
     pairs = history.declarations.filter(
         pl.col(D.IMPORTER).is_not_null(), pl.col(D.EXPORTER).is_not_null()
     ).select(D.IMPORTER, D.EXPORTER, pl.col(D.DECLARED_AT).cast(TIMESTAMP).alias("__first"))
     if history.carried is not None:
         pairs = pl.concat([pairs, history.carried.pairs.lazy()], how="vertical")
+    if focus is not None:
+        # A pair of both an importer and an exporter of ``focus`` comes twice: the minimum
+        # below takes it once.
+        pairs = pl.concat(
+            [
+                pairs.join(focus.select(entity).unique(), on=entity, how="semi")
+                for entity in (D.IMPORTER, D.EXPORTER)
+            ],
+            how="vertical",
+        )
     return pairs.group_by(D.IMPORTER, D.EXPORTER).agg(pl.col("__first").min())
 
 
-def _partner_offences(targets: pl.LazyFrame, history: History) -> pl.LazyFrame:
+def _partner_offences(
+    targets: pl.LazyFrame, history: History, focus: pl.LazyFrame | None
+) -> pl.LazyFrame:
     """One hop: offences of the trading partners an entity had before the declaration.
 
     An exporter's offence reaches an importer when both have happened: at the later of the
     offence and their first trade. Offences the entity itself took part in are not counted
-    again.
+    again. With ``focus``, only the pairs of its entities are read: every partner's offence
+    otherwise becomes an event to sort, which was most of an online request.
     """
-    pairs = trading_pairs(history)
+    pairs = trading_pairs(history, focus)
     out = []
     for entity, partner in ((D.IMPORTER, D.EXPORTER), (D.EXPORTER, D.IMPORTER)):
         offences = history.offences.filter(pl.col(partner).is_not_null()).select(
@@ -796,7 +845,7 @@ def consignment_events(
         pl.col(D.DECLARED_AT).cast(TIMESTAMP).alias(TIME),
         pl.lit(1.0).alias("lines"),
     )
-    events = _relevant(events, focus, consignment)
+    events = _relevant(stack([events]), focus, [consignment])
     if history.carried is None:
         return events
     carried = history.carried.consignments.lazy().select(
@@ -804,7 +853,7 @@ def consignment_events(
         history.carried.time.alias(TIME),
         pl.col("lines"),
     )
-    return pl.concat([events, _relevant(carried, wanted, consignment)], how="vertical")
+    return pl.concat([events, _relevant(stack([carried]), wanted, [consignment])], how="vertical")
 
 
 def _genus_only(taxon: pl.Expr) -> pl.Expr:
@@ -923,7 +972,7 @@ def key_history(
     parts = [_global_hit_rate(targets.select(IDX, TIME), history).drop(IDX)]
     # Every key gets every statistic; the declared schema keeps the ones each key shows
     # (pairs and extras have no offence records, so only some of theirs mean anything).
-    parts += [_key_features(alone, targets, history, key, focus) for key in keys]
+    parts.append(_keys_features(alone, targets, history, keys, focus))
     return pl.concat(parts, how="horizontal").with_columns(_hit_rates([k.name for k in keys]))
 
 
@@ -945,7 +994,7 @@ def _join_history(
         frame,
         key_history(targets, history, keys, focused),
         _transit(targets, history),
-        _partner_offences(targets, history),
+        _partner_offences(targets, history, targets if focused else None),
         _consignment(targets, history, targets if focused else None),
         _consignment_mix(targets, history),
     ]

@@ -13,6 +13,7 @@ from datetime import datetime
 import numpy as np
 import polars as pl
 
+from cites_risk.features.carry import narrowed
 from cites_risk.features.contract import D
 from cites_risk.features.history import History
 from cites_risk.features.pipeline import build_features, collect_features
@@ -82,13 +83,12 @@ class Engine:
                     f"a declaration of {first} cannot be scored against a history carried "
                     f"to {carried.until}: carry it to the batch's first declaration"
                 )
+        focused = declarations.height <= FOCUS_ROWS
+        if focused:
+            history = narrowed(history, declarations, self.model.extras)
         return collect_features(
             build_features(
-                declarations.lazy(),
-                history,
-                self.reference,
-                self.model.extras,
-                focused=declarations.height <= FOCUS_ROWS,
+                declarations.lazy(), history, self.reference, self.model.extras, focused=focused
             )
         )
 
