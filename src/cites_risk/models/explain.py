@@ -310,8 +310,12 @@ class Contribution:
     sentence: str
 
 
-def explain(model: RiskModel, features: pl.DataFrame, top: int = 3) -> list[list[Contribution]]:
+def explain(
+    model: RiskModel, features: pl.DataFrame, top: int = 3, matrix: np.ndarray | None = None
+) -> list[list[Contribution]]:
     """The ``top`` features that pushed each row's score up most, as sentences.
+
+    ``matrix``: ``model.matrix(features)`` when the caller has it already (the scorer does).
 
     Vectorised for large batches: the top-k indices come from one ``argpartition`` over the
     contribution matrix; sentences are then built feature by feature for only the rows
@@ -320,7 +324,7 @@ def explain(model: RiskModel, features: pl.DataFrame, top: int = 3) -> list[list
     """
     if features.height == 0:
         return []
-    contrib = model.contributions(features)[:, :-1]
+    contrib = model.contributions(features, matrix)[:, :-1]
     n, width = contrib.shape
     k = min(top, width)
     part = (

@@ -108,20 +108,23 @@ class RiskModel:
         banded = set(UnitValueBands.output_columns())
         return [c for c in self.columns if c not in banded]
 
-    def margin(self, features: pl.DataFrame) -> np.ndarray:
-        return np.asarray(self.booster.predict(self.matrix(features), raw_score=True))
+    def margin(self, features: pl.DataFrame, matrix: np.ndarray | None = None) -> np.ndarray:
+        """Raw scores; ``matrix``: ``self.matrix(features)`` when the caller has it already."""
+        x = self.matrix(features) if matrix is None else matrix
+        return np.asarray(self.booster.predict(x, raw_score=True))
 
-    def predict_proba(self, features: pl.DataFrame) -> np.ndarray:
+    def predict_proba(self, features: pl.DataFrame, matrix: np.ndarray | None = None) -> np.ndarray:
         """Calibrated probability that inspecting the declaration finds an offence."""
         if features.height == 0:
             return np.zeros(0)
-        return self.calibrator(self.margin(features))
+        return self.calibrator(self.margin(features, matrix))
 
-    def contributions(self, features: pl.DataFrame) -> np.ndarray:
+    def contributions(self, features: pl.DataFrame, matrix: np.ndarray | None = None) -> np.ndarray:
         """SHAP values on the margin: rows x (columns + bias)."""
         if features.height == 0:
             return np.zeros((0, len(self.columns) + 1))
-        return np.asarray(self.booster.predict(self.matrix(features), pred_contrib=True))
+        x = self.matrix(features) if matrix is None else matrix
+        return np.asarray(self.booster.predict(x, pred_contrib=True))
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)

@@ -69,10 +69,12 @@ class Engine:
     #: Compiled trees where available (same margins as LightGBM to 1e-9, several times faster).
     predictor: Predictor | None = None
 
-    def predict_proba(self, features: pl.DataFrame) -> np.ndarray:
+    def predict_proba(self, features: pl.DataFrame, matrix: np.ndarray | None = None) -> np.ndarray:
+        """``matrix``: ``model.matrix(features)`` when the caller has it already."""
         if self.predictor is None or features.height == 0:
-            return self.model.predict_proba(features)
-        return self.model.calibrator(self.predictor.margin(self.model.matrix(features)))
+            return self.model.predict_proba(features, matrix)
+        x = self.model.matrix(features) if matrix is None else matrix
+        return self.model.calibrator(self.predictor.margin(x))
 
     def features(self, declarations: pl.DataFrame, history: History) -> pl.DataFrame:
         carried = history.carried
@@ -100,8 +102,10 @@ class Engine:
         Returns the features too (selection and profiles read them), in input order.
         """
         features = self.features(declarations, history)
-        proba = self.predict_proba(features)
-        contributions = explain(self.model, features, top=top_reasons)
+        # Built once: banding and category codes cost more than the trees for a few rows.
+        matrix = self.model.matrix(features)
+        proba = self.predict_proba(features, matrix)
+        contributions = explain(self.model, features, top=top_reasons, matrix=matrix)
         # Profiles read contract fields as well as features: carry every declared column.
         carried = [c for c in declarations.columns if c not in features.columns or c == D.ID]
         view = features.join(

@@ -91,9 +91,14 @@ class FastEngine:
         """Same columns and row order as :meth:`Engine.score` (see the module docstring)."""
         model = self.engine.model
         features = self.engine.features(declarations, history)
-        proba = self.predict_proba(features)
+        matrix = model.matrix(features)
+        proba = self.engine.predict_proba(features, matrix)
         rows = self.explained_rows(proba)
-        explained = explain(model, features[pl.Series(rows)], top=top_reasons) if len(rows) else []
+        explained = (
+            explain(model, features[pl.Series(rows)], top=top_reasons, matrix=matrix[rows])
+            if len(rows)
+            else []
+        )
         # Lists only for the explained rows, spread over the frame by a join: building a
         # list per row in Python cost more than the trees on a million rows.
         spread = pl.DataFrame(
