@@ -91,7 +91,9 @@ class Engine:
         return collect_features(
             build_features(
                 declarations.lazy(), history, self.reference, self.model.extras, focused=focused
-            )
+            ),
+            # Carried, the history a focused query reads is a few rows per key.
+            few_rows=focused and carried is not None,
         )
 
     def score(
