@@ -254,3 +254,17 @@ def conform(frame: pl.LazyFrame, record: Record) -> pl.LazyFrame:
             for f in record.fields
         ]
     )
+
+
+#: Up to this many rows, a query is cheaper to run as written than to optimise.
+FEW_ROWS = 1_000
+
+
+def collect_as_written(frame: pl.LazyFrame) -> pl.DataFrame:
+    """Run a query over a few rows on the in-memory engine, without optimising its plan.
+
+    For a handful of rows, optimising a large plan costs more than running it, and the
+    streaming engine's start-up more than the in-memory one's. One online request on the
+    LEMIS sample: features 30 -> 17 ms, selection 11 -> 7 ms.
+    """
+    return frame.collect(engine="in-memory", optimizations=pl.QueryOptFlags.none())

@@ -46,7 +46,7 @@ from typing import Any, Literal, Self
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cites_risk.features.contract import D, SelectedBy
+from cites_risk.features.contract import FEW_ROWS, D, SelectedBy, collect_as_written
 from cites_risk.profiling.profiles.evaluate import (
     evaluate,
     hit_column,
@@ -447,7 +447,8 @@ def select(
     reasons = _list_of([sentence], [pl.col("__texts")]).list.concat(
         _list_of([*hidden_text, *watch_reasons], extras)
     )
-    result = lf.with_columns(reasons.alias(REASONS)).sort(_ROW).collect()
+    query = lf.with_columns(reasons.alias(REASONS)).sort(_ROW)
+    result = collect_as_written(query) if frame.height <= FEW_ROWS else query.collect()
     out = result.select(OUTPUT_SCHEMA.names()).cast(dict(OUTPUT_SCHEMA.items()))
     return Selection(out, SelectionReport(_per_group(result, config), suspended, counts))
 
