@@ -104,13 +104,14 @@ def main() -> None:
 
     fast, fast_scores = run(carried, asked[: args.requests])
     slow, slow_scores = run(full, asked[: args.full_requests])
-    worst = float(np.max(np.abs(np.subtract(fast_scores[: len(slow)], slow_scores))))
+    both = min(len(fast_scores), len(slow_scores))
+    worst = float(np.max(np.abs(np.subtract(fast_scores[:both], slow_scores[:both]))))
     print(f"{'path':<34}{'requests':>9}  latency of Engine.score, one declaration")
     print(f"{'carried history (online)':<34}{len(fast):>9}  {percentiles(fast)}")
     print(f"{'full history (baseline)':<34}{len(slow):>9}  {percentiles(slow)}")
     print(
         f"carried vs full, p50: {np.median(slow) / np.median(fast):.1f}x faster; "
-        f"largest score difference {worst:.1e} over {len(slow)} requests"
+        f"largest score difference {worst:.1e} over {both} requests"
     )
     print(f"peak RSS {peak_rss_mib():,.0f} MiB")
     if worst > 1e-9:

@@ -17,6 +17,7 @@ from cites_risk.features.pipeline import build_features
 from tests.features.test_feature_invariants import (
     REF,
     SETTINGS,
+    START,
     _features,
     _frame,
     _history,
@@ -127,3 +128,18 @@ def test_a_history_carried_without_the_models_extras_is_refused(
         build_features(targets, with_extras, REF, extras).collect(),
         build_features(targets, history, REF, extras).collect(),
     )
+
+
+def test_an_id_lodged_before_and_after_the_carry_keeps_its_results() -> None:
+    """Ids should be unique, but a History does not enforce it: a result of an id folded
+    before the carry must stay when the same id is lodged again after it."""
+    rows = [
+        {D.ID: "same", D.IMPORTER: "ACME LTD", D.DECLARED_AT: START},
+        {D.ID: "same", D.IMPORTER: "ACME LTD", D.DECLARED_AT: START + timedelta(days=10)},
+        {D.ID: "later", D.IMPORTER: "ACME LTD", D.DECLARED_AT: START + timedelta(days=20)},
+    ]
+    declarations = pl.DataFrame(rows, schema=DECLARATION.schema)
+    history = _history(declarations, [], [0])
+    carried = carry(history, START + timedelta(days=5))
+    target = declarations.tail(1)
+    assert_frame_equal(_features(target, carried), _features(target, history))

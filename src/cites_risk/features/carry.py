@@ -85,8 +85,15 @@ def carry(history: History, until: datetime, extras: dict[str, str] | None = Non
     late = inspected.filter(pl.col(TIME) >= at, declared < at).select(columns)
     # A result known before ``until`` is folded, and so is every earlier result of its
     # declaration (a declaration's result is timed by its latest inspection): only the
-    # others can still reach a feature.
-    folded_results = inspected.filter(pl.col(TIME) < at).select(pl.col(D.ID).alias(I.DECLARATION))
+    # others can still reach a feature. An id also lodged at or after ``until`` (ids should
+    # be unique, but a History does not enforce it) keeps its results.
+    as_result = pl.col(D.ID).alias(I.DECLARATION)
+    still_lodged = history.declarations.filter(declared >= at).select(as_result)
+    folded_results = (
+        inspected.filter(pl.col(TIME) < at)
+        .select(as_result)
+        .join(still_lodged, on=I.DECLARATION, how="anti")
+    )
     open_results = history.inspections.join(folded_results, on=I.DECLARATION, how="anti")
     collected = pl.collect_all([*folded_keys, overall, consignments, pairs, late, open_results])
     *key_frames, overall_frame, consignment_frame, pair_frame, late_frame, open_frame = collected

@@ -2,8 +2,9 @@
 
 Every history feature reduces to one shape: a stream of events (key, time, values) and,
 for each declaration, the running totals of that key's events strictly earlier than the
-declaration. That is one sort and one running sum per key (``prior_totals``), which is
-what makes a million declarations against a large history take seconds, not minutes.
+declaration. That is one sort and one running sum per key (``prior_totals``; a few
+declarations put every key in one stream), which is what makes a million declarations
+against a large history take seconds, not minutes.
 """
 
 from __future__ import annotations

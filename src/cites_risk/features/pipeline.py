@@ -669,7 +669,7 @@ def _keys_features(
     """History features of every key, a row per target in order (``alone``: see ``lodged``).
 
     The keys go through one stacked stream; each key's column is every ``len(keys)``-th row
-    of the result (a row per target and key, in that order; one key needs no tag). The hit
+    of the result (a row per target and key, in that order; one key's tag is ignored). The hit
     rate is left as raw hits (``__<key>_hits``): it shrinks to the overall rate, which
     ``_hit_rates`` brings in once for every key.
     """
@@ -683,35 +683,26 @@ def _keys_features(
         stacked=len(keys) > 1,
     )
     now_days = days_since_epoch(pl.col(TIME))
-    stats = totals.select(
-        log1p(pl.col("n")).alias("prior_decl"),
-        pl.col("off").alias("offences"),
-        (pl.col("off_decay") / (now_days / 365.0).exp()).alias("offences_decayed"),
-        (now_days - days_since_epoch(pl.col("__last"))).alias("days_since_offence"),
-        pl.col("insp").alias("inspected"),
-        (pl.col("hits_recent") / (now_days / RECENT_DAYS).exp()).alias("recent_hits"),
-        pl.col("hits"),
-        (pl.col("off") / (pl.col("n") + SMOOTHING)).alias("offence_rate"),
-        (pl.col("n") == 0).alias("newcomer"),
-    )
-    named = {
-        "prior_decl": "{}_prior_decl",
-        "offences": "{}_offences",
-        "offences_decayed": "{}_offences_decayed",
-        "days_since_offence": "{}_days_since_offence",
-        "inspected": "{}_inspected",
-        "recent_hits": "{}_recent_hits",
-        "hits": "__{}_hits",
-        "offence_rate": "{}_offence_rate",
+    stats = {
+        "prior_decl": log1p(pl.col("n")),
+        "offences": pl.col("off"),
+        "offences_decayed": pl.col("off_decay") / (now_days / 365.0).exp(),
+        "days_since_offence": now_days - days_since_epoch(pl.col("__last")),
+        "inspected": pl.col("insp"),
+        "recent_hits": pl.col("hits_recent") / (now_days / RECENT_DAYS).exp(),
+        # Raw, private: ``_hit_rates`` turns it into the rate.
+        "hits": pl.col("hits"),
+        "offence_rate": pl.col("off") / (pl.col("n") + SMOOTHING),
+        "newcomer": pl.col("n") == 0,
     }
     width = len(keys)
-    return stats.select(
-        pl.col(stat).gather_every(width, i).alias(name.format(key.name))
+    return totals.select(**stats).select(
+        pl.col(stat)
+        .gather_every(width, i)
+        .alias(f"__{key.name}_hits" if stat == "hits" else f"{key.name}_{stat}")
         for i, key in enumerate(keys)
-        for stat, name in {
-            **named,
-            **({"newcomer": "{}_newcomer"} if key.name in NEWCOMER_KEYS else {}),
-        }.items()
+        for stat in stats
+        if stat != "newcomer" or key.name in NEWCOMER_KEYS
     )
 
 
@@ -756,7 +747,7 @@ def _aligned(targets: pl.LazyFrame, per_target: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def trading_pairs(
-    history: History, focus: pl.LazyFrame | None = None, of: str = D.IMPORTER
+    history: History, focus: pl.LazyFrame | None = None, of: str | None = None
 ) -> pl.LazyFrame:
     """Importer-exporter pairs and when they first traded (``__first``); with ``focus``,
     only the pairs of its ``of`` values (its importers, or its exporters)."""
@@ -766,6 +757,8 @@ def trading_pairs(
     if history.carried is not None:
         pairs = pl.concat([pairs, history.carried.pairs.lazy()], how="vertical")
     if focus is not None:
+        if of is None:
+            raise ValueError("a focus needs the side it is on: of=importer or of=exporter")
         pairs = pairs.join(focus.select(of).unique(), on=of, how="semi")
     return pairs.group_by(D.IMPORTER, D.EXPORTER).agg(pl.col("__first").min())
 

@@ -96,7 +96,11 @@ class RiskModel:
     feature_version: str = FEATURE_VERSION
     info: dict[str, Any] = field(default_factory=dict)
 
-    def matrix(self, features: pl.DataFrame) -> np.ndarray:
+    def matrix(self, features: pl.DataFrame, given: np.ndarray | None = None) -> np.ndarray:
+        """The model's input matrix of ``features``; ``given`` when the caller built it
+        already (prediction and explanation of the same rows share one)."""
+        if given is not None:
+            return given
         missing = [c for c in self.input_columns if c not in features.columns]
         if missing:
             raise ModelMismatchError(f"features lack model columns: {', '.join(missing)}")
@@ -109,9 +113,8 @@ class RiskModel:
         return [c for c in self.columns if c not in banded]
 
     def margin(self, features: pl.DataFrame, matrix: np.ndarray | None = None) -> np.ndarray:
-        """Raw scores; ``matrix``: ``self.matrix(features)`` when the caller has it already."""
-        x = self.matrix(features) if matrix is None else matrix
-        return np.asarray(self.booster.predict(x, raw_score=True))
+        """Raw scores (``matrix``: see ``matrix``)."""
+        return np.asarray(self.booster.predict(self.matrix(features, matrix), raw_score=True))
 
     def predict_proba(self, features: pl.DataFrame, matrix: np.ndarray | None = None) -> np.ndarray:
         """Calibrated probability that inspecting the declaration finds an offence."""
@@ -123,8 +126,7 @@ class RiskModel:
         """SHAP values on the margin: rows x (columns + bias)."""
         if features.height == 0:
             return np.zeros((0, len(self.columns) + 1))
-        x = self.matrix(features) if matrix is None else matrix
-        return np.asarray(self.booster.predict(x, pred_contrib=True))
+        return np.asarray(self.booster.predict(self.matrix(features, matrix), pred_contrib=True))
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)

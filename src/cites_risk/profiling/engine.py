@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 from cites_risk.features.carry import narrowed
-from cites_risk.features.contract import D
+from cites_risk.features.contract import FEW_ROWS, D
 from cites_risk.features.history import History
 from cites_risk.features.pipeline import build_features, collect_features
 from cites_risk.features.reference import Reference
@@ -56,11 +56,6 @@ def species_sentence(row: dict[str, object]) -> str | None:
     return f"{said} {how} {taxon}, {listing} (match confidence {score:.0%})"
 
 
-#: Up to this many declarations, features read only the history of their own keys: an
-#: online request then costs the same against a thousand or a million past declarations.
-FOCUS_ROWS = 1_000
-
-
 @dataclass
 class Engine:
     model: RiskModel
@@ -73,8 +68,7 @@ class Engine:
         """``matrix``: ``model.matrix(features)`` when the caller has it already."""
         if self.predictor is None or features.height == 0:
             return self.model.predict_proba(features, matrix)
-        x = self.model.matrix(features) if matrix is None else matrix
-        return self.model.calibrator(self.predictor.margin(x))
+        return self.model.calibrator(self.predictor.margin(self.model.matrix(features, matrix)))
 
     def features(self, declarations: pl.DataFrame, history: History) -> pl.DataFrame:
         carried = history.carried
@@ -85,14 +79,17 @@ class Engine:
                     f"a declaration of {first} cannot be scored against a history carried "
                     f"to {carried.until}: carry it to the batch's first declaration"
                 )
-        focused = declarations.height <= FOCUS_ROWS
+        # A few declarations read only the history of their own keys: an online request
+        # then costs the same against a thousand or a million past declarations.
+        focused = declarations.height <= FEW_ROWS
         if focused:
             history = narrowed(history, declarations, self.model.extras)
         return collect_features(
             build_features(
                 declarations.lazy(), history, self.reference, self.model.extras, focused=focused
             ),
-            # Carried, the history a focused query reads is a few rows per key.
+            # Callers carry to the first declaration scored (the service, the batch walk):
+            # besides offence records, little of the history is left uncarried.
             few_rows=focused and carried is not None,
         )
 

@@ -66,8 +66,8 @@ class FastEngine:
     def model_version(self) -> str:
         return self.engine.model_version
 
-    def predict_proba(self, features: pl.DataFrame) -> np.ndarray:
-        return self.engine.predict_proba(features)
+    def predict_proba(self, features: pl.DataFrame, matrix: np.ndarray | None = None) -> np.ndarray:
+        return self.engine.predict_proba(features, matrix)
 
     def explained_rows(self, proba: np.ndarray) -> np.ndarray:
         """Indices (ascending) of the rows whose model reasons are worth computing."""
@@ -92,7 +92,7 @@ class FastEngine:
         model = self.engine.model
         features = self.engine.features(declarations, history)
         matrix = model.matrix(features)
-        proba = self.engine.predict_proba(features, matrix)
+        proba = self.predict_proba(features, matrix)
         rows = self.explained_rows(proba)
         explained = (
             explain(model, features[pl.Series(rows)], top=top_reasons, matrix=matrix[rows])

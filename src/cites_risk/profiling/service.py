@@ -37,7 +37,7 @@ from cites_risk.features.contract import (
     Record,
 )
 from cites_risk.features.contract import Field as ContractField
-from cites_risk.features.history import History
+from cites_risk.features.history import History, rows_with
 from cites_risk.features.reference import Reference, load_reference
 from cites_risk.features.validation import validate
 from cites_risk.models.registry import HOLDOUT_TAG
@@ -100,12 +100,9 @@ class _Snapshot:
         first = frame.get_column(D.DECLARED_AT).min()
         if not isinstance(first, datetime) or first < self.carried.carried.until:
             return self.full
-        if self.folded.len():
-            # A binary search per id: hashing the whole history's ids would cost O(history).
-            ids = frame.get_column(D.ID)
-            at = self.folded.search_sorted(ids, side="left").clip(upper_bound=self.folded.len() - 1)
-            if (self.folded.gather(at) == ids).any():
-                return self.full
+        # A binary search per id: hashing the whole history's ids would cost O(history).
+        if not rows_with(self.folded.to_frame(D.ID), D.ID, frame.get_column(D.ID)).is_empty():
+            return self.full
         return self.carried
 
 
