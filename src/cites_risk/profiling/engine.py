@@ -13,7 +13,6 @@ from datetime import datetime
 import numpy as np
 import polars as pl
 
-from cites_risk.features.carry import narrowed
 from cites_risk.features.contract import FEW_ROWS, D
 from cites_risk.features.history import History
 from cites_risk.features.pipeline import build_features, collect_features
@@ -82,8 +81,6 @@ class Engine:
         # A few declarations read only the history of their own keys: an online request
         # then costs the same against a thousand or a million past declarations.
         focused = declarations.height <= FEW_ROWS
-        if focused:
-            history = narrowed(history, declarations, self.model.extras)
         return collect_features(
             build_features(
                 declarations.lazy(), history, self.reference, self.model.extras, focused=focused

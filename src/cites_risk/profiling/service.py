@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, Field
 
 from cites_risk.features.adapters import EXTRA_PREFIX, ROW
-from cites_risk.features.carry import carry
+from cites_risk.features.carry import carry, narrowed
 from cites_risk.features.contract import (
     DECLARATION,
     INSPECTION,
@@ -492,6 +492,10 @@ class Service:
         other), so scoring is a read: nothing is written to the declaration history.
         """
         base = self._snapshot(organisation, extras).for_request(frame)
+        # The snapshot outlives the request, so its totals are sorted once and each request
+        # finds its own by binary search (a batch walk, carrying anew per partition, would
+        # sort them for nothing: the query's own semi-joins do that job there).
+        base = narrowed(base, frame, extras)
         lodged = pl.concat([base.declarations, frame.lazy()], how="diagonal_relaxed").unique(
             subset=[D.ID], keep="last", maintain_order=True
         )
