@@ -241,24 +241,31 @@ def _joined(first: pd.Series, second: pd.Series, sep: str) -> pd.Series:
     return first + sep + second
 
 
+def _entity_keys(frame: pd.DataFrame, taxon: str) -> dict[str, pd.Series]:
+    """The keys declarations and offence records share (``taxon``: the column naming it)."""
+    return {
+        "importer": frame["importer"],
+        "exporter": frame["exporter"],
+        "declarant": frame["declarant"],
+        "office": frame["office"],
+        "origin": frame["country_origin"],
+        "export": frame["country_export"],
+        "hs4": frame["hs_code"].str.slice(0, 4),
+        "genus": _per_distinct(frame[taxon], _first_word),
+        "taxon": _per_distinct(frame[taxon], _key_text),
+        "route": _joined(frame["country_origin"], frame["country_destination"], ">"),
+    }
+
+
 def declaration_keys(frame: pd.DataFrame) -> pd.DataFrame:
     """``declaration_id``, ``t`` and a column per key of :data:`SCORING_KEYS`."""
     keys = pd.DataFrame(
         {
             "declaration_id": frame["declaration_id"],
             "t": micros(frame["declared_at"]),
-            "importer": frame["importer"],
-            "exporter": frame["exporter"],
-            "declarant": frame["declarant"],
-            "office": frame["office"],
-            "origin": frame["country_origin"],
-            "export": frame["country_export"],
-            "hs4": frame["hs_code"].str.slice(0, 4),
-            "genus": _per_distinct(frame["declared_taxon"], _first_word),
-            "taxon": _per_distinct(frame["declared_taxon"], _key_text),
+            **_entity_keys(frame, "declared_taxon"),
             "goods": _per_distinct(frame["goods_description"], _key_text),
             "goods_word": _per_distinct(frame["goods_description"], _first_word),
-            "route": _joined(frame["country_origin"], frame["country_destination"], ">"),
         }
     )
     for pair in PAIR_KEYS:
@@ -267,21 +274,7 @@ def declaration_keys(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def offence_keys(offences: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "t": micros(offences["detected_at"]),
-            "importer": offences["importer"],
-            "exporter": offences["exporter"],
-            "declarant": offences["declarant"],
-            "office": offences["office"],
-            "origin": offences["country_origin"],
-            "export": offences["country_export"],
-            "hs4": offences["hs_code"].str.slice(0, 4),
-            "genus": _per_distinct(offences["taxon"], _first_word),
-            "taxon": _per_distinct(offences["taxon"], _key_text),
-            "route": _joined(offences["country_origin"], offences["country_destination"], ">"),
-        }
-    )
+    return pd.DataFrame({"t": micros(offences["detected_at"]), **_entity_keys(offences, "taxon")})
 
 
 def transit_offences(batch: pd.DataFrame, offences: pd.DataFrame) -> np.ndarray:
