@@ -88,8 +88,8 @@ class _Snapshot:
 
     full: History
     carried: History | None = None
-    #: Sorted ids of the declarations folded into ``carried``.
-    folded: pl.Series | None = None
+    #: The ids (``declaration_id``, sorted) of the declarations folded into ``carried``.
+    folded: pl.DataFrame | None = None
 
     def for_request(self, frame: pl.DataFrame) -> History:
         """The carried history when the request can use it: every declaration at or after
@@ -101,7 +101,7 @@ class _Snapshot:
         if not isinstance(first, datetime) or first < self.carried.carried.until:
             return self.full
         # A binary search per id: hashing the whole history's ids would cost O(history).
-        if not rows_with(self.folded.to_frame(D.ID), D.ID, frame.get_column(D.ID)).is_empty():
+        if not rows_with(self.folded, D.ID, frame.get_column(D.ID)).is_empty():
             return self.full
         return self.carried
 
@@ -475,8 +475,8 @@ class Service:
             # Folded up to the latest declaration, a request sorts a few carried rows per
             # key instead of the whole history.
             carried = carry(full, latest, extras)
-            folded = declarations.filter(pl.col(D.DECLARED_AT) < latest).get_column(D.ID)
-            snapshot = _Snapshot(full, carried, folded.unique().sort())
+            folded = declarations.filter(pl.col(D.DECLARED_AT) < latest).select(D.ID)
+            snapshot = _Snapshot(full, carried, folded.unique().sort(D.ID))
         self._snapshots[organisation] = (version, snapshot)
         return snapshot
 
