@@ -406,7 +406,7 @@ def consignment(batch: pd.DataFrame, declarations: pd.DataFrame) -> pd.DataFrame
     mix["consignment_log_value"] = np.log1p(mix["consignment_log_value"])
     mix["consignment_log_quantity"] = np.log1p(mix["consignment_log_quantity"])
     mix = mix.astype(float)
-    mix.insert(0, "consignment_lines", lines - counted + 1.0)
+    mix.insert(0, "consignment_lines", pd.Series(lines - counted + 1.0, index=mix.index))
     return mix.set_index(batch.index)
 
 

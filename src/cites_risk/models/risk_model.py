@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import joblib
 import lightgbm as lgb
@@ -28,6 +28,9 @@ from cites_risk.features.pipeline import (
     extra_history_keys,
 )
 from cites_risk.models.preprocess import CategoryCodes, UnitValueBands, to_matrix
+
+if TYPE_CHECKING:
+    from cites_risk.models.treeshap import Contributions
 
 BOOSTER_FILE = "booster.txt"
 STATE_FILE = "state.joblib"
@@ -95,6 +98,7 @@ class RiskModel:
     feature_set: str = FEATURE_SET
     feature_version: str = FEATURE_VERSION
     info: dict[str, Any] = field(default_factory=dict)
+    _shap: Contributions | None = field(default=None, init=False, repr=False, compare=False)
 
     def matrix(self, features: pl.DataFrame, given: np.ndarray | None = None) -> np.ndarray:
         """The model's input matrix of ``features``; ``given`` when the caller built it
@@ -123,10 +127,15 @@ class RiskModel:
         return self.calibrator(self.margin(features, matrix))
 
     def contributions(self, features: pl.DataFrame, matrix: np.ndarray | None = None) -> np.ndarray:
-        """SHAP values on the margin: rows x (columns + bias)."""
+        """SHAP values on the margin: rows x (columns + bias), LightGBM's ``pred_contrib``
+        computed by :mod:`cites_risk.models.treeshap` where it applies."""
         if features.height == 0:
             return np.zeros((0, len(self.columns) + 1))
-        return np.asarray(self.booster.predict(self.matrix(features, matrix), pred_contrib=True))
+        if self._shap is None:
+            from cites_risk.models.treeshap import for_booster  # numba loads on first use
+
+            self._shap = for_booster(self.booster)
+        return self._shap.contributions(self.matrix(features, matrix))
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
