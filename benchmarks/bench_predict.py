@@ -1,10 +1,11 @@
-"""LightGBM vs compiled (lleaves) predictions of a 300-tree risk model: rows/s and ratio.
+"""LightGBM vs compiled predictions and explanations of a 300-tree risk model: rows/s, ratio.
 
 Run: ``.venv/bin/python benchmarks/bench_predict.py [--rows 1000000] [--trees 300]``.
 The model is trained once on a synthetic scenario and cached under ``--data``; compilation
 is timed once (cold) and then loaded from the cache (warm). Both predictors use the same
 float64 matrix and the same number of threads; the compiled margins are checked against
-LightGBM's (max absolute difference printed).
+LightGBM's (max absolute difference printed). Then the same for explanations: LightGBM's
+``pred_contrib`` against ``models/treeshap.py`` on the first ``--shap-rows`` rows.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -30,6 +32,7 @@ def main() -> None:
     parser.add_argument("--trees", type=int, default=300)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--shap-rows", type=int, default=5_000)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     args = parser.parse_args()
     header()
@@ -94,7 +97,38 @@ def main() -> None:
             p.margin(row)
             samples.append(time.perf_counter() - t)
         print(f"one row {name:<9} {percentiles(samples)}")
+    explanations(model.booster, x[: args.shap_rows], args.threads)
     print(f"peak RSS {peak_rss_mib():.0f} MiB")
+
+
+def explanations(booster: Any, x: np.ndarray, threads: int) -> None:
+    """TreeSHAP: LightGBM's ``pred_contrib`` against the compiled one, same rows and threads."""
+    from cites_risk.models.treeshap import TreeShap
+
+    compiled = TreeShap(booster, threads=threads)
+    compiled.contributions(x[:1])  # loads the compiled kernel
+    t = time.perf_counter()
+    expected = booster.predict(x, pred_contrib=True, num_threads=threads)
+    r_lgb = len(x) / (time.perf_counter() - t)
+    t = time.perf_counter()
+    got = compiled.contributions(x)
+    r_cmp = len(x) / (time.perf_counter() - t)
+    print(f"TreeSHAP, {len(x):,} rows, {threads} threads:")
+    print(f"  LightGBM pred_contrib {r_lgb:>9,.0f} rows/s")
+    print(f"  compiled              {r_cmp:>9,.0f} rows/s  -> {r_cmp / r_lgb:.2f}x LightGBM")
+    print(f"  max |compiled - LightGBM| contribution: {np.max(np.abs(got - expected)):.2e}")
+    one = TreeShap(booster, threads=1)
+    for name, explain in (
+        ("LightGBM", lambda row: booster.predict(row, pred_contrib=True, num_threads=1)),
+        ("compiled", one.contributions),
+    ):
+        samples = []
+        for i in range(300):
+            row = x[i : i + 1]
+            t = time.perf_counter()
+            explain(row)
+            samples.append(time.perf_counter() - t)
+        print(f"  one row {name:<9} {percentiles(samples)}")
 
 
 if __name__ == "__main__":

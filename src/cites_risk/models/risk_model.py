@@ -131,11 +131,18 @@ class RiskModel:
         computed by :mod:`cites_risk.models.treeshap` where it applies."""
         if features.height == 0:
             return np.zeros((0, len(self.columns) + 1))
+        return self.explainer().contributions(self.matrix(features, matrix))
+
+    def explainer(self, *, warm: bool = False) -> Contributions:
+        """What computes :meth:`contributions`, built on first use. ``warm`` also runs it
+        once, so that a service pays for loading the compiled code before its first request."""
         if self._shap is None:
             from cites_risk.models.treeshap import for_booster  # numba loads on first use
 
             self._shap = for_booster(self.booster)
-        return self._shap.contributions(self.matrix(features, matrix))
+            if warm:
+                self._shap.contributions(np.zeros((1, len(self.columns))))
+        return self._shap
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)

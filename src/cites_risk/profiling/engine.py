@@ -161,10 +161,12 @@ def decide(
 
 
 def engine_for(settings: Settings, model: RiskModel, version: str, reference: Reference) -> Engine:
-    """The engine the settings ask for: compiled trees when enabled and available."""
+    """The engine the settings ask for: compiled trees when enabled and available, and the
+    explanations' compiled code loaded now rather than on the first declaration."""
     predictor = None
     if settings.compile_trees:
         predictor = CompiledPredictor.for_model(model, settings.home / "compiled")
+    model.explainer(warm=True)
     return Engine(model, version, reference, predictor)
 
 

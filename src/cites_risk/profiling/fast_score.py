@@ -39,8 +39,9 @@ from cites_risk.profiling.engine import (
 )
 
 #: Share of each scored frame whose model reasons are computed: the usual inspection
-#: capacity. TreeSHAP runs at only ~400-1,000 rows/s for 300 trees on 2 cores, so this
-#: share, not the prediction, bounds batch throughput; lower it for the red lane only.
+#: capacity. Exact TreeSHAP runs at ~4,500 rows/s for 300 trees on 2 cores (compiled,
+#: ``models/treeshap.py``), so this share costs more than the prediction; lower it for the
+#: red lane only.
 DEFAULT_EXPLAIN_SHARE = 0.05
 _SPECIES_INPUTS = ("sp_taxon", "sp_match_via", "sp_appendix", "sp_match_score")
 LIST = pl.List(pl.String)
