@@ -418,8 +418,6 @@ def _species(base: pl.LazyFrame, reference: Reference) -> pl.LazyFrame:
         pl.col("taxon_id").alias("sp_taxon_id"),
         pl.col("__app").fill_null(0).alias("sp_appendix"),
         listed.alias("sp_listed"),
-        # The description names a listed species the declared taxon does not: either the
-        # taxon was left out or it names something else (a look-alike, a generic name).
         # The description names a listed species of another genus than the declared taxon
         # (or no taxon was declared): a look-alike, a generic name, or a false declaration.
         (
