@@ -416,7 +416,7 @@ class TreeShap:
         if njit is None:
             raise TreeShapUnavailableError("numba is not installed")
         self._trees = _flatten(booster)
-        self.threads = max(1, threads or len(os.sched_getaffinity(0)))
+        self.threads = max(1, threads or _usable_cores())
 
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(matrix, dtype=np.float64)
@@ -441,6 +441,13 @@ class TreeShap:
                 )
             )
         return out
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on (a container's share, not the host's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def for_booster(booster: lgb.Booster) -> Contributions:
