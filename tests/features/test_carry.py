@@ -143,3 +143,37 @@ def test_an_id_lodged_before_and_after_the_carry_keeps_its_results() -> None:
     carried = carry(history, START + timedelta(days=5))
     target = declarations.tail(1)
     assert_frame_equal(_features(target, carried), _features(target, history))
+
+
+def test_partner_offences_before_the_carry_are_folded_and_later_ones_stay_events() -> None:
+    """Importer A trades with exporter X before the carry, B only after it. X's offences:
+    one before the carry, one A took part in (never A's partner offence), one after."""
+    day = [START + timedelta(days=d) for d in range(30)]
+    rows = [
+        {D.ID: "a1", D.IMPORTER: "A", D.EXPORTER: "X", D.DECLARED_AT: day[1]},
+        {D.ID: "b1", D.IMPORTER: "B", D.EXPORTER: "X", D.DECLARED_AT: day[20]},
+        {D.ID: "a2", D.IMPORTER: "A", D.EXPORTER: "X", D.DECLARED_AT: day[25]},
+        {D.ID: "b2", D.IMPORTER: "B", D.EXPORTER: "Y", D.DECLARED_AT: day[26]},
+    ]
+    offences = [
+        {"offence_id": "o0", "detected_at": day[5], "importer": "C", "exporter": "X"},
+        {"offence_id": "o1", "detected_at": day[6], "importer": "A", "exporter": "X"},
+        {"offence_id": "o2", "detected_at": day[15], "importer": None, "exporter": "X"},
+    ]
+    declarations = pl.DataFrame(rows, schema=DECLARATION.schema)
+    history = _history(declarations, [{**o, "shared_with": ["*"]} for o in offences], [])
+    carried = carry(history, day[10])
+    assert carried.carried is not None
+    # Before day 10, only o0 had reached A (o1 is A's own); B had no partner yet.
+    folded = carried.carried.partners[D.IMPORTER]
+    assert dict(zip(folded.get_column(KEY), folded.get_column("off"), strict=True)) == {"A": 1.0}
+    targets = declarations.filter(pl.col(D.DECLARED_AT) >= day[10])
+    full = _features(targets, history)
+    # b1 trades with X for the first time at that instant: nothing has reached B before it.
+    assert full.get_column("importer_partner_offences").to_list() == [0.0, 2.0, 3.0]
+    assert_frame_equal(_features(targets, carried), full)
+    assert_frame_equal(_features(targets, carried, focused=True), full)
+    one = narrowed(carried, targets.slice(1, 1))
+    assert one.carried is not None
+    assert one.carried.partners[D.IMPORTER].get_column(KEY).to_list() == ["A"]
+    assert_frame_equal(_features(targets.slice(1, 1), one, focused=True), full.slice(1, 1))

@@ -36,6 +36,7 @@ from cites_risk.features.pipeline import (
     key_events,
     keyed_history,
     overall_events,
+    partner_events,
     trading_pairs,
     with_text_keys,
 )
@@ -80,6 +81,11 @@ def carry(history: History, until: datetime, extras: dict[str, str] | None = Non
         .agg(pl.col("lines").sum())
     )
     pairs = trading_pairs(keyed).filter(pl.col("__first") < at)
+    sides = (D.IMPORTER, D.EXPORTER)
+    partners = [
+        partner_events(keyed, side, None).filter(before).group_by(KEY).agg(pl.col("off").sum())
+        for side in sides
+    ]
     columns = schema_of(history.declarations).names()
     inspected = inspected_declarations(history)
     late = inspected.filter(pl.col(TIME) >= at, declared < at).select(columns)
@@ -95,8 +101,11 @@ def carry(history: History, until: datetime, extras: dict[str, str] | None = Non
         .join(still_lodged, on=I.DECLARATION, how="anti")
     )
     open_results = history.inspections.join(folded_results, on=I.DECLARATION, how="anti")
-    collected = pl.collect_all([*folded_keys, overall, consignments, pairs, late, open_results])
-    *key_frames, overall_frame, consignment_frame, pair_frame, late_frame, open_frame = collected
+    collected = pl.collect_all(
+        [*folded_keys, overall, consignments, pairs, *partners, late, open_results]
+    )
+    *key_frames, overall_frame, consignment_frame, pair_frame = collected[: len(keys) + 3]
+    *partner_frames, late_frame, open_frame = collected[len(keys) + 3 :]
     return History(
         declarations=history.declarations.filter(declared >= at),
         offences=history.offences,
@@ -107,6 +116,7 @@ def carry(history: History, until: datetime, extras: dict[str, str] | None = Non
             overall=overall_frame,
             consignments=consignment_frame,
             pairs=pair_frame,
+            partners=dict(zip(sides, partner_frames, strict=True)),
             late=late_frame.lazy(),
         ),
     )
@@ -128,7 +138,12 @@ def narrowed(
     keys = history_keys(history, extra_history_keys(extras))
     values = (
         with_text_keys(declarations.lazy(), DECLARATION_TEXT_KEYS)
-        .select(*(key.declaration.alias(key.name) for key in keys), pl.col(D.CONSIGNMENT))
+        .select(
+            *(key.declaration.alias(key.name) for key in keys),
+            pl.col(D.CONSIGNMENT),
+            # Partner totals are keyed by the raw column, which a history key may not be.
+            *(pl.col(side).alias(f"__side_{side}") for side in carried.partners),
+        )
         .collect()
     )
     index = carried.by_key
@@ -143,6 +158,10 @@ def narrowed(
             carried,
             keys={**carried.keys, **cut},
             consignments=rows_with(index.consignments, KEY, values.get_column(D.CONSIGNMENT)),
+            partners={
+                side: rows_with(frame, KEY, values.get_column(f"__side_{side}"))
+                for side, frame in index.partners.items()
+            },
         ),
     )
 

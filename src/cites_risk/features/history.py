@@ -61,6 +61,9 @@ class Carried:
     next and sorts only its own events (``features/carry.py`` builds them).
 
     Offence records are few and stay events: the days since the last offence need them.
+    Partner offences are many (each offence reaches every partner of its entity), and only
+    their count is read, so those before ``until`` are folded as well. A History holds only
+    the offences its reader may see (consent), so these totals are that reader's too.
     """
 
     until: datetime
@@ -72,6 +75,9 @@ class Carried:
     consignments: pl.DataFrame
     #: Trading pairs (importer, exporter) and their first trade: partner offences read them.
     pairs: pl.DataFrame
+    #: Per side (``importer``, ``exporter``): ``__key`` and ``off``, the partner offences
+    #: that reached the entity before ``until`` (``pipeline.partner_events``).
+    partners: Mapping[str, pl.DataFrame]
     #: Declarations lodged before ``until`` whose inspection result is known only at or
     #: after it: the result is still an event, and its keys are the declaration's.
     late: pl.LazyFrame
@@ -83,6 +89,7 @@ class Carried:
             self,
             keys={name: frame.sort(KEY) for name, frame in self.keys.items()},
             consignments=self.consignments.sort(KEY),
+            partners={side: frame.sort(KEY) for side, frame in self.partners.items()},
         )
 
     @property

@@ -773,15 +773,35 @@ def _partner_offences(
     million events to sort for one request.
     """
     out = []
-    for entity, partner in ((D.IMPORTER, D.EXPORTER), (D.EXPORTER, D.IMPORTER)):
-        # Unfocused, both directions read the same pairs (one subplan once optimised).
-        pairs = trading_pairs(history, focus, entity)
-        offences = history.offences.filter(pl.col(partner).is_not_null()).select(
-            pl.col(partner).alias("__partner"),
-            pl.col(entity).alias("__own"),
-            pl.col(O.DETECTED_AT).cast(TIMESTAMP).alias("__at"),
+    for entity in (D.IMPORTER, D.EXPORTER):
+        totals = prior_totals(
+            targets.select(IDX, TIME, pl.col(entity).alias(KEY)),
+            partner_events(history, entity, focus),
+            ["off"],
         )
-        events = (
+        out.append(totals.select(pl.col("off").alias(f"{entity}_partner_offences")))
+    return pl.concat(out, how="horizontal")
+
+
+def partner_events(history: History, entity: str, focus: pl.LazyFrame | None) -> pl.LazyFrame:
+    """Each offence of a trading partner of ``entity`` (importer or exporter) as an event
+    of the entity (``_partner_offences``); with a carried history, the events before its
+    ``until`` are its per-entity totals (``Carried.partners``).
+
+    A pair traded first before ``until`` meets only the offences since, and a newer pair
+    meets them all: together, every event at or after ``until``. On a batch of 500 k
+    declarations against a history carried to 1 M, 6.8 M importer events become 1.5 M.
+    """
+    partner = D.EXPORTER if entity == D.IMPORTER else D.IMPORTER
+    pairs = trading_pairs(history, focus, entity)
+    offences = history.offences.filter(pl.col(partner).is_not_null()).select(
+        pl.col(partner).alias("__partner"),
+        pl.col(entity).alias("__own"),
+        pl.col(O.DETECTED_AT).cast(TIMESTAMP).alias("__at"),
+    )
+
+    def met(pairs: pl.LazyFrame, offences: pl.LazyFrame) -> pl.LazyFrame:
+        return (
             pairs.join(offences, left_on=partner, right_on="__partner", how="inner")
             .filter(pl.col("__own").is_null() | (pl.col("__own") != pl.col(entity)))
             .select(
@@ -790,9 +810,22 @@ def _partner_offences(
                 pl.lit(1.0).alias("off"),
             )
         )
-        totals = prior_totals(targets.select(IDX, TIME, pl.col(entity).alias(KEY)), events, ["off"])
-        out.append(totals.select(pl.col("off").alias(f"{entity}_partner_offences")))
-    return pl.concat(out, how="horizontal")
+
+    carried = history.carried
+    if carried is None:
+        return met(pairs, offences)
+    until = pl.lit(carried.until).cast(TIMESTAMP)
+    folded = carried.partners[entity].lazy().select(KEY, carried.time.alias(TIME), "off")
+    if focus is not None:
+        folded = folded.join(focus.select(pl.col(entity).alias(KEY)).unique(), on=KEY, how="semi")
+    return pl.concat(
+        [
+            met(pairs.filter(pl.col("__first") >= until), offences),
+            met(pairs.filter(pl.col("__first") < until), offences.filter(pl.col("__at") >= until)),
+            folded,
+        ],
+        how="vertical",
+    )
 
 
 def _consignment(
