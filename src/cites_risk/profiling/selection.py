@@ -435,19 +435,36 @@ def select(
     hidden = [hit(p) for p in active if p not in visible]
     # One neutral sentence however many restricted profiles hit.
     hidden_text = [pl.when(_any(hidden)).then(pl.lit(HIDDEN_RATIONALE))] if hidden else []
-    extras = [
-        pl.col(f"__extra{i}")
-        if isinstance(frame.schema[c], pl.List)
-        else pl.concat_list(pl.col(f"__extra{i}").cast(pl.String))
+    given = [
+        (pl.col(f"__extra{i}"), isinstance(frame.schema[c], pl.List))
         for i, c in enumerate(extra_reasons)
     ]
+    extras = [e if is_list else pl.concat_list(e.cast(pl.String)) for e, is_list in given]
     lf = lf.join(
         _hit_lists(indexed, active, {p.id for p in visible}), on=_ROW, how="left"
     ).with_columns(pl.col(PROFILE_HITS, "__texts").fill_null(_EMPTY))
     reasons = _list_of([sentence], [pl.col("__texts")]).list.concat(
         _list_of([*hidden_text, *watch_reasons], extras)
     )
-    query = lf.with_columns(reasons.alias(REASONS)).sort(_ROW)
+    # Most rows have nothing but their lane's sentence; list operations over every row cost
+    # more than the rest of the selection, so the full list is built only where there is more.
+    more = _any(
+        [
+            pl.col("__texts").list.len() > 0,
+            *(e.is_not_null() for e in [*hidden_text, *watch_reasons]),
+            *(
+                e.list.len().fill_null(0) > 0 if is_list else e.is_not_null()
+                for e, is_list in given
+            ),
+        ]
+    )
+    lf = lf.with_columns(more.alias("__more")).cache()
+    rich = lf.filter(pl.col("__more")).select(_ROW, reasons.alias(REASONS))
+    query = (
+        lf.join(rich, on=_ROW, how="left")
+        .with_columns(pl.col(REASONS).fill_null(pl.concat_list(sentence)))
+        .sort(_ROW)
+    )
     result = collect_as_written(query) if frame.height <= FEW_ROWS else query.collect()
     out = result.select(OUTPUT_SCHEMA.names()).cast(dict(OUTPUT_SCHEMA.items()))
     return Selection(out, SelectionReport(_per_group(result, config), suspended, counts))
