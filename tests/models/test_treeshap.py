@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import pickle
+from dataclasses import replace
 
 import lightgbm as lgb
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cites_risk.models.training import TrainResult
 from cites_risk.models.treeshap import (
     LightGBMContributions,
     TreeShap,
@@ -71,6 +74,8 @@ def _unseen(x: np.ndarray) -> np.ndarray:
             [1e300, -1e300, 99.0, 1e300, 7.0],
             [-0.0, 1e-40, 3.9, -1e-40, 2.0],
             [0.5, -0.5, -0.5, 0.5, -0.5],  # -0.5 truncates to category 0
+            # Within LightGBM's zero threshold (the float 1e-35f), so read as 0.
+            [1.000000001e-35, -1.000000001e-35, 1e-36, 1.000000001e-35, 0.0],
         ]
     )
     return np.vstack([x, extra])
@@ -82,11 +87,11 @@ def _unseen(x: np.ndarray) -> np.ndarray:
         {},
         {"zero_as_missing": True},
         {"use_missing": False},
-        {"num_leaves": 63, "max_depth": -1},
+        {"num_leaves": 65, "max_depth": -1},  # 64 splits: every bit of the decision word
         {"num_leaves": 4, "max_depth": 2},
         {"bagging_fraction": 0.5, "bagging_freq": 1, "feature_fraction": 0.6},
     ],
-    ids=["default", "zero-as-missing", "no-missing", "deep", "shallow", "bagged"],
+    ids=["default", "zero-as-missing", "no-missing", "widest", "shallow", "bagged"],
 )
 def test_equals_lightgbm_pred_contrib(params: dict[str, object]) -> None:
     x, y = _data(seed=1)
@@ -109,6 +114,19 @@ def test_threads_and_task_boundaries_do_not_change_a_row() -> None:
     two = TreeShap(booster, threads=2).contributions(x)
     np.testing.assert_array_equal(one, two)
     np.testing.assert_array_equal(TreeShap(booster).contributions(x[700:701]), one[700:701])
+
+
+def test_a_split_without_training_rows_falls_back() -> None:
+    """Counts of 0 (a model edited or refit by hand) would make LightGBM's shares 0/0."""
+    x, y = _data(seed=6, n=800)
+    text = _booster(x, y, rounds=2).model_to_string()
+    head, rest = text.split("internal_count=", 1)
+    root, tail = rest.split(" ", 1)
+    # Same width: the model text records each tree's size in bytes.
+    edited = lgb.Booster(model_str=f"{head}internal_count={'0' * len(root)} {tail}")
+    with pytest.raises(TreeShapUnavailableError, match="without training rows"):
+        TreeShap(edited)
+    assert isinstance(for_booster(edited), LightGBMContributions)
 
 
 def test_single_leaf_trees_move_only_the_bias() -> None:
@@ -167,3 +185,26 @@ def test_property_equals_lightgbm(
         rtol=0,
         atol=TOLERANCE,
     )
+
+
+def test_a_risk_model_rebuilds_its_explainer_where_it_is_unpickled(trained: TrainResult) -> None:
+    """A pickled model (a Dask worker's copy) does not carry the explainer: that process
+    builds its own, with its own thread budget and its own numba (or the fallback)."""
+    model = replace(trained.model)
+    explainer = model.explainer(warm=True, threads=1)
+    assert explainer.backend == "treeshap-numba"
+    assert model.explainer() is explainer  # built once
+    copy = pickle.loads(pickle.dumps(model))
+    assert copy._shap is None
+    x = np.zeros((3, len(model.columns)))
+    np.testing.assert_array_equal(copy.explainer().contributions(x), explainer.contributions(x))
+
+
+def test_warming_a_fallback_runs_nothing() -> None:
+    """LightGBM refuses to explain linear trees: loading such a model must still work."""
+    x, y = _data(seed=7, n=600)
+    linear = _booster(np.nan_to_num(x), y, rounds=3, linear_tree=True)
+    fallback = for_booster(linear)
+    fallback.warm(x.shape[1])  # no error: nothing is explained yet
+    with pytest.raises(lgb.basic.LightGBMError, match="linear"):
+        fallback.contributions(x[:2])

@@ -133,16 +133,22 @@ class RiskModel:
             return np.zeros((0, len(self.columns) + 1))
         return self.explainer().contributions(self.matrix(features, matrix))
 
-    def explainer(self, *, warm: bool = False) -> Contributions:
-        """What computes :meth:`contributions`, built on first use. ``warm`` also runs it
-        once, so that a service pays for loading the compiled code before its first request."""
+    def explainer(self, *, warm: bool = False, threads: int | None = None) -> Contributions:
+        """What computes :meth:`contributions`, built on first use (``threads``: its budget,
+        default every usable core; the first call decides). ``warm`` loads its compiled
+        code now, so that a service pays for it before its first request."""
         if self._shap is None:
             from cites_risk.models.treeshap import for_booster  # numba loads on first use
 
-            self._shap = for_booster(self.booster)
-            if warm:
-                self._shap.contributions(np.zeros((1, len(self.columns))))
+            self._shap = for_booster(self.booster, threads)
+        if warm:
+            self._shap.warm(len(self.columns))
         return self._shap
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The explainer is rebuilt where the model is unpickled: numba may be missing there,
+        # and the thread budget is that process's.
+        return {**self.__dict__, "_shap": None}
 
     def save(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,8 @@ so the sum equals ``∫₀¹ Π_{j≠i} (r_j + t (z_j − r_j)) dt``: the integr
 degree ``d − 1``, which Gauss–Legendre quadrature with ``⌈d/2⌉`` points gives exactly.
 Everything but ``z`` is known when the model is loaded, so each slot (a leaf's feature)
 stores its factor ``r + t (z − r)``, the factor's inverse and ``v (z − r)`` for both values
-of ``z``: per leaf and row that leaves about ``2 d ⌈d/2⌉`` multiply-adds, with no path
+of ``z``: per leaf and row that leaves about ``2 d ⌈d/2⌉`` multiply-adds (points padded to groups
+of 4, held in registers), with no path
 bookkeeping. A row's decisions are taken once per split, as bits of one word.
 
 On the 300-tree benchmark model (31 leaves, 174 features) and the 5,000 top rows of a
@@ -27,9 +28,9 @@ The bias column is each tree's expected value (leaf values weighted by training 
 as LightGBM computes it. Splits follow LightGBM's rules for missing values (``None``,
 ``Zero``, ``NaN`` with the default direction) and categorical sets. Boosters this module
 does not know (linear trees, several classes, averaged output, trees of more than 64
-splits) raise
-:class:`TreeShapUnavailableError`; so does a missing numba, and the caller falls back to
-LightGBM.
+splits, splits without training rows) raise :class:`TreeShapUnavailableError`; so does a
+missing numba, and :func:`for_booster` falls back to LightGBM (which itself cannot explain
+linear trees).
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ log = logging.getLogger(__name__)
 _warned: set[str] = set()
 _warn_lock = threading.Lock()
 _MISSING = {"None": 0, "Zero": 1, "NaN": 2}
-#: LightGBM's ``kZeroThreshold``: values this close to 0 count as zero for ``Zero`` splits.
-_ZERO = 1e-35
+#: LightGBM's ``kZeroThreshold``, the float 1e-35f (not the double 1e-35): ``Zero`` splits
+#: send values this close to 0 the default way.
+_ZERO = float(np.float32(1e-35))
 #: Rows per task when several threads share a matrix: small enough to balance the threads.
 _ROWS_PER_TASK = 256
 #: A row's decisions in one tree are the bits of one 64-bit word (num_leaves <= 65).
@@ -157,6 +159,8 @@ class _Builder:
             self.bias += float(root["leaf_value"])
             return
         total = float(root["internal_count"])
+        if total <= 0:
+            raise TreeShapUnavailableError("a tree without training rows")
         if _count_splits(root) > _MAX_SPLITS:
             raise TreeShapUnavailableError(f"a tree has more than {_MAX_SPLITS} splits")
         leaves: dict[int, tuple[float, list[tuple[int, bool, int, float]]]] = {}
@@ -172,6 +176,8 @@ class _Builder:
             split = int(node["split_index"])
             self._add_split(first_split + split, node)
             count = float(node["internal_count"])
+            if count <= 0:  # LightGBM's shares would be 0/0 here
+                raise TreeShapUnavailableError("a split without training rows")
             for side, left in (("left_child", True), ("right_child", False)):
                 child = node[side]
                 share = float(child.get("internal_count", child.get("leaf_count"))) / count
@@ -385,7 +391,10 @@ def _contributions(
 
 
 if njit is not None:
-    _kernel = njit(nogil=True, cache=True)(_contributions)
+    try:
+        _kernel = njit(nogil=True, cache=True)(_contributions)
+    except RuntimeError:  # nowhere writable to cache the machine code: compile per process
+        _kernel = njit(nogil=True)(_contributions)
 
 
 class Contributions(Protocol):
@@ -394,6 +403,9 @@ class Contributions(Protocol):
     backend: str
 
     def contributions(self, matrix: np.ndarray) -> np.ndarray: ...
+
+    def warm(self, width: int) -> None:
+        """Load what the first call would load (compiled code), on a row of ``width``."""
 
 
 @dataclass
@@ -406,6 +418,10 @@ class LightGBMContributions:
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
         return np.asarray(self.booster.predict(matrix, pred_contrib=True), dtype=np.float64)
 
+    def warm(self, width: int) -> None:
+        """Nothing to load (and LightGBM refuses to explain some boosters, e.g. linear trees:
+        that must surface when explaining, not when the model loads)."""
+
 
 class TreeShap:
     """``pred_contrib`` of one booster, several times faster (module docstring)."""
@@ -417,6 +433,9 @@ class TreeShap:
             raise TreeShapUnavailableError("numba is not installed")
         self._trees = _flatten(booster)
         self.threads = max(1, threads or _usable_cores())
+
+    def warm(self, width: int) -> None:
+        self.contributions(np.zeros((1, width)))
 
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(matrix, dtype=np.float64)
@@ -444,16 +463,17 @@ class TreeShap:
 
 
 def _usable_cores() -> int:
-    """Cores this process may run on (a container's share, not the host's count)."""
+    """Cores this process may be scheduled on (its CPU affinity; a CPU quota is not seen)."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
 
 
-def for_booster(booster: lgb.Booster) -> Contributions:
-    """:class:`TreeShap` where it applies, else LightGBM's own (logged once per reason)."""
+def for_booster(booster: lgb.Booster, threads: int | None = None) -> Contributions:
+    """:class:`TreeShap` where it applies, else LightGBM's own (logged once per reason).
+    ``threads``: the caller's budget (default: every core the process may use)."""
     try:
-        return TreeShap(booster)
+        return TreeShap(booster, threads)
     except TreeShapUnavailableError as e:
         with _warn_lock:
             if str(e) not in _warned:

@@ -178,6 +178,7 @@ def _scorer(
     model_folder: Path, version: str, fast: bool, explain_share: float, threads: int
 ) -> Engine | FastEngine:
     model = RiskModel.load(model_folder)
+    model.explainer(threads=threads)  # the worker's budget, not every core of its host
     engine = Engine(model, version, load_reference())
     if not fast:
         return engine
