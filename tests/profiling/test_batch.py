@@ -15,6 +15,7 @@ from cites_risk.models.risk_model import RiskModel
 from cites_risk.profiling.batch import read_parts, score_stream
 from cites_risk.profiling.config import Settings
 from cites_risk.profiling.engine import Engine
+from cites_risk.profiling.fast_score import FastEngine
 from cites_risk.profiling.history_store import DeclarationHistory, history_for
 from cites_risk.profiling.sources import load_mapping
 from cites_risk.profiling.store import Actor, Store
@@ -178,3 +179,26 @@ def test_a_declaration_before_the_carried_history_is_refused(
         engine.features(early, carried)
     late = lemis.declarations.filter(pl.col("declared_at") == times[-1])
     assert engine.features(late, carried).height == late.height
+
+
+def test_a_repeated_id_in_a_batch_keeps_one_row_per_declaration(
+    reference: Reference, lemis_model: RiskModel, lemis: LemisData
+) -> None:
+    """Ids should be unique, but a file may repeat one: each declaration keeps its own row,
+    its own declared fields and its own score (a join on the id multiplied the rows)."""
+    history = History(
+        lemis.declarations.lazy(),
+        pl.DataFrame(schema=OFFENCE.schema).lazy(),
+        lemis.inspections.lazy(),
+    )
+    batch = lemis.declarations.head(6)
+    twice = pl.concat([batch, batch.head(2).with_columns(pl.col("quantity") * 10)])
+    engine = Engine(lemis_model, "test", reference)
+    for scorer in (engine, FastEngine(engine, explain_share=1.0)):
+        scored = scorer.score(twice, history)
+        assert scored.height == twice.height
+        assert (
+            scored.get_column("declaration_id").to_list()
+            == twice.get_column("declaration_id").to_list()
+        )
+        assert scored.get_column("quantity").to_list() == twice.get_column("quantity").to_list()

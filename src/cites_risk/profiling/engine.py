@@ -102,11 +102,7 @@ class Engine:
         matrix = self.model.matrix(features)
         proba = self.predict_proba(features, matrix)
         contributions = explain(self.model, features, top=top_reasons, matrix=matrix)
-        # Profiles read contract fields as well as features: carry every declared column.
-        carried = [c for c in declarations.columns if c not in features.columns or c == D.ID]
-        view = features.join(
-            declarations.select(carried), on=D.ID, how="left", maintain_order="left"
-        )
+        view = declared_view(features, declarations)
         species = [
             species_sentence(r)
             for r in view.select(
@@ -127,6 +123,20 @@ class Engine:
             ),
             pl.Series(SPECIES, species, dtype=pl.String),
         )
+
+
+def declared_view(features: pl.DataFrame, declarations: pl.DataFrame) -> pl.DataFrame:
+    """``features`` with every declared column they lack beside them: profiles read contract
+    fields as well as features.
+
+    ``build_features`` keeps the input order, so the columns are put side by side rather
+    than joined on the id: a join cost ~0.2 s per 500 k rows, and a repeated id would have
+    multiplied rows. The ids are compared to make sure.
+    """
+    if not features.get_column(D.ID).equals(declarations.get_column(D.ID)):
+        raise RuntimeError("features are not in the order of the declarations")
+    carried = [c for c in declarations.columns if c not in features.columns]
+    return pl.concat([features, declarations.select(carried)], how="horizontal")
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from cites_risk.profiling.engine import (
     SPECIES,
     TOP_FEATURES,
     Engine,
+    declared_view,
     species_sentence,
 )
 
@@ -115,10 +116,7 @@ class FastEngine:
             .join(spread, on="__row", how="left", maintain_order="left")
             .select(pl.col(REASONS, TOP_FEATURES).fill_null(pl.lit([], dtype=LIST)))
         )
-        carried = [c for c in declarations.columns if c not in features.columns or c == D.ID]
-        view = features.join(
-            declarations.select(carried), on=D.ID, how="left", maintain_order="left"
-        )
+        view = declared_view(features, declarations)
         return view.with_columns(
             pl.Series(SCORE, proba, dtype=pl.Float64),
             lists.get_column(REASONS),
