@@ -86,7 +86,7 @@ def main() -> None:
     full = History(declarations.lazy(), offences.lazy(), inspections.lazy())
     latest = declarations.get_column(D.DECLARED_AT).max()
     assert isinstance(latest, datetime)
-    carried, carry_s = timed(lambda: carry(full, latest, model.extras))
+    carried, carry_s = timed(lambda: carry(full, latest, model.extras, index_offences=True))
     print(
         f"history: {declarations.height:,} declarations, {offences.height:,} offence records, "
         f"{inspections.height:,} inspection results; carried to its latest declaration "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import polars as pl
@@ -68,6 +69,12 @@ def test_carried_history_gives_the_features_of_the_full_one(
     assert_frame_equal(_features(one, cut, focused=True), full.head(1))
     importers = set(one.get_column(D.IMPORTER))
     assert set(cut.carried.keys["importer"].get_column(KEY)) <= importers
+    # With the offence records indexed, the request is handed only those it can meet.
+    indexed = carry(history, until, index_offences=True)
+    assert_frame_equal(indexed.offences.collect(), history.offences.collect())
+    met = narrowed(indexed, one)
+    assert_frame_equal(_features(one, met, focused=True), full.head(1))
+    assert met.offences.collect().height <= len(offences)
 
 
 @SETTINGS
@@ -177,3 +184,58 @@ def test_partner_offences_before_the_carry_are_folded_and_later_ones_stay_events
     assert one.carried is not None
     assert one.carried.partners[D.IMPORTER].get_column(KEY).to_list() == ["A"]
     assert_frame_equal(_features(targets.slice(1, 1), one, focused=True), full.slice(1, 1))
+
+
+def test_a_request_is_handed_only_the_offences_it_can_meet_and_every_one_of_them() -> None:
+    """Offences reach a request by a key (o_key), a transit country (o_transit), a partner
+    traded with before the carry (o_old), one traded with after it (o_new) and one the
+    request itself first trades with on an earlier line (o_sibling, whose exporter key
+    meets it too). o_far meets nothing."""
+    day = [START + timedelta(days=d) for d in range(40)]
+    rows = [
+        {D.ID: "h1", D.IMPORTER: "A", D.EXPORTER: "X", D.DECLARED_AT: day[1]},
+        {D.ID: "h2", D.IMPORTER: "A", D.EXPORTER: "Y", D.DECLARED_AT: day[20]},
+        {D.ID: "h3", D.IMPORTER: "F", D.EXPORTER: "Q", D.DECLARED_AT: day[21]},
+    ]
+    offence: dict[str, object] = {"shared_with": ["*"], "importer": None, "exporter": None}
+    offences: list[dict[str, object]] = [
+        {**offence, "offence_id": "o_key", "detected_at": day[2], "country_origin": "CM"},
+        {**offence, "offence_id": "o_transit", "detected_at": day[3], "countries_transit": ["AE"]},
+        {**offence, "offence_id": "o_old", "detected_at": day[4], "exporter": "X"},
+        {**offence, "offence_id": "o_new", "detected_at": day[5], "exporter": "Y"},
+        {**offence, "offence_id": "o_sibling", "detected_at": day[6], "exporter": "Z"},
+        {**offence, "offence_id": "o_far", "detected_at": day[7], "exporter": "Q"},
+    ]
+    declarations = pl.DataFrame(rows, schema=DECLARATION.schema)
+    history = _history(declarations, offences, [])
+    request_rows = [
+        {D.ID: "r1", D.IMPORTER: "A", D.EXPORTER: "Z", D.DECLARED_AT: day[30]},
+        {
+            D.ID: "r2",
+            D.IMPORTER: "A",
+            D.EXPORTER: "W",
+            D.ORIGIN: "CM",
+            D.TRANSIT: ["AE"],
+            D.DECLARED_AT: day[31],
+        },
+    ]
+    request = pl.DataFrame(request_rows, schema=DECLARATION.schema)
+    lodged = replace(history, declarations=pl.concat([declarations, request]).lazy())
+    full = _features(request, lodged)
+    # o_old, o_new and o_sibling reached A through its partners X, Y and Z.
+    assert full.get_column("importer_partner_offences").to_list() == [2.0, 3.0]
+    assert full.get_column("exporter_offences").to_list() == [1.0, 0.0]
+    assert full.get_column("origin_offences").to_list() == [0.0, 1.0]
+    assert full.get_column("transit_offences_max").to_list() == [0.0, 1.0]
+
+    carried = carry(history, day[10], index_offences=True)
+    met = narrowed(carried, request)
+    assert sorted(met.offences.collect().get_column("offence_id")) == [
+        "o_key",
+        "o_new",
+        "o_old",
+        "o_sibling",
+        "o_transit",
+    ]
+    served = replace(met, declarations=pl.concat([met.declarations.collect(), request]).lazy())
+    assert_frame_equal(_features(request, served, focused=True), full)

@@ -25,8 +25,10 @@ from cites_risk.features.history import (
     TIME,
     Carried,
     History,
+    HistoryKey,
+    Lookup,
+    OffenceIndex,
     inspected_declarations,
-    rows_with,
 )
 from cites_risk.features.pipeline import (
     DECLARATION_TEXT_KEYS,
@@ -42,12 +44,20 @@ from cites_risk.features.pipeline import (
 )
 
 
-def carry(history: History, until: datetime, extras: dict[str, str] | None = None) -> History:
+def carry(
+    history: History,
+    until: datetime,
+    extras: dict[str, str] | None = None,
+    *,
+    index_offences: bool = False,
+) -> History:
     """``history`` with its declarations and inspection results before ``until`` folded.
 
     Declarations scored against the result must be at or after ``until``; ``extras`` are
     those of the model that will score them (their keys are carried too). A carried history
     can be carried again to a later time, which folds only the events in between.
+    ``index_offences``: the result will serve many requests, each ``narrowed`` to its own
+    offence records (``OffenceIndex``); a batch partition reads them all and skips this.
     """
     if history.carried is not None and until < history.carried.until:
         raise ValueError(
@@ -106,9 +116,12 @@ def carry(history: History, until: datetime, extras: dict[str, str] | None = Non
     )
     *key_frames, overall_frame, consignment_frame, pair_frame = collected[: len(keys) + 3]
     *partner_frames, late_frame, open_frame = collected[len(keys) + 3 :]
+    index = (
+        offence_index(keyed, keys, schema_of(history.offences).names()) if index_offences else None
+    )
     return History(
         declarations=history.declarations.filter(declared >= at),
-        offences=history.offences,
+        offences=history.offences if index is None else index.records.lazy(),
         inspections=open_frame.lazy(),
         carried=Carried(
             until=until,
@@ -118,8 +131,66 @@ def carry(history: History, until: datetime, extras: dict[str, str] | None = Non
             pairs=pair_frame,
             partners=dict(zip(sides, partner_frames, strict=True)),
             late=late_frame.lazy(),
+            offences=index,
         ),
     )
+
+
+#: ``OffenceIndex.rows`` names besides the history keys'.
+TRANSIT = "transit"
+ROW = "__row"
+PARTNER = "__partner"
+SIDES = ((D.IMPORTER, D.EXPORTER), (D.EXPORTER, D.IMPORTER))
+
+
+def _side(column: str) -> str:
+    return f"side:{column}"
+
+
+def offence_index(keyed: History, keys: list[HistoryKey], columns: list[str]) -> OffenceIndex:
+    """``keyed``'s offence records (text keys computed) indexed the ways a declaration's
+    features meet them: by history key (``_events``), transit country (``_transit``) and
+    the trading partner an offence reaches (``partner_events``). ``columns``: the records'
+    own columns."""
+    records = keyed.offences.with_row_index(ROW).collect()
+    ways = {key.name: key.offence for key in keys if key.offence is not None}
+    ways |= {_side(column): pl.col(column) for column in (O.IMPORTER, O.EXPORTER)}
+    rows = {
+        name: records.select(way.cast(pl.String).alias(KEY), ROW).drop_nulls(KEY)
+        for name, way in ways.items()
+    }
+    rows[TRANSIT] = records.select(pl.col(O.TRANSIT).alias(KEY), ROW).explode(KEY).drop_nulls(KEY)
+    pairs = trading_pairs(keyed).collect()
+    partners = {
+        side: pairs.select(pl.col(side).alias(KEY), pl.col(partner).alias(PARTNER))
+        for side, partner in SIDES
+    }
+    return OffenceIndex(
+        records.select(columns),
+        {name: Lookup.of(frame, KEY) for name, frame in rows.items()},
+        {side: Lookup.of(frame.drop_nulls(KEY), KEY) for side, frame in partners.items()},
+    )
+
+
+def _met_offences(
+    index: OffenceIndex, keys: list[HistoryKey], values: pl.DataFrame, declarations: pl.DataFrame
+) -> pl.DataFrame:
+    """The records of ``index`` the features of ``declarations`` can meet (``values``:
+    their key values, named by key). More records than met would give the same features;
+    one fewer would not."""
+    met = [
+        index.rows[key.name].rows(values.get_column(key.name))
+        for key in keys
+        if key.name in index.rows
+    ]
+    met.append(index.rows[TRANSIT].rows(declarations.get_column(D.TRANSIT).explode()))
+    # Partners the declarations trade with for the first time are their own importers and
+    # exporters, whose records the importer and exporter keys have met already.
+    for side, partner in SIDES:
+        known = index.partners[side].rows(declarations.get_column(side))
+        met.append(index.rows[_side(partner)].rows(known.get_column(PARTNER)))
+    found = pl.concat([frame.get_column(ROW) for frame in met]).unique().sort()
+    return index.records[found.to_numpy()]
 
 
 def narrowed(
@@ -147,20 +218,24 @@ def narrowed(
         .collect()
     )
     index = carried.by_key
+    offences = history.offences
+    if carried.offences is not None:
+        offences = _met_offences(carried.offences, keys, values, declarations).lazy()
     cut = {
-        key.name: rows_with(index.keys[key.name], KEY, values.get_column(key.name))
+        key.name: index.keys[key.name].rows(values.get_column(key.name))
         for key in keys
         if key.name in index.keys
     }
     return replace(
         history,
+        offences=offences,
         carried=replace(
             carried,
             keys={**carried.keys, **cut},
-            consignments=rows_with(index.consignments, KEY, values.get_column(D.CONSIGNMENT)),
+            consignments=index.consignments.rows(values.get_column(D.CONSIGNMENT)),
             partners={
-                side: rows_with(frame, KEY, values.get_column(f"__side_{side}"))
-                for side, frame in index.partners.items()
+                side: lookup.rows(values.get_column(f"__side_{side}"))
+                for side, lookup in index.partners.items()
             },
         ),
     )

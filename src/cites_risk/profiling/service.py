@@ -37,7 +37,7 @@ from cites_risk.features.contract import (
     Record,
 )
 from cites_risk.features.contract import Field as ContractField
-from cites_risk.features.history import History, rows_with
+from cites_risk.features.history import History, Lookup
 from cites_risk.features.reference import Reference, load_reference
 from cites_risk.features.validation import validate
 from cites_risk.models.registry import HOLDOUT_TAG
@@ -88,8 +88,8 @@ class _Snapshot:
 
     full: History
     carried: History | None = None
-    #: The ids (``declaration_id``, sorted) of the declarations folded into ``carried``.
-    folded: pl.DataFrame | None = None
+    #: The ids (``declaration_id``) of the declarations folded into ``carried``.
+    folded: Lookup | None = None
 
     def for_request(self, frame: pl.DataFrame) -> History:
         """The carried history when the request can use it: every declaration at or after
@@ -101,7 +101,7 @@ class _Snapshot:
         if not isinstance(first, datetime) or first < self.carried.carried.until:
             return self.full
         # A binary search per id: hashing the whole history's ids would cost O(history).
-        if not rows_with(self.folded, D.ID, frame.get_column(D.ID)).is_empty():
+        if not self.folded.rows(frame.get_column(D.ID)).is_empty():
             return self.full
         return self.carried
 
@@ -474,9 +474,9 @@ class Service:
         if isinstance(latest, datetime):
             # Folded up to the latest declaration, a request sorts a few carried rows per
             # key instead of the whole history.
-            carried = carry(full, latest, extras)
+            carried = carry(full, latest, extras, index_offences=True)
             folded = declarations.filter(pl.col(D.DECLARED_AT) < latest).select(D.ID)
-            snapshot = _Snapshot(full, carried, folded.unique().sort(D.ID))
+            snapshot = _Snapshot(full, carried, Lookup.of(folded.unique(), D.ID))
         self._snapshots[organisation] = (version, snapshot)
         return snapshot
 
