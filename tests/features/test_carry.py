@@ -187,10 +187,11 @@ def test_partner_offences_before_the_carry_are_folded_and_later_ones_stay_events
 
 
 def test_a_request_is_handed_only_the_offences_it_can_meet_and_every_one_of_them() -> None:
-    """Offences reach a request by a key (o_key), a transit country (o_transit), a partner
-    traded with before the carry (o_old), one traded with after it (o_new) and one the
-    request itself first trades with on an earlier line (o_sibling, whose exporter key
-    meets it too). o_far meets nothing."""
+    """The carry folds offences met by a key (o_key), a transit country (o_transit) and a
+    partner traded with before it (o_old). A request still meets the earlier offences of a
+    partner first traded with after the carry (o_new), or by the request itself on an
+    earlier line (o_sibling), and every offence since the carry (o_late). o_far meets
+    nothing."""
     day = [START + timedelta(days=d) for d in range(40)]
     rows = [
         {D.ID: "h1", D.IMPORTER: "A", D.EXPORTER: "X", D.DECLARED_AT: day[1]},
@@ -205,6 +206,7 @@ def test_a_request_is_handed_only_the_offences_it_can_meet_and_every_one_of_them
         {**offence, "offence_id": "o_new", "detected_at": day[5], "exporter": "Y"},
         {**offence, "offence_id": "o_sibling", "detected_at": day[6], "exporter": "Z"},
         {**offence, "offence_id": "o_far", "detected_at": day[7], "exporter": "Q"},
+        {**offence, "offence_id": "o_late", "detected_at": day[12], "country_origin": "CM"},
     ]
     declarations = pl.DataFrame(rows, schema=DECLARATION.schema)
     history = _history(declarations, offences, [])
@@ -224,18 +226,16 @@ def test_a_request_is_handed_only_the_offences_it_can_meet_and_every_one_of_them
     full = _features(request, lodged)
     # o_old, o_new and o_sibling reached A through its partners X, Y and Z.
     assert full.get_column("importer_partner_offences").to_list() == [2.0, 3.0]
-    assert full.get_column("exporter_offences").to_list() == [1.0, 0.0]
-    assert full.get_column("origin_offences").to_list() == [0.0, 1.0]
+    assert full.get_column("origin_offences").to_list() == [0.0, 2.0]
+    assert full.get_column("origin_days_since_offence").to_list()[1] == 19.0
     assert full.get_column("transit_offences_max").to_list() == [0.0, 1.0]
 
     carried = carry(history, day[10], index_offences=True)
     met = narrowed(carried, request)
     assert sorted(met.offences.collect().get_column("offence_id")) == [
-        "o_key",
+        "o_late",
         "o_new",
-        "o_old",
         "o_sibling",
-        "o_transit",
     ]
     served = replace(met, declarations=pl.concat([met.declarations.collect(), request]).lazy())
     assert_frame_equal(_features(request, served, focused=True), full)

@@ -91,23 +91,25 @@ class Lookup:
 
 @dataclass(frozen=True)
 class OffenceIndex:
-    """Offence records, and where to find the ones a declaration's features can meet.
+    """Offence records, and where to find the ones a request can still meet.
 
-    A service scores request after request against one history: rather than run every
-    offence record through the plan (half of an online request's query against 70 k
-    records), ``carry.narrowed`` finds the few a request can meet by binary search and
-    hands the query only those.
+    A carry folds the offences before ``until`` into the key and transit totals; what a
+    request can still meet is the records since, and the earlier offences of partners an
+    entity first traded with after ``until`` (each reaches the entity in full). A service
+    scores request after request against one history: ``carry.narrowed`` finds a request's
+    records by binary search and hands the query only those, not 70 k records.
     """
 
     #: The records, as the history holds them.
     records: pl.DataFrame
-    #: Per way of meeting a record (each history key with offences, ``transit``, and
-    #: ``side:importer`` / ``side:exporter`` for partner offences): ``__key`` and
-    #: ``__row``, the record's row in ``records``.
-    rows: Mapping[str, Lookup]
-    #: Per side (``importer``, ``exporter``): ``__key`` (the entity) and ``__partner``,
-    #: every party it has traded with.
-    partners: Mapping[str, Lookup]
+    #: Per party column (``importer``, ``exporter``): ``__key`` (the party) and ``__row``
+    #: (the record's row in ``records``).
+    by_party: Mapping[str, Lookup]
+    #: Per side (``importer``, ``exporter``): ``__key`` (the entity) and ``__partner``, each
+    #: party it first traded with at or after ``until``.
+    new_partners: Mapping[str, Lookup]
+    #: The rows of the records at or after ``until``.
+    unfolded: pl.Series
 
 
 @dataclass(frozen=True)
@@ -121,22 +123,23 @@ class CarriedLookups:
 
 @dataclass(frozen=True)
 class Carried:
-    """The declarations and inspection results before ``until``, folded into totals.
+    """The declarations, inspection results and offences before ``until``, folded.
 
-    Every history statistic of a declaration event or an inspection result is a running
-    sum, so what a key had seen by ``until`` is one row of sums; a declaration at or after
-    ``until`` gets the same features from that row as from the events themselves. A batch
-    scored partition by partition in time order carries these from one partition to the
-    next and sorts only its own events (``features/carry.py`` builds them).
+    Every history statistic of a declaration, an inspection result or an offence record is
+    a running sum or, for the days since the last offence, a running maximum, so what a
+    key had seen by ``until`` is one row; a declaration at or after ``until`` gets the same
+    features from that row as from the events themselves. A batch scored partition by
+    partition in time order carries these from one partition to the next and sorts only
+    its own events (``features/carry.py`` builds them).
 
-    Offence records are few and stay events: the days since the last offence need them.
-    Partner offences are many (each offence reaches every partner of its entity), and only
-    their count is read, so those before ``until`` are folded as well. A History holds only
-    the offences its reader may see (consent), so these totals are that reader's too.
+    Offence records stay in the history too: an entity that first trades with a partner
+    after ``until`` inherits all of the partner's earlier offences (``partner_events``).
+    A History holds only the offences its reader may see (consent), so these totals are
+    that reader's too.
     """
 
     until: datetime
-    #: Per history key: ``__key`` and the sums of ``CARRIED_VALUES``.
+    #: Per history key: ``__key``, the sums of ``CARRIED_VALUES`` and ``LAST_OFFENCE``.
     keys: Mapping[str, pl.DataFrame]
     #: One row: inspections and hits over all keys (the prior the key rates shrink to).
     overall: pl.DataFrame
@@ -147,6 +150,8 @@ class Carried:
     #: Per side (``importer``, ``exporter``): ``__key`` and ``off``, the partner offences
     #: that reached the entity before ``until`` (``pipeline.partner_events``).
     partners: Mapping[str, pl.DataFrame]
+    #: ``__key`` (a transit country) and ``off``, the offences through it before ``until``.
+    transit: pl.DataFrame
     #: Declarations lodged before ``until`` whose inspection result is known only at or
     #: after it: the result is still an event, and its keys are the declaration's.
     late: pl.LazyFrame
@@ -163,15 +168,26 @@ class Carried:
             partners={side: Lookup.of(frame, KEY) for side, frame in self.partners.items()},
         )
 
-    @property
+    # A datetime literal costs ~0.2 ms to build, and a request's plan reads these dozens
+    # of times: built once per carry.
+    @functools.cached_property
+    def at(self) -> pl.Expr:
+        """``until`` as an expression."""
+        return pl.lit(self.until).cast(TIMESTAMP)
+
+    @functools.cached_property
     def time(self) -> pl.Expr:
         """When the carried totals happen: just before ``until``, so that every
         declaration at or after it sees them and none before it does."""
-        return pl.lit(self.until).cast(TIMESTAMP) - pl.duration(microseconds=1)
+        return self.at - pl.duration(microseconds=1)
 
 
-#: The sums a carried key row holds (declaration and inspection events; see ``Carried``).
-CARRIED_VALUES = ("n", "insp", "hits", "hits_recent")
+#: The sums a carried key row holds (declarations, inspection results and offence
+#: records; see ``Carried``).
+CARRIED_VALUES = ("n", "insp", "hits", "hits_recent", "off", "off_decay")
+#: A carried key row's latest offence before ``until`` (null if none): the days since the
+#: last offence read it.
+LAST_OFFENCE = "__last_offence"
 
 
 @dataclass(frozen=True)

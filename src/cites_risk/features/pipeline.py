@@ -18,7 +18,9 @@ from cites_risk.features.history import (
     IDX,
     KEY,
     KID,
+    LAST_OFFENCE,
     TIME,
+    Carried,
     History,
     HistoryKey,
     days_since_epoch,
@@ -573,7 +575,7 @@ def _events(history: History, key: HistoryKey) -> pl.LazyFrame:
     streams = [decl, insp]
     if key.offence is not None:
         streams.append(
-            history.offences.select(
+            offences_since_carry(history).select(
                 key.offence.alias(KEY),
                 pl.col(O.DETECTED_AT).cast(TIMESTAMP).alias(TIME),
                 pl.lit(None, pl.UInt32).alias(IDX),
@@ -602,27 +604,40 @@ def key_events(
     events = _relevant(stack([_events(history, key) for key in keys]), focus, names)
     if history.carried is None:
         return events
-    zero = pl.lit(0.0)
-    time = history.carried.time
-    carried = stack(
-        [
-            history.carried.keys[key.name]
-            .lazy()
-            .select(
-                # Every key is text (``HistoryKey``): no need to resolve the events' schema.
-                pl.col(KEY).cast(pl.String),
-                time.alias(TIME),
-                pl.lit(None, pl.UInt32).alias(IDX),
-                pl.col("n"),
-                zero.alias("off"),
-                zero.alias("off_decay"),
-                pl.col("insp", "hits", "hits_recent"),
-                pl.lit(False).alias("__mark"),
-            )
-            for key in keys
-        ]
-    )
+    carried = stack([_carried_key_events(history.carried, key) for key in keys])
     return pl.concat([events, _relevant(carried, wanted, names)], how="vertical")
+
+
+def _carried_key_events(carried: Carried, key: HistoryKey) -> pl.LazyFrame:
+    """A key's carried totals as events: the sums just before ``until`` and, marked, the
+    latest offence (for the days since it)."""
+    frame = carried.keys[key.name].lazy()
+    zero = pl.lit(0.0)
+    # Every key is text (``HistoryKey``): no need to resolve the events' schema.
+    text = pl.col(KEY).cast(pl.String)
+    no_idx = pl.lit(None, pl.UInt32).alias(IDX)
+    totals = frame.select(
+        text,
+        carried.time.alias(TIME),
+        no_idx,
+        pl.col("n", "off", "off_decay", "insp", "hits", "hits_recent"),
+        pl.lit(False).alias("__mark"),
+    )
+    last = frame.filter(pl.col(LAST_OFFENCE).is_not_null()).select(
+        text,
+        pl.col(LAST_OFFENCE).cast(TIMESTAMP).alias(TIME),
+        no_idx,
+        *(zero.alias(v) for v in ("n", "off", "off_decay", "insp", "hits", "hits_recent")),
+        pl.lit(True).alias("__mark"),
+    )
+    return pl.concat([totals, last], how="vertical")
+
+
+def offences_since_carry(history: History) -> pl.LazyFrame:
+    """The offence records a carried history has not folded (all without a carry)."""
+    if history.carried is None:
+        return history.offences
+    return history.offences.filter(pl.col(O.DETECTED_AT).cast(TIMESTAMP) >= history.carried.at)
 
 
 def overall_events(history: History) -> pl.LazyFrame:
@@ -729,14 +744,29 @@ def _hit_rates(names: list[str]) -> list[pl.Expr]:
 def _transit(targets: pl.LazyFrame, history: History) -> pl.LazyFrame:
     """Most offences through any one of a declaration's transit countries."""
     exploded = targets.select(IDX, TIME, pl.col(D.TRANSIT).alias(KEY)).explode(KEY)
-    events = history.offences.select(
-        pl.col(O.TRANSIT).alias(KEY),
-        pl.col(O.DETECTED_AT).cast(TIMESTAMP).alias(TIME),
-        pl.lit(1.0).alias("off"),
-    ).explode(KEY)
-    per_country = prior_totals(exploded, events, ["off"])
+    per_country = prior_totals(exploded, transit_events(history), ["off"])
     worst = per_country.group_by(IDX).agg(pl.col("off").max().alias("transit_offences_max"))
     return _aligned(targets, worst).select(pl.col("transit_offences_max").fill_null(0.0))
+
+
+def transit_events(history: History) -> pl.LazyFrame:
+    """Each offence as an event of each country it went through (and the carried totals)."""
+    events = (
+        offences_since_carry(history)
+        .select(
+            pl.col(O.TRANSIT).alias(KEY),
+            pl.col(O.DETECTED_AT).cast(TIMESTAMP).alias(TIME),
+            pl.lit(1.0).alias("off"),
+        )
+        .explode(KEY)
+    )
+    carried = history.carried
+    if carried is None:
+        return events
+    folded = carried.transit.lazy().select(
+        pl.col(KEY).cast(pl.String), carried.time.alias(TIME), pl.col("off")
+    )
+    return pl.concat([events, folded], how="vertical")
 
 
 def _aligned(targets: pl.LazyFrame, per_target: pl.LazyFrame) -> pl.LazyFrame:
@@ -814,7 +844,7 @@ def partner_events(history: History, entity: str, focus: pl.LazyFrame | None) ->
     carried = history.carried
     if carried is None:
         return met(pairs, offences)
-    until = pl.lit(carried.until).cast(TIMESTAMP)
+    until = carried.at
     folded = carried.partners[entity].lazy().select(KEY, carried.time.alias(TIME), "off")
     if focus is not None:
         folded = folded.join(focus.select(pl.col(entity).alias(KEY)).unique(), on=KEY, how="semi")
