@@ -69,6 +69,9 @@ def test_carried_history_gives_the_features_of_the_full_one(
     assert_frame_equal(_features(one, cut, focused=True), full.head(1))
     importers = set(one.get_column(D.IMPORTER))
     assert set(cut.carried.keys["importer"].get_column(KEY)) <= importers
+    exporters = set(one.get_column(D.EXPORTER))
+    pairs = cut.carried.pairs.select(D.IMPORTER, D.EXPORTER).rows()
+    assert all(i in importers or e in exporters for i, e in pairs)
     # With the offence records indexed, the request is handed only those it can meet.
     indexed = carry(history, until, index_offences=True)
     assert_frame_equal(indexed.offences.collect(), history.offences.collect())

@@ -119,6 +119,8 @@ class CarriedLookups:
     keys: Mapping[str, Lookup]
     consignments: Lookup
     partners: Mapping[str, Lookup]
+    #: The trading pairs by importer and by exporter.
+    pairs: Mapping[str, Lookup]
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,7 @@ class Carried:
             keys={name: Lookup.of(frame, KEY) for name, frame in self.keys.items()},
             consignments=Lookup.of(self.consignments, KEY),
             partners={side: Lookup.of(frame, KEY) for side, frame in self.partners.items()},
+            pairs={side: Lookup.of(self.pairs, side) for side in (D.IMPORTER, D.EXPORTER)},
         )
 
     # A datetime literal costs ~0.2 ms to build, and a request's plan reads these dozens
