@@ -364,9 +364,8 @@ class Service:
         engine = loaded.engine
         frame = self._declarations(declarations, engine.model.extras)
         history = self._history(actor.organisation, frame, engine.model.extras)
-        scored = engine.score(frame, history)
-        own = [c for c in frame.columns if c == D.ID or c not in scored.columns]
-        full = scored.join(frame.select(own), on=D.ID, how="left", maintain_order="left")
+        # With every declared column beside the features (``declared_view``).
+        full = engine.score(frame, history)
         profiles = self._weighted_profiles(engine)
         index = self.watchlist.index()
         role = Role(actor.role)
