@@ -6,9 +6,11 @@ Builds a trained home (LEMIS sample, real LightGBM, starter profiles), starts
 latency). Each rate sends a bounded number of requests and stops by itself. Latency is
 measured from the scheduled send time. The baseline in the same run is ``/health`` at the
 same rate: what the framework and the loopback cost with no scoring. The declaration is
-dated after the history (the online case) and, with ``--when both``, also inside it.
+dated after the history (the online case) and, with ``--when both``, also inside it. With
+``--workers 1 2`` the same load runs against one server process and then two
+(``serve --workers``), so their ratio comes from one run.
 
-    .venv/bin/python -m benchmarks.bench_api [--rates 50 200] [--seconds 10]
+    .venv/bin/python -m benchmarks.bench_api [--rates 50 200] [--seconds 10] [--workers 1 2]
 """
 
 from __future__ import annotations
@@ -142,10 +144,14 @@ def run_rate(
 
 
 def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Peak resident memory of the server and its worker processes, added up."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    total = 0.0
+    for proc in [pid, *map(int, children)]:
+        for line in Path(f"/proc/{proc}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1]) / 1024
+    return total
 
 
 def main() -> None:
@@ -153,6 +159,7 @@ def main() -> None:
     parser.add_argument("--rates", type=float, nargs="+", default=[50.0, 200.0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--when", choices=[*WHEN, "both"], default="both")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1])
     args = parser.parse_args()
     print(f"$ {sys.executable} -m benchmarks.bench_api " + " ".join(sys.argv[1:]))
     print(f"machine: nproc {os.cpu_count()}, load {os.getloadavg()[0]:.1f}")
@@ -161,41 +168,52 @@ def main() -> None:
         t0 = time.perf_counter()
         token = trained_home(home)
         print(f"trained home ready in {time.perf_counter() - t0:.0f} s")
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        env = os.environ | {
-            "CITES_RISK_HOME": str(home),
-            "CITES_RISK_ORGANISATION": ORG,
-            "CITES_RISK_OUTPUT_DIR": str(Path(tmp) / "output"),
-        }
-        server = subprocess.Popen(
-            [str(Path(sys.executable).with_name("cites-risk")), "serve", "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        for workers in args.workers:
+            serve_and_load(home, Path(tmp), token, workers, args)
+
+
+def serve_and_load(
+    home: Path, tmp: Path, token: str, workers: int, args: argparse.Namespace
+) -> None:
+    """Start ``cites-risk serve --workers N``, run every rate against it, stop it."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = os.environ | {
+        "CITES_RISK_HOME": str(home),
+        "CITES_RISK_ORGANISATION": ORG,
+        "CITES_RISK_OUTPUT_DIR": str(tmp / "output"),
+    }
+    command = [str(Path(sys.executable).with_name("cites-risk")), "serve", "--port", str(port)]
+    server = subprocess.Popen(
+        [*command, "--workers", str(workers)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_ready(base)
+        for _ in range(workers):  # warm-up of every worker, not reported
+            run_rate(base, "/v1/score", token, 20, 2, body=True)
+        print(f"\n{workers} worker process(es)")
+        print(
+            f"{'route':12s} {'lodged':>7s} {'rate':>6s} {'sent':>6s} {'achieved':>9s} "
+            f"{'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'errors':>7s}"
         )
-        try:
-            wait_ready(base)
-            run_rate(base, "/v1/score", token, 20, 2, body=True)  # warm-up, not reported
-            print(
-                f"{'route':12s} {'lodged':>7s} {'rate':>6s} {'sent':>6s} {'achieved':>9s} "
-                f"{'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'errors':>7s}"
-            )
-            whens = list(WHEN) if args.when == "both" else [args.when]
-            runs = [("/health", False, "-")] + [("/v1/score", True, w) for w in whens]
-            for rate in args.rates:
-                for path, body, when in runs:
-                    m = run_rate(base, path, token, rate, args.seconds, body, WHEN.get(when, ""))
-                    print(
-                        f"{path:12s} {when:>7s} {rate:6.0f} {m['requests']:6.0f} "
-                        f"{m['achieved_rps']:9.1f} "
-                        f"{m['p50_ms']:8.1f} {m['p95_ms']:8.1f} {m['p99_ms']:8.1f} "
-                        f"{m['errors']:7.0f}"
-                    )
-            print(f"server peak RSS {peak_rss_mib(server.pid):.0f} MiB")
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+        whens = list(WHEN) if args.when == "both" else [args.when]
+        runs = [("/health", False, "-")] + [("/v1/score", True, w) for w in whens]
+        for rate in args.rates:
+            for path, body, when in runs:
+                m = run_rate(base, path, token, rate, args.seconds, body, WHEN.get(when, ""))
+                print(
+                    f"{path:12s} {when:>7s} {rate:6.0f} {m['requests']:6.0f} "
+                    f"{m['achieved_rps']:9.1f} "
+                    f"{m['p50_ms']:8.1f} {m['p95_ms']:8.1f} {m['p99_ms']:8.1f} "
+                    f"{m['errors']:7.0f}"
+                )
+        print(f"server peak RSS {peak_rss_mib(server.pid):.0f} MiB (all its processes)")
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
 
 
 if __name__ == "__main__":

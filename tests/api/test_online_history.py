@@ -26,7 +26,7 @@ def test_online_score_equals_the_score_against_the_full_history(
     api: Api, case: str, declared_at: str, carried: bool
 ) -> None:
     service = api.service
-    engine = service._require().engine
+    engine = service.engine()
     full = history_for(service.store, service.declarations, ORG)
     lodged = full.declarations.collect()
     ident = lodged.get_column(D.ID)[0] if "already" in case else "ONLINE-1"
@@ -36,7 +36,7 @@ def test_online_score_equals_the_score_against_the_full_history(
     [result] = service.score(ACTOR, [row])
 
     frame = service._declarations([row], engine.model.extras)
-    snapshot = service._snapshot(ORG, engine.model.extras)
+    snapshot = service._snapshot(ORG, engine.model.extras, service.store.stamps())
     assert (snapshot.for_request(frame) is snapshot.carried) == carried, case
     whole = History(
         pl.concat([lodged.lazy(), frame.lazy()], how="diagonal_relaxed").unique(

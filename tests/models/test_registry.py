@@ -96,8 +96,11 @@ def test_real_registry_promotion_and_audited_cli(
     store = Store(Settings().store_url)
     try:
         events = store.audit.query(action="model.promote")
+        # A running API learns of the promotion from the store on its next request.
+        stamps = store.stamps()
     finally:
         store.close()
+    assert stamps == (("champion", 1),)
     assert len(events) == 1  # the refused attempt changed nothing and is not a promotion
     assert events[0]["target"] == "2"
     assert "forced" in str(events[0]) and "True" in str(events[0])

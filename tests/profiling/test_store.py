@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 import pytest
 import sqlalchemy as sa
 
-from cites_risk.features.contract import OFFENCE
+from cites_risk.features.contract import OFFENCE, conform
 from cites_risk.profiling.store import Actor, Store
-from cites_risk.profiling.store.core import make_engine, upgrade
-from cites_risk.profiling.store.schema import LATEST
+from cites_risk.profiling.store.core import make_engine, upgrade, upsert
+from cites_risk.profiling.store.schema import LATEST, offences
 
 ADMIN = Actor("tester", "US-FWS", "admin")
 
@@ -54,22 +54,52 @@ def test_upgrade_from_version_1_keeps_rows(store_url: str) -> None:
     url = store_url
     engine = make_engine(url)
     assert upgrade(engine, target=1) == 1
+    # Rows as version 1's code wrote them: no change counter existed yet.
+    rows = conform(_offences().lazy(), OFFENCE).collect().to_dicts()
+    with engine.begin() as conn:
+        upsert(
+            conn, offences, [r | {"recorded_at": datetime.now(UTC)} for r in rows], ["offence_id"]
+        )
     engine.dispose()
-    # Write data with only version 1's tables present.
-    old = Store.__new__(Store)
-    from cites_risk.profiling.store import Database, OffenceRepository
-
-    db = Database.__new__(Database)
-    db.url, db.engine, db.version = url, make_engine(url), 1
-    old.db = db
-    OffenceRepository(db).add(_offences())
-    db.dispose()
     upgraded = Store(url)
     assert upgraded.version == LATEST
     assert upgraded.offences.count() == 4
     with upgraded.db.begin() as conn:
         assert sa.inspect(conn).has_table("api_keys")
+    # Version 3's change counters start empty and count from the first change.
+    assert upgraded.stamps() == ()
+    upgraded.offences.set_consent("o1", "US-FWS", ["*"])
+    assert upgraded.stamps() == (("offences", 1),)
     upgraded.close()
+
+
+def test_upgrade_to_version_3_adds_job_claims_to_a_jobs_table_without_them(
+    store_url: str,
+) -> None:
+    engine = make_engine(url := store_url)
+    assert upgrade(engine, target=2) == 2
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        # The jobs table as versions 1 and 2 created it, with a job a process left running.
+        for column in ("claimed_by", "claimed_until"):
+            conn.exec_driver_sql(f"ALTER TABLE jobs DROP COLUMN {column}")
+        conn.execute(
+            sa.text(
+                "INSERT INTO jobs (job_id, kind, status, fingerprint, rows_done, rows_rejected,"
+                " organisation, created_by, created_at, updated_at) VALUES ('j1', 'score',"
+                " 'running', 'fp', 10, 0, 'US-FWS', 'analyst', :now, :now)"
+            ),
+            {"now": now},
+        )
+    engine.dispose()
+    store = Store(url)
+    job = store.jobs.get("j1")
+    assert job is not None and job.rows_done == 10 and job.claimed_by is None
+    assert [j.job_id for j in store.jobs.unfinished("score", claimable_by="p1")] == ["j1"]
+    assert store.jobs.claim("j1", "p1", timedelta(minutes=1))
+    assert not store.jobs.claim("j1", "p2", timedelta(minutes=1))
+    assert store.jobs.unfinished("score", claimable_by="p2") == []
+    store.close()
 
 
 def test_newer_store_than_engine_is_refused(store_url: str) -> None:

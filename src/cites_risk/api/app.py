@@ -64,7 +64,7 @@ def create_app(
     )
     app.state.service = svc
     app.state.jobs = runner
-    app.state.metrics = Metrics()
+    app.state.metrics = Metrics(settings.metrics_dir)
     errors.install(app)
 
     documented = problem_responses(401, 403, 404, 409, 413, 422, 503)
@@ -86,3 +86,8 @@ def create_app(
     # Outermost: an oversized body is refused before anything reads it.
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_mb * (1 << 20))
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one ``cites-risk serve`` worker, with settings from the environment."""
+    return create_app(Settings())

@@ -6,6 +6,8 @@ and the other commands never load FastAPI.
 
 from __future__ import annotations
 
+import os
+import shutil
 from typing import Annotated
 
 import typer
@@ -17,14 +19,37 @@ from cites_risk.profiling.cli.app import app
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Worker processes. Each loads the champion and scores on its own core; "
+            "they share the store, which tells each of them about consent changes, "
+            "promotions and batch jobs.",
+        ),
+    ] = 1,
 ) -> None:
     """Run the HTTP API and the inspector page (loads the champion model and profiles)."""
     import uvicorn
 
-    from cites_risk.api.app import create_app
+    from cites_risk.api.metrics import METRICS_DIR_ENV
     from cites_risk.profiling.config import Settings
 
-    uvicorn.run(create_app(Settings()), host=host, port=port)
+    if workers > 1:
+        # Each worker counts into files here and /metrics adds them up. The workers are new
+        # processes: the environment is how the folder reaches their settings and
+        # prometheus_client, which reads its switch when it is imported.
+        folder = (Settings().home / "metrics").resolve()
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        os.environ[METRICS_DIR_ENV] = os.environ["CITES_RISK_METRICS_DIR"] = str(folder)  # noqa: TID251
+    uvicorn.run(
+        "cites_risk.api.app:app_from_environment",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+    )
 
 
 def main() -> None:

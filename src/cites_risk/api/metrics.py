@@ -2,7 +2,9 @@
 
 Each app has its own registry (several apps in one process, as in tests, never collide).
 Labels are route *templates* (``/v1/offences/{offence_id}``), never ids: the metrics hold
-no record identifiers, so they reveal nothing consent protects.
+no record identifiers, so they reveal nothing consent protects. Under ``serve --workers N``
+each worker counts into files in one folder and ``/metrics`` adds them up, whichever worker
+answers.
 """
 
 from __future__ import annotations
@@ -10,16 +12,22 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from fastapi import Request, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.routing import compile_path
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: prometheus_client's switch to counting across processes (read when it is imported).
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, shared_dir: Path | None = None) -> None:
+        #: Where every worker of the server counts (``Settings.metrics_dir``), if several.
+        self.shared_dir = shared_dir
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "cites_risk_requests_total",
@@ -34,11 +42,18 @@ class Metrics:
             registry=self.registry,
         )
         self.ready = Gauge(
-            "cites_risk_ready", "1 when a model and profiles are loaded", registry=self.registry
+            "cites_risk_ready",
+            "1 when a model and profiles are loaded",
+            registry=self.registry,
+            multiprocess_mode="mostrecent",
         )
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.shared_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=str(self.shared_dir))  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
 
     async def middleware(
         self, request: Request, call_next: Callable[[Request], Awaitable[Response]]

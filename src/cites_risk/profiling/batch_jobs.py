@@ -3,11 +3,16 @@
 * **Same file twice, same job.** A job's fingerprint is the SHA-256 of the file's bytes and
   of its parameters; a second upload of the same bytes with the same mapping (by the same
   organisation) returns the first job instead of scoring again.
-* **One worker.** Jobs run one at a time in a background thread: a batch already uses
-  every core (polars, LightGBM), and two would only fight for memory.
+* **One worker per process.** Jobs run one at a time in a background thread: a batch
+  already uses every core (polars, LightGBM), and two would only fight for memory.
+* **Several processes, one queue.** The store is the queue. A process runs a job only while
+  it holds the job's claim (``JobRepository.claim``), renewed by a heartbeat; an idle
+  process polls for jobs submitted to another one, or left by one that died.
 * **Restart-safe.** The job row says where the input and output live and how it was
-  chunked. On start-up, unfinished jobs are queued again; :func:`score_stream` skips parts
-  already written, so a resumed job finishes without duplicate rows.
+  chunked. On start-up, unfinished jobs nobody holds are queued again (a process that
+  stopped cleanly released its claim; one that crashed holds it until its lease runs out);
+  :func:`score_stream` skips parts already written, so a resumed job finishes without
+  duplicate rows.
 """
 
 from __future__ import annotations
@@ -15,10 +20,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import queue
 import shutil
+import socket
 import threading
+import uuid
 from collections.abc import Iterable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +57,36 @@ class _InterruptedError(Exception):
     """The runner is stopping: leave the job unfinished so that a restart resumes it."""
 
 
+class _LostClaimError(Exception):
+    """Another process took the job over (this one stalled past its lease): stop writing."""
+
+
+class _Heartbeat:
+    """Renews a job's claim every third of the lease while the job runs."""
+
+    def __init__(self, runner: JobRunner, job_id: str) -> None:
+        self.runner = runner
+        self.job_id = job_id
+        self.lost = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="cites-risk-job-claim", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        lease = self.runner.lease
+        while not self._done.wait(lease.total_seconds() / 3):
+            if not self.runner.service.store.jobs.claim(self.job_id, self.runner.owner, lease):
+                self.lost = True
+                return
+
+
 def fingerprint(content_sha256: str, params: dict[str, Any]) -> str:
     text = content_sha256 + "|" + json.dumps(params, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -67,6 +106,11 @@ class JobRunner:
         self.chunk_rows = chunk_rows
         self.root = service.settings.home / "jobs"
         self._queue: queue.Queue[str | None] = queue.Queue()
+        self._queued: set[str] = set()
+        #: Who holds a claim: host and process, and a nonce for two runners in one process.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease = timedelta(seconds=service.settings.job_lease_seconds)
+        self.poll_seconds = service.settings.job_poll_seconds
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._idle = threading.Event()
@@ -75,13 +119,11 @@ class JobRunner:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> list[str]:
-        """Start the worker and queue the jobs a previous process left unfinished."""
+        """Start the worker and queue the unfinished jobs no live process holds."""
         if self._thread is not None and self._thread.is_alive():
             return []  # already running: one worker per runner, whoever asks twice
         self._stop.clear()
-        resumed = [job.job_id for job in self.service.store.jobs.unfinished(KIND)]
-        for job_id in resumed:
-            self._queue.put(job_id)
+        resumed = self._queue_claimable()
         self._thread = threading.Thread(target=self._work, name="cites-risk-jobs", daemon=True)
         self._thread.start()
         return resumed
@@ -139,8 +181,7 @@ class JobRunner:
             params=params,
         )
         store.audit.record(actor, "job.submit", job.job_id, filename=filename, mapping=mapping)
-        self._idle.clear()
-        self._queue.put(job.job_id)
+        self._enqueue(job.job_id)
         return job, True
 
     def get(self, actor: Actor, job_id: str) -> Job:
@@ -184,12 +225,32 @@ class JobRunner:
 
     # -- the worker --------------------------------------------------------------------
 
+    def _enqueue(self, job_id: str) -> None:
+        if job_id not in self._queued:
+            self._queued.add(job_id)
+            self._idle.clear()
+            self._queue.put(job_id)
+
+    def _queue_claimable(self) -> list[str]:
+        found = [
+            job.job_id for job in self.service.store.jobs.unfinished(KIND, claimable_by=self.owner)
+        ]
+        for job_id in found:
+            self._enqueue(job_id)
+        return found
+
     def _work(self) -> None:
         while not self._stop.is_set():
-            job_id = self._queue.get()
+            try:
+                job_id = self._queue.get(timeout=self.poll_seconds)
+            except queue.Empty:
+                # Jobs submitted to another process of this deployment, or left by one that
+                # died: the store is the queue they share.
+                self._queue_claimable()
+                continue
             if job_id is None or self._stop.is_set():
                 break
-            self._idle.clear()
+            self._queued.discard(job_id)
             try:
                 self._run(job_id)
             except _InterruptedError:
@@ -204,10 +265,26 @@ class JobRunner:
         job = store.jobs.get(job_id)
         if job is None or job.status in (JobStatus.DONE, JobStatus.FAILED):
             return
+        if not store.jobs.claim(job_id, self.owner, self.lease):
+            return  # another process of this deployment runs it
+        try:
+            with _Heartbeat(self, job_id) as heartbeat:
+                self._claimed(job, heartbeat)
+        except _InterruptedError:
+            store.jobs.release(job_id, self.owner)  # the next process to start resumes it
+            raise
+        except _LostClaimError:
+            log.warning("job %s was taken over by another process; this one stops", job_id)
+
+    def _claimed(self, job: Job, heartbeat: _Heartbeat) -> None:
+        store = self.service.store
+        job_id = job.job_id
         actor = Actor(job.created_by, job.organisation, str(job.params.get("role", "")))
         store.jobs.update(job_id, status=JobStatus.RUNNING)
 
         def progress(done: int, total: int | None) -> None:
+            if heartbeat.lost:
+                raise _LostClaimError
             store.jobs.update(job_id, rows_done=done, rows_total=total)
             if self._stop.is_set():
                 raise _InterruptedError
@@ -227,11 +304,11 @@ class JobRunner:
                 progress=progress,
                 deciding=self.service.batch_deciding(actor),
             )
-        except _InterruptedError:
+        except (_InterruptedError, _LostClaimError):
             raise
         except Exception as exc:  # the worker outlives any one job; the job says why
             log.exception("job %s failed", job_id)
-            store.jobs.update(job_id, status=JobStatus.FAILED, error=str(exc))
+            store.jobs.update(job_id, status=JobStatus.FAILED, error=str(exc), **_UNCLAIMED)
             store.audit.record(actor, "job.failed", job_id, error=str(exc))
             return
         store.jobs.update(
@@ -240,6 +317,7 @@ class JobRunner:
             rows_done=result.rows_read,
             rows_total=result.rows_read,
             rows_rejected=result.rows_rejected,
+            **_UNCLAIMED,
         )
         store.audit.record(
             actor,
@@ -249,6 +327,9 @@ class JobRunner:
             rejected=result.rows_rejected,
             model_version=engine.model_version,
         )
+
+
+_UNCLAIMED: dict[str, Any] = {"claimed_by": None, "claimed_until": None}
 
 
 def _sha256(path: Path) -> str:

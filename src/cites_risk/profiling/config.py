@@ -43,6 +43,22 @@ class Settings(BaseSettings):
     )
     api_max_batch: int = Field(default=10_000, ge=1, description="Rows in one JSON batch.")
     api_max_body_mb: int = Field(default=200, ge=1, description="Largest request body (MiB).")
+    metrics_dir: Path | None = Field(
+        default=None,
+        description="Folder where the processes of one server count their metrics "
+        "(``serve --workers`` sets it; empty means each process counts alone).",
+    )
+    job_lease_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a batch job's claim holds without renewal (renewed every third "
+        "of it): after a process dies, another takes its job over this long after.",
+    )
+    job_poll_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often an idle API process looks for jobs submitted to another one.",
+    )
 
     @model_validator(mode="after")
     def _safe_in_production(self) -> Self:

@@ -73,7 +73,7 @@ from cites_risk.profiling.selection import (
 )
 from cites_risk.profiling.selection import REASONS as SELECTION_REASONS
 from cites_risk.profiling.sources import vocabulary
-from cites_risk.profiling.store import Actor, Store
+from cites_risk.profiling.store import Actor, Stamps, Store, Topic
 from cites_risk.profiling.store.core import as_utc, upsert, utcnow
 from cites_risk.profiling.store.schema import scores
 from cites_risk.profiling.workflows import tracking_for
@@ -209,6 +209,12 @@ class PromotionResult(BaseModel):
 class _Loaded:
     engine: Engine
     online: SelectionConfig
+    #: The store's champion counter when this model was loaded (see ``_current``).
+    champion: int = 0
+
+
+def _counter(stamps: Stamps, topic: Topic) -> int:
+    return dict(stamps).get(topic.value, 0)
 
 
 # --- the service --------------------------------------------------------------------------
@@ -231,7 +237,6 @@ class Service:
         self.tracking: Tracking = tracking_for(settings)
         self.declarations = DeclarationHistory(settings.history_dir)
         self._snapshots: dict[str, tuple[object, _Snapshot]] = {}
-        self._generation = 0
         self.profiles = ProfileRepository(store)
         self.watchlist = WatchlistRepository(store)
         self.keys = KeyRepository(store)
@@ -259,10 +264,12 @@ class Service:
 
     def reload(self) -> None:
         problems: list[str] = []
+        # Read before the registry: a promotion in between shows as a new counter next time.
+        champion = _counter(self.store.stamps(), Topic.CHAMPION)
         try:
             model, version = load_model(self.tracking, CHAMPION)
             engine = engine_for(self.settings, model, version, self.reference)
-            self._loaded = _Loaded(engine, self._online_config(engine))
+            self._loaded = _Loaded(engine, self._online_config(engine), champion)
         except RegistryError as exc:
             self._loaded = None
             problems.append(str(exc))
@@ -284,10 +291,16 @@ class Service:
 
     def engine(self) -> Engine:
         """The champion's engine (batch jobs score with it); refuses when not ready."""
-        return self._require().engine
+        return self._require(self.store.stamps()).engine
 
-    def _require(self) -> _Loaded:
+    def _require(self, stamps: Stamps) -> _Loaded:
+        """The loaded champion, loaded again first if another process promoted one since."""
         loaded = self._loaded
+        if loaded is not None and loaded.champion != _counter(stamps, Topic.CHAMPION):
+            with self._lock:
+                if self._loaded is loaded:  # one reload, however many requests noticed
+                    self.reload()
+            loaded = self._loaded
         if loaded is None or not self._profiles_ok:
             raise NotReadyError("; ".join(self.problems) or "no champion model loaded")
         return loaded
@@ -353,7 +366,9 @@ class Service:
 
     def score(self, actor: Actor, declarations: Sequence[Mapping[str, Any]]) -> list[ScoreResult]:
         """Score declarations as one vectorised batch; store and audit every result."""
-        loaded = self._require()
+        # Read once, before anything they guard: the champion and the history snapshot.
+        stamps = self.store.stamps()
+        loaded = self._require(stamps)
         if not declarations:
             return []
         if len(declarations) > self.settings.api_max_batch:
@@ -363,7 +378,7 @@ class Service:
             )
         engine = loaded.engine
         frame = self._declarations(declarations, engine.model.extras)
-        history = self._history(actor.organisation, frame, engine.model.extras)
+        history = self._history(actor.organisation, frame, engine.model.extras, stamps)
         # With every declared column beside the features (``declared_view``).
         full = engine.score(frame, history)
         profiles = self._weighted_profiles(engine)
@@ -443,25 +458,21 @@ class Service:
         missing = [name for name in extras if name not in frame.columns]
         return frame.with_columns(pl.lit(None, pl.String).alias(n) for n in missing)
 
-    def _snapshot(self, organisation: str, extras: dict[str, str] | None) -> _Snapshot:
+    def _snapshot(
+        self, organisation: str, extras: dict[str, str] | None, stamps: Stamps
+    ) -> _Snapshot:
         """The organisation's history, read once and kept until anything in it changes.
 
         Reading the store and the declaration files took most of a single score. The key
-        names every way the history can change: files written, rows added or replaced, and
-        this service's own writes (a consent change replaces no row, but must never be
-        served stale); and the model's extras, whose keys are carried.
+        names every way the history can change: files written; offences, consents and
+        inspection results changed by any process (the store's change counters, read
+        before the history); and the model's extras, whose keys are carried.
         """
         files = tuple(
             (p.name, p.stat().st_mtime_ns, p.stat().st_size)
             for p in sorted(self.declarations.folder.glob("*.parquet"))
         )
-        version = (
-            files,
-            self.store.inspections.version(),
-            self.store.offences.version(),
-            self._generation,
-            tuple(sorted((extras or {}).items())),
-        )
+        version = (files, stamps, tuple(sorted((extras or {}).items())))
         cached = self._snapshots.get(organisation)
         if cached is not None and cached[0] == version:
             return cached[1]
@@ -479,18 +490,19 @@ class Service:
         self._snapshots[organisation] = (version, snapshot)
         return snapshot
 
-    def _changed(self) -> None:
-        self._generation += 1
-
     def _history(
-        self, organisation: str, frame: pl.DataFrame, extras: dict[str, str] | None
+        self,
+        organisation: str,
+        frame: pl.DataFrame,
+        extras: dict[str, str] | None,
+        stamps: Stamps,
     ) -> History:
         """What ``organisation`` may know, with the request's declarations lodged in it.
 
         The request joins the history only for this call (consignment siblings see each
         other), so scoring is a read: nothing is written to the declaration history.
         """
-        base = self._snapshot(organisation, extras).for_request(frame)
+        base = self._snapshot(organisation, extras, stamps).for_request(frame)
         # The snapshot outlives the request, so its totals are sorted once and each request
         # finds its own by binary search (a batch walk, carrying anew per partition, would
         # sort them for nothing: the query's own semi-joins do that job there).
@@ -557,7 +569,6 @@ class Service:
         rows = [dict(r) | {I.ORG: actor.organisation} for r in results]
         frame = self._validated(INSPECTION, rows)
         added = self.store.inspections.add(frame)
-        self._changed()
         self.store.audit.record(
             actor,
             "inspection.record",
@@ -580,7 +591,6 @@ class Service:
         row[O.SHARED_WITH] = sorted(set(row.get(O.SHARED_WITH) or []))
         frame = self._validated(OFFENCE, [row])
         self.store.offences.add(frame)
-        self._changed()
         self.store.audit.record(actor, "offence.create", offence_id)
         return self._offence(actor, offence_id)
 
@@ -607,9 +617,7 @@ class Service:
     ) -> dict[str, Any]:
         """Only the provider may change consent; others get 404 (unseen) or 403 (seen)."""
         self._offence(actor, offence_id)
-        self._changed()  # before and after: a reader must not keep the old consent
         changed = self.store.offences.set_consent(offence_id, actor.organisation, shared_with)
-        self._changed()
         if not changed:
             raise ForbiddenError("only the organisation that provided a record changes its consent")
         self.store.audit.record(
@@ -711,6 +719,7 @@ class Service:
             reasons=decision.reasons,
             deltas=deltas,
         )
+        self.store.changed(Topic.CHAMPION)  # every other worker loads it on its next request
         with self._lock:
             self.reload()
         return PromotionResult(

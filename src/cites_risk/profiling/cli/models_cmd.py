@@ -11,6 +11,7 @@ from rich.table import Table
 from cites_risk.models.registry import PROMOTION_METRICS, compare
 from cites_risk.models.tracking import CHAMPION, RegistryError, candidate, list_versions, promote
 from cites_risk.profiling.cli.context import console, fail, open_context
+from cites_risk.profiling.store import Topic
 from cites_risk.profiling.workflows import tracking_for
 
 models_app = typer.Typer(help="Registered models: list, compare, promote.", no_args_is_help=True)
@@ -100,5 +101,7 @@ def promote_model(
             reasons=decision.reasons,
             deltas={k: v for k, v in decision.deltas.items() if not math.isnan(v)},
         )
+        # A running API notices on its next request and loads the new champion.
+        ctx.store.changed(Topic.CHAMPION)
     note = f" (forced: {decision.summary})" if decision.needs_force else ""
     console.print(f"version {found.version} is now champion{note}")

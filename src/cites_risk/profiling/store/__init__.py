@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cites_risk.profiling.store.audit import Actor, AuditLog
-from cites_risk.profiling.store.core import Database, StoreError
+from cites_risk.profiling.store.core import Database, Stamps, StoreError, Topic
 from cites_risk.profiling.store.jobs import Job, JobRepository, JobStatus
 from cites_risk.profiling.store.records import (
     EVERYONE,
@@ -27,6 +27,14 @@ class Store:
     def version(self) -> int:
         return self.db.version
 
+    def stamps(self) -> Stamps:
+        return self.db.stamps()
+
+    def changed(self, topic: Topic) -> None:
+        """Count a change made outside this database (e.g. in the model registry)."""
+        with self.db.begin() as conn:
+            self.db.bump(conn, topic)
+
     def close(self) -> None:
         self.db.dispose()
 
@@ -41,7 +49,9 @@ __all__ = [
     "JobRepository",
     "JobStatus",
     "OffenceRepository",
+    "Stamps",
     "Store",
     "StoreError",
+    "Topic",
     "can_see",
 ]

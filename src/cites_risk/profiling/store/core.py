@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,26 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from cites_risk.profiling.store.schema import LATEST, MIGRATIONS, schema_info
+from cites_risk.profiling.store.schema import LATEST, MIGRATIONS, changes, schema_info
 
 
 class StoreError(RuntimeError):
     """The store cannot be opened or upgraded."""
+
+
+class Topic(StrEnum):
+    """What a process that keeps store contents in memory must notice has changed."""
+
+    #: Offence records added, replaced, or shared differently (consent).
+    OFFENCES = "offences"
+    #: Inspection results recorded.
+    INSPECTIONS = "inspections"
+    #: A model version promoted to champion (the registry does not tell the API workers).
+    CHAMPION = "champion"
+
+
+#: The change counters at one moment: ``((topic, counter), ...)``, sorted by topic.
+Stamps = tuple[tuple[str, int], ...]
 
 
 def utcnow() -> datetime:
@@ -75,6 +91,16 @@ def upgrade(engine: Engine, target: int = LATEST) -> int:
     return max(version, target)
 
 
+def _insert(conn: Connection, table: sa.Table) -> Any:
+    """An INSERT that can say ON CONFLICT (the two databases the store runs on)."""
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    raise StoreError(f"unsupported database dialect {dialect!r}")
+
+
 def upsert(
     conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], keys: Iterable[str]
 ) -> None:
@@ -82,13 +108,7 @@ def upsert(
     if not rows:
         return
     keys = list(keys)
-    dialect = conn.dialect.name
-    if dialect == "sqlite":
-        stmt: Any = sqlite.insert(table)
-    elif dialect == "postgresql":
-        stmt = postgresql.insert(table)
-    else:
-        raise StoreError(f"unsupported database dialect {dialect!r}")
+    stmt = _insert(conn, table)
     update = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
     stmt = stmt.on_conflict_do_update(index_elements=keys, set_=update)
     # Chunks keep SQLite under its bound-parameter limit.
@@ -112,6 +132,27 @@ class Database:
     def begin(self) -> Iterator[Connection]:
         with self.engine.begin() as conn:
             yield conn
+
+    def bump(self, conn: Connection, topic: Topic) -> None:
+        """Count a change of ``topic`` in the caller's transaction: it commits with it."""
+        stmt = _insert(conn, changes).values(topic=topic.value, counter=1, changed_at=utcnow())
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[changes.c.topic],
+                set_={"counter": changes.c.counter + 1, "changed_at": stmt.excluded.changed_at},
+            )
+        )
+
+    def stamps(self) -> Stamps:
+        """Every change counter, read in one query.
+
+        A process compares them with those it read when it filled a cache. Read them
+        *before* reading what they guard: a change committed in between then shows as a
+        new stamp on the next read, never as stale data under a current stamp.
+        """
+        with self.begin() as conn:
+            rows = conn.execute(sa.select(changes.c.topic, changes.c.counter)).all()
+        return tuple(sorted((str(t), int(c)) for t, c in rows))
 
     def dispose(self) -> None:
         self.engine.dispose()

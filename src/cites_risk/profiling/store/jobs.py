@@ -1,14 +1,17 @@
 """Batch jobs: recorded so that a crashed or restarted job resumes instead of starting over.
 
 A job's fingerprint (input content hash + parameters) makes a second upload of the same file
-find the first job instead of creating a duplicate.
+find the first job instead of creating a duplicate. Several processes may serve one store:
+a process runs a job only while it holds the job's claim, a lease it renews as it works, so
+two never write the same job and the job of a process that died is taken over once its
+lease runs out.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -42,6 +45,8 @@ class Job:
     created_at: datetime
     updated_at: datetime
     error: str | None
+    claimed_by: str | None = None
+    claimed_until: datetime | None = None
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> Job:
@@ -50,6 +55,7 @@ class Job:
         m["params"] = m["params"] or {}
         m["created_at"] = as_utc(m["created_at"])
         m["updated_at"] = as_utc(m["updated_at"])
+        m["claimed_until"] = as_utc(m["claimed_until"])
         return cls(**m)
 
 
@@ -113,12 +119,39 @@ class JobRepository:
             row = conn.execute(stmt).first()
         return Job.from_row(row) if row else None
 
-    def unfinished(self, kind: str | None = None) -> list[Job]:
-        stmt = sa.select(jobs).where(jobs.c.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+    def unfinished(self, kind: str | None = None, *, claimable_by: str | None = None) -> list[Job]:
+        """Queued or running jobs, oldest first; only those ``claimable_by`` may take, if given."""
+        stmt = sa.select(jobs).where(_UNFINISHED)
         if kind:
             stmt = stmt.where(jobs.c.kind == kind)
+        if claimable_by is not None:
+            stmt = stmt.where(_free_for(claimable_by, utcnow()))
         with self.db.begin() as conn:
             return [Job.from_row(r) for r in conn.execute(stmt.order_by(jobs.c.created_at))]
+
+    def claim(self, job_id: str, owner: str, lease: timedelta) -> bool:
+        """Hold (or keep holding) an unfinished job for ``lease``; False if another holds it.
+
+        One conditional UPDATE, so two processes asking at once cannot both get it.
+        """
+        now = utcnow()
+        stmt = (
+            jobs.update()
+            .where(jobs.c.job_id == job_id, _UNFINISHED, _free_for(owner, now))
+            .values(claimed_by=owner, claimed_until=now + lease, updated_at=now)
+        )
+        with self.db.begin() as conn:
+            return bool(conn.execute(stmt).rowcount)
+
+    def release(self, job_id: str, owner: str) -> None:
+        """Give the job up at once (a process stopping cleanly), if ``owner`` holds it."""
+        stmt = (
+            jobs.update()
+            .where(jobs.c.job_id == job_id, jobs.c.claimed_by == owner)
+            .values(claimed_by=None, claimed_until=None, updated_at=utcnow())
+        )
+        with self.db.begin() as conn:
+            conn.execute(stmt)
 
     def update(self, job_id: str, **values: Any) -> None:
         if "status" in values:
@@ -127,3 +160,13 @@ class JobRepository:
             conn.execute(
                 jobs.update().where(jobs.c.job_id == job_id).values(updated_at=utcnow(), **values)
             )
+
+
+_UNFINISHED = jobs.c.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])
+
+
+def _free_for(owner: str, now: datetime) -> sa.ColumnElement[bool]:
+    """Unclaimed, claimed by ``owner`` already, or claimed by a lease that ran out."""
+    return sa.or_(
+        jobs.c.claimed_by.is_(None), jobs.c.claimed_by == owner, jobs.c.claimed_until < now
+    )

@@ -14,7 +14,7 @@ import polars as pl
 import sqlalchemy as sa
 
 from cites_risk.features.contract import INSPECTION, OFFENCE, I, O, Record, conform
-from cites_risk.profiling.store.core import Database, as_utc, upsert, utcnow
+from cites_risk.profiling.store.core import Database, Topic, as_utc, upsert, utcnow
 from cites_risk.profiling.store.schema import inspections, offences
 
 #: In ``shared_with``, this entry means the provider consents to share with everyone.
@@ -42,14 +42,6 @@ def _frame(rows: Sequence[sa.Row[Any]], record: Record) -> pl.DataFrame:
     return pl.DataFrame(data, schema=record.schema, strict=False)
 
 
-def _version(db: Database, table: sa.Table) -> tuple[int, object]:
-    with db.begin() as conn:
-        row = conn.execute(
-            sa.select(sa.func.count(), sa.func.max(table.c.recorded_at)).select_from(table)
-        ).one()
-    return int(row[0]), row[1]
-
-
 def can_see(org: str, provider: str, shared_with: Sequence[str] | None) -> bool:
     """The consent rule, in one place."""
     shared = shared_with or ()
@@ -67,6 +59,7 @@ class OffenceRepository:
             row[O.TRANSIT] = list(row[O.TRANSIT] or [])
         with self.db.begin() as conn:
             upsert(conn, offences, rows, [O.ID])
+            self.db.bump(conn, Topic.OFFENCES)
         return len(rows)
 
     def visible_to(self, org: str) -> pl.DataFrame:
@@ -96,15 +89,14 @@ class OffenceRepository:
                 .where(offences.c.offence_id == offence_id, offences.c.provider_org == org)
                 .values(shared_with=sorted(set(shared_with)))
             )
+            # Every process holding offences in memory must drop them: no row count or
+            # write time changes, and a reader must never keep a withdrawn consent.
+            self.db.bump(conn, Topic.OFFENCES)
         return bool(result.rowcount)
 
     def count(self) -> int:
         with self.db.begin() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(offences)).scalar() or 0)
-
-    def version(self) -> tuple[int, object]:
-        """Changes when rows are added or replaced (count, latest write): for caches."""
-        return _version(self.db, offences)
 
 
 class InspectionRepository:
@@ -117,6 +109,7 @@ class InspectionRepository:
             row[I.ORG] = row[I.ORG] or ""
         with self.db.begin() as conn:
             upsert(conn, inspections, rows, [I.DECLARATION, I.ORG])
+            self.db.bump(conn, Topic.INSPECTIONS)
         return len(rows)
 
     def all(self) -> pl.DataFrame:
@@ -130,7 +123,3 @@ class InspectionRepository:
             return int(
                 conn.execute(sa.select(sa.func.count()).select_from(inspections)).scalar() or 0
             )
-
-    def version(self) -> tuple[int, object]:
-        """Changes when rows are added or replaced (count, latest write): for caches."""
-        return _version(self.db, inspections)

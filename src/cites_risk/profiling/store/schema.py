@@ -2,7 +2,8 @@
 
 Migrations only ever add: a store at any version upgrades in place to the newest one
 without losing a row. Version 1 holds what the engine needs to run; later versions add
-what later features brought (keys, watch-lists, profile history, stored scores).
+what later features brought (keys, watch-lists, profile history, stored scores; change
+counters and job claims for several processes over one store).
 """
 
 from __future__ import annotations
@@ -100,6 +101,10 @@ jobs = sa.Table(
     sa.Column("created_at", TS, nullable=False),
     sa.Column("updated_at", TS, nullable=False),
     sa.Column("error", sa.String),
+    # The process running the job and until when its claim holds (renewed as it works):
+    # several API workers share one queue, and a job whose worker died is taken over.
+    sa.Column("claimed_by", sa.String),
+    sa.Column("claimed_until", TS),
 )
 
 # --- version 2 ---------------------------------------------------------------------------
@@ -152,8 +157,19 @@ scores = sa.Table(
     sa.Column("result", sa.JSON, nullable=False),
 )
 
+#: One counter per kind of change that processes caching store contents must notice
+#: (a consent change replaces no row, a promotion lives in the model registry).
+changes = sa.Table(
+    "changes",
+    metadata,
+    sa.Column("topic", sa.String, primary_key=True),
+    sa.Column("counter", sa.Integer, nullable=False),
+    sa.Column("changed_at", TS, nullable=False),
+)
+
 _V1 = (schema_info, offences, inspections, profiles, audit_events, jobs)
 _V2 = (api_keys, watchlist, profile_versions, scores)
+_V3 = (changes,)
 
 
 def _append_only_audit(conn: Connection) -> None:
@@ -185,5 +201,15 @@ def _v2(conn: Connection) -> None:
     metadata.create_all(conn, tables=list(_V2))
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2}
+def _v3(conn: Connection) -> None:
+    metadata.create_all(conn, tables=list(_V3))
+    # A store created at version 1 by this code already has the claim columns.
+    present = {c["name"] for c in sa.inspect(conn).get_columns(jobs.name)}
+    for column in (jobs.c.claimed_by, jobs.c.claimed_until):
+        if column.name not in present:
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {jobs.name} ADD COLUMN {column.name} {kind}")
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3}
 LATEST = max(MIGRATIONS)
