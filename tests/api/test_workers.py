@@ -29,6 +29,7 @@ from cites_risk.api.app import create_app
 from cites_risk.profiling.roles import Role
 from cites_risk.profiling.service import Service
 from cites_risk.profiling.store import JobStatus
+from cites_risk.profiling.workflows import tracking_for
 from tests.api.conftest import ORG, OTHER, Trained, copy_home, declaration, issue_keys
 from tests.api.test_consent import IMPORTER, PROFILE
 from tests.api.test_inspector_page import _free_port
@@ -105,6 +106,43 @@ def test_consent_records_and_promotions_made_in_one_worker_reach_the_other(
     second.close()
 
 
+def test_a_worker_without_a_champion_loads_one_promoted_elsewhere_and_jobs_wait_for_it(
+    trained: Trained, tmp_path: Path
+) -> None:
+    settings = copy_home(trained, tmp_path).model_copy(update={"job_poll_seconds": 0.2})
+    tracking = tracking_for(settings)
+    # Training registered the first model as champion, and said so through the store.
+    first = Service.start(settings)
+    assert ("champion", 1) in first.store.stamps()
+    first.close()
+    tracking.client().delete_registered_model_alias(tracking.model_name, "champion")
+    unready, other = Service.start(settings), Service.start(settings)
+    keys = issue_keys(unready.store)
+    analyst = {"Authorization": f"Bearer {keys[(ORG, Role.ANALYST)]}"}
+    with (
+        TestClient(create_app(settings, unready, job_chunk_rows=200)) as a,
+        TestClient(create_app(settings, other)) as b,
+    ):
+        assert a.get("/ready").status_code == 503
+        submitted = a.post(
+            "/v1/jobs",
+            files={"file": ("night.csv", _lemis_subset(ROWS, 6000), "text/csv")},
+            data={"mapping": "lemis"},
+            headers=analyst,
+        )
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["job_id"]
+        time.sleep(1.0)  # five polls in each worker: neither may take a job it would fail
+        waiting = unready.store.jobs.get(job_id)
+        assert waiting is not None and waiting.status == JobStatus.QUEUED, waiting
+        promoted = b.post("/v1/models/2/promote", json={"force": True}, headers=analyst)
+        assert promoted.status_code == 200, promoted.text
+        assert a.get("/ready").json()["model_version"] == "2"
+        assert _wait(a, job_id, analyst, {"done", "failed"})["status"] == "done"
+    unready.close()
+    other.close()
+
+
 def test_claims_let_one_process_hold_a_job_until_its_lease_runs_out(
     trained: Trained, tmp_path: Path
 ) -> None:
@@ -125,7 +163,12 @@ def test_claims_let_one_process_hold_a_job_until_its_lease_runs_out(
     assert jobs.claim(job.job_id, "someone-else", timedelta(milliseconds=50))
     time.sleep(0.1)
     assert jobs.claim(job.job_id, holder, timedelta(minutes=1))  # the lease ran out
-    jobs.update(job.job_id, status=JobStatus.DONE)
+    # The process that stalled past its lease cannot record an outcome over the holder's.
+    assert not jobs.finish(job.job_id, "someone-else", status=JobStatus.FAILED, error="late")
+    assert jobs.finish(job.job_id, holder, status=JobStatus.DONE)
+    done = jobs.get(job.job_id)
+    assert done is not None and done.status == JobStatus.DONE and done.error is None
+    assert done.claimed_by is None
     assert not jobs.claim(job.job_id, holder, timedelta(minutes=1))  # finished: nothing to hold
     service.close()
 
@@ -190,17 +233,17 @@ def test_the_serve_command_with_two_workers_shares_consent_and_metrics(
         "CITES_RISK_OUTPUT_DIR": str(settings.output_dir),
     }
     command = [str(Path(sys.executable).with_name("cites-risk")), "serve", "--port", str(port)]
-    server = subprocess.Popen(
-        [*command, "--workers", "2"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    log = tmp_path / "server.log"
+    with log.open("wb") as sink:
+        server = subprocess.Popen(
+            [*command, "--workers", "2"], env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert server.poll() is None, server.stderr.read().decode()[-3000:]  # type: ignore[union-attr]
+        while True:
+            alive = server.poll() is None and time.monotonic() < deadline
+            assert alive, log.read_text()[-4000:]
             try:
                 if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
                     break
@@ -233,7 +276,10 @@ def test_the_serve_command_with_two_workers_shares_consent_and_metrics(
         auth = {"Authorization": f"Bearer {other}"}
         reads = [httpx.get(f"{base}/metrics", headers=auth, timeout=10).text for _ in range(4)]
         assert {_metric(text, "/v1/score") for text in reads} == {36.0}
+        assert all("cites_risk_ready 1.0" in text for text in reads)
     finally:
         server.terminate()
         server.wait(timeout=60)
-    assert server.returncode == 0
+    assert server.returncode == 0, log.read_text()[-4000:]
+    # Every worker came up once and stayed up: none died and was replaced.
+    assert log.read_text().count("Application startup complete") == 2, log.read_text()[-4000:]

@@ -34,8 +34,11 @@ def serve(
 
     from cites_risk.api.metrics import METRICS_DIR_ENV
     from cites_risk.profiling.config import Settings
+    from cites_risk.profiling.store import Store
 
     if workers > 1:
+        # Upgrade the store once, here: workers starting together would race on its tables.
+        Store(Settings().store_url).close()
         # Each worker counts into files here and /metrics adds them up. The workers are new
         # processes: the environment is how the folder reaches their settings and
         # prometheus_client, which reads its switch when it is imported.
@@ -49,6 +52,10 @@ def serve(
         host=host,
         port=port,
         workers=workers,
+        # A worker answers the supervisor's pings only once its process has imported the
+        # application (polars, LightGBM, MLflow): on 2 busy cores that took more than the
+        # default 5 s, and the supervisor killed and replaced healthy workers.
+        timeout_worker_healthcheck=60,
     )
 
 

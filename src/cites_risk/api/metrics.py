@@ -43,9 +43,9 @@ class Metrics:
         )
         self.ready = Gauge(
             "cites_risk_ready",
-            "1 when a model and profiles are loaded",
+            "1 when a model and profiles are loaded (in every worker: the lowest of them)",
             registry=self.registry,
-            multiprocess_mode="mostrecent",
+            multiprocess_mode="livemin",
         )
 
     def render(self) -> bytes:
@@ -63,6 +63,8 @@ class Metrics:
         route = _template(request)
         self.requests.labels(request.method, route, str(response.status_code)).inc()
         self.latency.labels(request.method, route).observe(time.perf_counter() - started)
+        # Each worker states its own readiness with every answer it gives.
+        self.ready.set(1 if request.app.state.service.ready else 0)
         return response
 
 

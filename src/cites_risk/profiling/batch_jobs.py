@@ -25,6 +25,7 @@ import queue
 import shutil
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from datetime import timedelta
@@ -62,12 +63,18 @@ class _LostClaimError(Exception):
 
 
 class _Heartbeat:
-    """Renews a job's claim every third of the lease while the job runs."""
+    """Renews a job's claim every third of the lease while the job runs.
+
+    A renewal that fails (database busy or unreachable) is tried again at the next beat;
+    the claim counts as lost once a whole lease has passed since the last renewal that
+    succeeded, since another process may hold the job by then.
+    """
 
     def __init__(self, runner: JobRunner, job_id: str) -> None:
         self.runner = runner
         self.job_id = job_id
-        self.lost = False
+        self._renewed = time.monotonic()
+        self._taken = False
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="cites-risk-job-claim", daemon=True)
 
@@ -79,12 +86,24 @@ class _Heartbeat:
         self._done.set()
         self._thread.join()
 
+    @property
+    def lost(self) -> bool:
+        expired = time.monotonic() - self._renewed >= self.runner.lease.total_seconds()
+        return self._taken or expired
+
     def _beat(self) -> None:
         lease = self.runner.lease
         while not self._done.wait(lease.total_seconds() / 3):
-            if not self.runner.service.store.jobs.claim(self.job_id, self.runner.owner, lease):
-                self.lost = True
+            started = time.monotonic()
+            try:
+                held = self.runner.service.store.jobs.claim(self.job_id, self.runner.owner, lease)
+            except Exception:  # the next beat tries again; ``lost`` watches the lease
+                log.warning("could not renew the claim on job %s", self.job_id, exc_info=True)
+                continue
+            if not held:
+                self._taken = True
                 return
+            self._renewed = started
 
 
 def fingerprint(content_sha256: str, params: dict[str, Any]) -> str:
@@ -244,18 +263,23 @@ class JobRunner:
             try:
                 job_id = self._queue.get(timeout=self.poll_seconds)
             except queue.Empty:
-                # Jobs submitted to another process of this deployment, or left by one that
-                # died: the store is the queue they share.
-                self._queue_claimable()
-                continue
+                job_id = ""
             if job_id is None or self._stop.is_set():
                 break
-            self._queued.discard(job_id)
+            self._idle.clear()
             try:
-                self._run(job_id)
+                if job_id:
+                    self._queued.discard(job_id)
+                    self._run(job_id)
+                else:
+                    # Jobs submitted to another process of this deployment, or left by one
+                    # that died: the store is the queue they share.
+                    self._queue_claimable()
             except _InterruptedError:
                 log.info("job %s interrupted; it resumes on the next start", job_id)
                 break
+            except Exception:  # the store may be briefly unreachable: poll again later
+                log.exception("the job worker could not reach the store; trying again")
             finally:
                 if self._queue.empty():
                     self._idle.set()
@@ -265,6 +289,9 @@ class JobRunner:
         job = store.jobs.get(job_id)
         if job is None or job.status in (JobStatus.DONE, JobStatus.FAILED):
             return
+        self.service.refresh()  # a champion promoted or first registered since
+        if not self.service.ready:
+            return  # without a champion it would only fail: a ready process will take it
         if not store.jobs.claim(job_id, self.owner, self.lease):
             return  # another process of this deployment runs it
         try:
@@ -308,17 +335,19 @@ class JobRunner:
             raise
         except Exception as exc:  # the worker outlives any one job; the job says why
             log.exception("job %s failed", job_id)
-            store.jobs.update(job_id, status=JobStatus.FAILED, error=str(exc), **_UNCLAIMED)
-            store.audit.record(actor, "job.failed", job_id, error=str(exc))
+            if store.jobs.finish(job_id, self.owner, status=JobStatus.FAILED, error=str(exc)):
+                store.audit.record(actor, "job.failed", job_id, error=str(exc))
             return
-        store.jobs.update(
+        finished = store.jobs.finish(
             job_id,
+            self.owner,
             status=JobStatus.DONE,
             rows_done=result.rows_read,
             rows_total=result.rows_read,
             rows_rejected=result.rows_rejected,
-            **_UNCLAIMED,
         )
+        if not finished:
+            raise _LostClaimError
         store.audit.record(
             actor,
             "job.done",
@@ -327,9 +356,6 @@ class JobRunner:
             rejected=result.rows_rejected,
             model_version=engine.model_version,
         )
-
-
-_UNCLAIMED: dict[str, Any] = {"claimed_by": None, "claimed_until": None}
 
 
 def _sha256(path: Path) -> str:

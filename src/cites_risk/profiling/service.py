@@ -209,8 +209,6 @@ class PromotionResult(BaseModel):
 class _Loaded:
     engine: Engine
     online: SelectionConfig
-    #: The store's champion counter when this model was loaded (see ``_current``).
-    champion: int = 0
 
 
 def _counter(stamps: Stamps, topic: Topic) -> int:
@@ -242,6 +240,8 @@ class Service:
         self.keys = KeyRepository(store)
         self._fixed_cut = online_cut
         self._loaded: _Loaded | None = None
+        #: The store's champion counter at the last load attempt (see ``_require``).
+        self._champion_seen: int | None = None
         self._profiles_ok = False
         self.problems: list[str] = []
         self._lock = threading.Lock()
@@ -265,11 +265,11 @@ class Service:
     def reload(self) -> None:
         problems: list[str] = []
         # Read before the registry: a promotion in between shows as a new counter next time.
-        champion = _counter(self.store.stamps(), Topic.CHAMPION)
+        self._champion_seen = _counter(self.store.stamps(), Topic.CHAMPION)
         try:
             model, version = load_model(self.tracking, CHAMPION)
             engine = engine_for(self.settings, model, version, self.reference)
-            self._loaded = _Loaded(engine, self._online_config(engine), champion)
+            self._loaded = _Loaded(engine, self._online_config(engine))
         except RegistryError as exc:
             self._loaded = None
             problems.append(str(exc))
@@ -293,14 +293,22 @@ class Service:
         """The champion's engine (batch jobs score with it); refuses when not ready."""
         return self._require(self.store.stamps()).engine
 
-    def _require(self, stamps: Stamps) -> _Loaded:
-        """The loaded champion, loaded again first if another process promoted one since."""
-        loaded = self._loaded
-        if loaded is not None and loaded.champion != _counter(stamps, Topic.CHAMPION):
-            with self._lock:
-                if self._loaded is loaded:  # one reload, however many requests noticed
+    def refresh(self, stamps: Stamps | None = None) -> None:
+        """Load the champion again if any process promoted or registered one since.
+
+        Also a process that had no champion to load (none trained yet, or the registry
+        unreachable) loads it as soon as one is there.
+        """
+        champion = _counter(stamps if stamps is not None else self.store.stamps(), Topic.CHAMPION)
+        if self._champion_seen is None or champion > self._champion_seen:
+            with self._lock:  # one reload, however many requests noticed
+                if self._champion_seen is None or champion > self._champion_seen:
                     self.reload()
-            loaded = self._loaded
+
+    def _require(self, stamps: Stamps) -> _Loaded:
+        """The current champion (see :meth:`refresh`); refuses when not ready."""
+        self.refresh(stamps)
+        loaded = self._loaded
         if loaded is None or not self._profiles_ok:
             raise NotReadyError("; ".join(self.problems) or "no champion model loaded")
         return loaded

@@ -21,7 +21,13 @@ from cites_risk.features.pipeline import build_features, collect_features
 from cites_risk.features.reference import Reference
 from cites_risk.models.evaluation import CAPACITIES, ScoreReport, evaluate, evaluate_scores
 from cites_risk.models.report import write_run_report
-from cites_risk.models.tracking import Tracking, load_model, log_model_run
+from cites_risk.models.tracking import (
+    CHAMPION,
+    Tracking,
+    alias_version,
+    load_model,
+    log_model_run,
+)
 from cites_risk.models.training import LABEL, Split, label_frame, train_and_evaluate
 from cites_risk.profiling.config import Settings
 from cites_risk.profiling.engine import (
@@ -61,7 +67,7 @@ from cites_risk.profiling.selection import (
 )
 from cites_risk.profiling.selection_eval import StrategyResult, compare_strategies
 from cites_risk.profiling.sources import Loaded, load_mapping, load_records, write_rejects
-from cites_risk.profiling.store import Actor, Store
+from cites_risk.profiling.store import Actor, Store, Topic
 
 Progress = Callable[[str], None]
 
@@ -215,6 +221,9 @@ def train(
             artifacts={"report": report_dir} if report_dir.exists() else None,
         )
     store.audit.record(actor, "model.train", version, run_id=run_id, **result.sizes)
+    if alias_version(tracking_for(settings), CHAMPION) == version:
+        # The first model registered is champion at once: a running API loads it.
+        store.changed(Topic.CHAMPION)
     return TrainOutcome(run_id, version, result.metrics, result.sizes, reports)
 
 

@@ -24,6 +24,7 @@ def health() -> Health:
 @router.get("/ready", response_model=Readiness, responses={503: {"model": Readiness}})
 def ready(service: ServiceDep) -> JSONResponse:
     """200 once a champion model and the profiles are loaded, else 503 with the reasons."""
+    service.refresh()  # a champion promoted or first registered by another process
     body = Readiness(
         ready=service.ready, model_version=service.model_version, problems=service.problems
     )
@@ -34,7 +35,6 @@ def ready(service: ServiceDep) -> JSONResponse:
 def metrics(request: Request, actor: CurrentActor, service: ServiceDep) -> Response:
     """Prometheus metrics; any valid API key (give the scraper its own key)."""
     registry: Metrics = request.app.state.metrics
-    registry.ready.set(1 if service.ready else 0)
     return Response(registry.render(), media_type=CONTENT_TYPE)
 
 

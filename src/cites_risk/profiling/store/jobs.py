@@ -143,6 +143,22 @@ class JobRepository:
         with self.db.begin() as conn:
             return bool(conn.execute(stmt).rowcount)
 
+    def finish(self, job_id: str, owner: str, **values: Any) -> bool:
+        """Record a job's outcome and end its claim, only if ``owner`` still holds it.
+
+        A process that stalled past its lease must not overwrite the outcome of the one
+        that took the job over; False tells it its result was not recorded.
+        """
+        if "status" in values:
+            values["status"] = JobStatus(values["status"]).value
+        stmt = (
+            jobs.update()
+            .where(jobs.c.job_id == job_id, jobs.c.claimed_by == owner)
+            .values(updated_at=utcnow(), claimed_by=None, claimed_until=None, **values)
+        )
+        with self.db.begin() as conn:
+            return bool(conn.execute(stmt).rowcount)
+
     def release(self, job_id: str, owner: str) -> None:
         """Give the job up at once (a process stopping cleanly), if ``owner`` holds it."""
         stmt = (
