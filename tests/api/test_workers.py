@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ import polars as pl
 from fastapi.testclient import TestClient
 
 from cites_risk.api.app import create_app
+from cites_risk.profiling.batch_jobs import JobRunner, _Heartbeat
 from cites_risk.profiling.roles import Role
 from cites_risk.profiling.service import Service
 from cites_risk.profiling.store import JobStatus
@@ -170,6 +172,28 @@ def test_claims_let_one_process_hold_a_job_until_its_lease_runs_out(
     assert done is not None and done.status == JobStatus.DONE and done.error is None
     assert done.claimed_by is None
     assert not jobs.claim(job.job_id, holder, timedelta(minutes=1))  # finished: nothing to hold
+    service.close()
+
+
+def test_a_claim_counts_as_lost_once_a_lease_passes_without_a_renewal(
+    trained: Trained, tmp_path: Path
+) -> None:
+    """While the store refuses renewals (here: locked), the worker must stop at its next
+    part: after a lease, another process may hold the job."""
+    settings = copy_home(trained, tmp_path).model_copy(update={"job_lease_seconds": 0.6})
+    service = Service.start(settings)
+    runner = JobRunner(service)
+    job = service.store.jobs.create("score", "fp", organisation=ORG, created_by="analyst")
+    assert service.store.jobs.claim(job.job_id, runner.owner, runner.lease)
+    with _Heartbeat(runner, job.job_id) as heartbeat:
+        time.sleep(1.0)
+        assert not heartbeat.lost  # renewed every 0.2 s
+        locker = sqlite3.connect(settings.home / "store.db", timeout=30)
+        locker.execute("BEGIN EXCLUSIVE")
+        time.sleep(1.0)
+        assert heartbeat.lost
+        locker.rollback()
+        locker.close()
     service.close()
 
 
