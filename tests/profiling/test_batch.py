@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
@@ -202,3 +203,71 @@ def test_a_repeated_id_in_a_batch_keeps_one_row_per_declaration(
             == twice.get_column("declaration_id").to_list()
         )
         assert scored.get_column("quantity").to_list() == twice.get_column("quantity").to_list()
+
+
+def test_a_consent_withdrawn_mid_job_reaches_the_chunks_still_to_come(
+    settings: Settings,
+    store: Store,
+    reference: Reference,
+    lemis_model: RiskModel,
+    source: Path,
+    tmp_path: Path,
+) -> None:
+    """MoU clause 10 during a long job: once the provider withdraws a record, no chunk
+    scored afterwards uses it; the chunk scored before keeps what it was allowed to see."""
+    from cites_risk.profiling.batch import Deciding
+    from cites_risk.profiling.profiles.model import parse_profile
+    from cites_risk.profiling.selection import SelectionConfig
+
+    # LEMIS withholds company names; the record names the country most lines come from.
+    raw = pl.read_csv(source, infer_schema=False)
+    country = raw.get_column("country_imp_exp").mode().sort()[0]
+    store.offences.add(
+        pl.DataFrame(
+            [
+                {
+                    "offence_id": "CA-1",
+                    "detected_at": datetime(2019, 6, 1, tzinfo=UTC),
+                    "country_export": country,
+                    "taxon": "Ambystoma mexicanum",
+                    "provider_org": "CA-ECCC",
+                    "shared_with": [ACTOR.organisation],
+                }
+            ],
+            schema=OFFENCE.schema,
+            strict=False,
+        )
+    )
+    profile = parse_profile(
+        {
+            "id": "export-country-with-offence",
+            "title": "Exported from a country with a recorded offence",
+            "owner": "test",
+            "rationale": "A CITES offence was recorded on goods from the exporting country.",
+            "source": "test",
+            "criteria": {"all": [{"field": "export_offences", "range": {"min": 1}}]},
+            "weight": 0.5,
+            "lane": "red",
+        }
+    )
+    deciding = Deciding([profile], SelectionConfig(capacity_share=0.05, random_share=0.0))
+
+    def offences_by_chunk(out: Path, withdraw: bool) -> list[set[int]]:
+        def after_a_chunk(done: int, total: int | None) -> None:
+            if withdraw and done == 250:
+                assert store.offences.set_consent("CA-1", "CA-ECCC", [])
+
+        _run(
+            settings, store, reference, lemis_model, source, out, 250,
+            progress=after_a_chunk, deciding=deciding,
+        )  # fmt: skip
+        return [
+            set(pl.read_parquet(part).get_column("export_offences"))
+            for part in sorted(out.glob("part-*.parquet"))
+        ]
+
+    kept = offences_by_chunk(tmp_path / "kept", withdraw=False)
+    assert len(kept) == 5 and all(seen == {0, 1} for seen in kept), kept
+    withdrawn = offences_by_chunk(tmp_path / "withdrawn", withdraw=True)
+    assert withdrawn[0] == {0, 1}  # scored while the record was shared
+    assert all(seen == {0} for seen in withdrawn[1:]), withdrawn

@@ -6,7 +6,9 @@ Two passes over the source, both in fixed chunks of ``chunk_rows`` source rows:
    consignment siblings and earlier lines are visible to every row, wherever its chunk);
 2. *score*: each chunk is scored against the full history and written as
    ``part-NNNNN.parquet``. The history is carried from chunk to chunk
-   (``features/carry.py``): chunks in time order sort only their own events.
+   (``features/carry.py``): chunks in time order sort only their own events. Offence records
+   and inspection results are those the store holds when a chunk starts: a consent
+   withdrawn mid-job reaches the chunks still to come.
 
 3. *decide*: once every part exists, selection runs over the whole batch (capacity per
    office and day spans chunks) and writes ``decisions.parquet``: final risk, lane, how
@@ -47,7 +49,7 @@ from cites_risk.profiling.selection import (
     SelectionReport,
 )
 from cites_risk.profiling.sources import country_lookup, read_source, vocabulary, write_rejects
-from cites_risk.profiling.store import Actor, Store
+from cites_risk.profiling.store import Actor, Stamps, Store, Topic
 
 Progress = Callable[[int, int | None], None]
 OUTPUT_COLUMNS = (
@@ -135,6 +137,45 @@ def _atomic_parquet(frame: pl.DataFrame, path: Path) -> None:
     tmp.replace(path)
 
 
+#: What a chunk reads from the store; a champion promoted mid-job leaves its history as it is.
+_HISTORY_TOPICS = frozenset({Topic.OFFENCES, Topic.INSPECTIONS})
+
+
+class _StoredRecords:
+    """The history a job scores against, as the store holds it when each chunk starts.
+
+    A job can run for as long as its file is large. An offence record withdrawn from the
+    job's organisation in the meantime (consent, MoU clause 10) must not reach the chunks
+    still to come, and a record or inspection result added must: when the store's change
+    counters moved, the history is read again and the walk starts over from it (one full
+    carry, paid only after a change).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        files: DeclarationHistory,
+        organisation: str,
+        extras: dict[str, str] | None,
+    ) -> None:
+        self.store = store
+        self.files = files
+        self.organisation = organisation
+        self.extras = extras
+        self._stamps: Stamps | None = None
+        self._walk: HistoryWalk | None = None
+
+    def walk(self) -> HistoryWalk:
+        # Read before the records they guard (see ``Database.stamps``).
+        stamps = tuple((t, n) for t, n in self.store.stamps() if t in _HISTORY_TOPICS)
+        if self._walk is None or stamps != self._stamps:
+            history = history_for(self.store, self.files, self.organisation)
+            # Chunks in time order fold the history forward instead of sorting it again.
+            self._walk = HistoryWalk(history, self.extras)
+            self._stamps = stamps
+        return self._walk
+
+
 def score_stream(
     settings: Settings,
     store: Store,
@@ -173,15 +214,14 @@ def score_stream(
         marker.write_text(json.dumps({"rows": total, "source": str(source)}))
     result.rows_read = total
 
-    # Chunks in time order fold the history forward instead of sorting all of it again.
-    walk = HistoryWalk(history_for(store, history_files, actor.organisation), engine.model.extras)
+    records = _StoredRecords(store, history_files, actor.organisation, engine.model.extras)
     done = 0
     for k, chunk in source_chunks(source, mapping, chunk_rows):
         part = out_dir / f"part-{k:05d}.parquet"
         if not part.exists():
             accepted, _ = _validated(chunk, mapping, reference)
             keep = set(OUTPUT_COLUMNS) | (deciding.columns() if deciding else set())
-            scored = engine.score(accepted, walk.for_batch(accepted))
+            scored = engine.score(accepted, records.walk().for_batch(accepted))
             _atomic_parquet(scored.select(c for c in scored.columns if c in keep), part)
         result.parts.append(part)
         done += chunk.height
