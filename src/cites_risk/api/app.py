@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
 
 from cites_risk.api import errors
+from cites_risk.api.concurrency import ScoringPool
 from cites_risk.api.limits import BodyLimit
 from cites_risk.api.metrics import Metrics
 from cites_risk.api.routes import (
@@ -65,6 +66,9 @@ def create_app(
     app.state.service = svc
     app.state.jobs = runner
     app.state.metrics = Metrics(settings.metrics_dir)
+    app.state.scoring_pool = ScoringPool(
+        settings.api_scoring_threads, on_wait=app.state.metrics.scoring_wait.observe
+    )
     errors.install(app)
 
     documented = problem_responses(401, 403, 404, 409, 413, 422, 503)

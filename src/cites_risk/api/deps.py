@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from cites_risk.api.concurrency import ScoringPool
 from cites_risk.profiling.batch_jobs import JobRunner
 from cites_risk.profiling.roles import Role, at_least
 from cites_risk.profiling.service import ForbiddenError, Service
@@ -18,12 +19,22 @@ _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <key>"
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: <key>")
 
 
-def get_service(request: Request) -> Service:
+# Dependencies that neither block nor compute are ``async``: FastAPI runs a plain ``def``
+# dependency on a worker thread, a hop per dependency and request.
+async def get_service(request: Request) -> Service:
     service: Service = request.app.state.service
     return service
 
 
 ServiceDep = Annotated[Service, Depends(get_service)]
+
+
+async def get_scoring_pool(request: Request) -> ScoringPool:
+    pool: ScoringPool = request.app.state.scoring_pool
+    return pool
+
+
+ScoringThreads = Annotated[ScoringPool, Depends(get_scoring_pool)]
 
 
 def current_actor(
@@ -41,10 +52,10 @@ def current_actor(
 CurrentActor = Annotated[Actor, Depends(current_actor)]
 
 
-def require(minimum: Role) -> Callable[[Actor], Actor]:
+def require(minimum: Role) -> Callable[[Actor], Awaitable[Actor]]:
     """A dependency admitting actors whose role is at least ``minimum``."""
 
-    def guard(actor: CurrentActor) -> Actor:
+    async def guard(actor: CurrentActor) -> Actor:
         if not at_least(Role(actor.role), minimum):
             raise ForbiddenError(f"this needs the {minimum.value} role or above")
         return actor

@@ -1,4 +1,5 @@
-"""Prometheus metrics: requests by route template and status, latency, scored rows.
+"""Prometheus metrics: requests by route template and status, latency, the wait for a
+scoring thread, readiness.
 
 Each app has its own registry (several apps in one process, as in tests, never collide).
 Labels are route *templates* (``/v1/offences/{offence_id}``), never ids: the metrics hold
@@ -39,6 +40,11 @@ class Metrics:
             "cites_risk_request_seconds",
             "HTTP request latency",
             ["method", "route"],
+            registry=self.registry,
+        )
+        self.scoring_wait = Histogram(
+            "cites_risk_scoring_wait_seconds",
+            "Time a scoring request waited for a free scoring thread (api_scoring_threads)",
             registry=self.registry,
         )
         self.ready = Gauge(

@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     )
     api_max_batch: int = Field(default=10_000, ge=1, description="Rows in one JSON batch.")
     api_max_body_mb: int = Field(default=200, ge=1, description="Largest request body (MiB).")
+    api_scoring_threads: int = Field(
+        default=4,
+        ge=1,
+        description="Scoring requests one API process computes at once; the others wait "
+        "their turn in arrival order.",
+    )
     metrics_dir: Path | None = Field(
         default=None,
         description="Folder where the processes of one server count their metrics "

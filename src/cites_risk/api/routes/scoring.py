@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from cites_risk.api.deps import Inspector, ServiceDep, Targeting
+from cites_risk.api.deps import Inspector, ScoringThreads, ServiceDep, Targeting
 from cites_risk.api.schemas import DeclarationIn, ScoreBatchIn, ScoreBatchOut, ScoreResult
 from cites_risk.profiling.service import extra_column
 
@@ -20,15 +20,21 @@ def _row(declaration: DeclarationIn) -> dict[str, Any]:
 
 
 @router.post("/score", response_model=ScoreResult)
-def score_one(declaration: DeclarationIn, actor: Inspector, service: ServiceDep) -> ScoreResult:
+async def score_one(
+    declaration: DeclarationIn, actor: Inspector, service: ServiceDep, threads: ScoringThreads
+) -> ScoreResult:
     """Score one declaration: score, lane, reasons and species match."""
-    return service.score(actor, [_row(declaration)])[0]
+    results = await threads.run(service.score, actor, [_row(declaration)])
+    return results[0]
 
 
 @router.post("/score/batch", response_model=ScoreBatchOut)
-def score_batch(body: ScoreBatchIn, actor: Targeting, service: ServiceDep) -> ScoreBatchOut:
+async def score_batch(
+    body: ScoreBatchIn, actor: Targeting, service: ServiceDep, threads: ScoringThreads
+) -> ScoreBatchOut:
     """Score a list of declarations in one vectorised pass (at most api_max_batch)."""
-    return ScoreBatchOut(results=service.score(actor, [_row(d) for d in body.declarations]))
+    rows = [_row(d) for d in body.declarations]
+    return ScoreBatchOut(results=await threads.run(service.score, actor, rows))
 
 
 @router.get("/scores/{declaration_id}", response_model=ScoreResult)
