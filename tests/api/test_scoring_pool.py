@@ -55,6 +55,30 @@ def test_waiting_requests_are_served_in_arrival_order_and_their_waits_reported()
     assert len(waits) == 5 and waits[0] < 0.03 <= waits[-1]
 
 
+def test_event_loops_sharing_a_pool_never_wait_on_each_other() -> None:
+    """One app may serve from several event loops at once (test clients, embedding): a
+    slot freed in one loop must not be handed to a waiter of another, which would never
+    wake and would keep its slot for good."""
+    pool = ScoringPool(1)
+    finished: list[str] = []
+
+    def serve(name: str, hold: float) -> None:
+        async def main() -> None:
+            finished.append(await pool.run(lambda: time.sleep(hold) or name))
+
+        anyio.run(main)
+
+    first = threading.Thread(target=serve, args=("first", 0.3), daemon=True)
+    second = threading.Thread(target=serve, args=("second", 0.0), daemon=True)
+    first.start()
+    time.sleep(0.1)  # the second loop asks while the first holds the only thread
+    second.start()
+    for thread in (first, second):
+        thread.join(timeout=10)
+    assert not first.is_alive() and not second.is_alive(), "a loop never woke"
+    assert sorted(finished) == ["first", "second"]
+
+
 def test_a_pool_needs_a_thread() -> None:
     with pytest.raises(ValueError, match="at least one thread"):
         ScoringPool(0)

@@ -17,6 +17,7 @@ from typing import TypeVar, TypeVarTuple
 
 import anyio
 import anyio.to_thread
+from anyio.lowlevel import RunVar
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -29,8 +30,18 @@ class ScoringPool:
             raise ValueError("a scoring pool needs at least one thread")
         self.total = total
         self.on_wait = on_wait
-        # Bound to the event loop of its first use (anyio); waiters are served in order.
-        self._limiter = anyio.CapacityLimiter(total)
+        # One limiter per event loop, as anyio keeps its default one: a limiter's waiters
+        # are woken by the loop that frees a slot, and a waiter of another loop would never
+        # wake. uvicorn runs one loop per process; tests may run several at once.
+        self._limiters: RunVar[anyio.CapacityLimiter] = RunVar(f"scoring_pool_{id(self)}")
+
+    def _limiter(self) -> anyio.CapacityLimiter:
+        try:
+            return self._limiters.get()
+        except LookupError:
+            limiter = anyio.CapacityLimiter(self.total)  # serves waiters in arrival order
+            self._limiters.set(limiter)
+            return limiter
 
     async def run(self, func: Callable[[*Ts], T], *args: *Ts) -> T:
         """``func(*args)`` on a scoring thread, once one is free."""
@@ -41,4 +52,4 @@ class ScoringPool:
                 self.on_wait(time.perf_counter() - queued)
             return func(*args)
 
-        return await anyio.to_thread.run_sync(timed, limiter=self._limiter)
+        return await anyio.to_thread.run_sync(timed, limiter=self._limiter())
