@@ -7,8 +7,8 @@ Two passes over the source, both in fixed chunks of ``chunk_rows`` source rows:
 2. *score*: each chunk is scored against the full history and written as
    ``part-NNNNN.parquet``. The history is carried from chunk to chunk
    (``features/carry.py``): chunks in time order sort only their own events. Offence records
-   and inspection results are those the store holds when a chunk starts: a consent
-   withdrawn mid-job reaches the chunks still to come.
+   are those the store holds when a chunk starts: a consent withdrawn mid-job reaches the
+   chunks still to come.
 
 3. *decide*: once every part exists, selection runs over the whole batch (capacity per
    office and day spans chunks) and writes ``decisions.parquet``: final risk, lane, how
@@ -137,18 +137,16 @@ def _atomic_parquet(frame: pl.DataFrame, path: Path) -> None:
     tmp.replace(path)
 
 
-#: What a chunk reads from the store; a champion promoted mid-job leaves its history as it is.
-_HISTORY_TOPICS = frozenset({Topic.OFFENCES, Topic.INSPECTIONS})
-
-
 class _StoredRecords:
-    """The history a job scores against, as the store holds it when each chunk starts.
+    """The history a job scores against, with the offence records the store holds when
+    each chunk starts.
 
     A job can run for as long as its file is large. An offence record withdrawn from the
     job's organisation in the meantime (consent, MoU clause 10) must not reach the chunks
-    still to come, and a record or inspection result added must: when the store's change
-    counters moved, the history is read again and the walk starts over from it (one full
-    carry, paid only after a change).
+    still to come: when the store's offence counter moved, the history is read again and
+    the walk starts over from it (one full carry, paid only after such a change).
+    Inspection results, recorded all day long, do not restart it: the job keeps those it
+    read at its start, as a job started a minute earlier would (no consent governs them).
     """
 
     def __init__(
@@ -167,7 +165,7 @@ class _StoredRecords:
 
     def walk(self) -> HistoryWalk:
         # Read before the records they guard (see ``Database.stamps``).
-        stamps = tuple((t, n) for t, n in self.store.stamps() if t in _HISTORY_TOPICS)
+        stamps = tuple((t, n) for t, n in self.store.stamps() if t == Topic.OFFENCES)
         if self._walk is None or stamps != self._stamps:
             history = history_for(self.store, self.files, self.organisation)
             # Chunks in time order fold the history forward instead of sorting it again.
