@@ -16,6 +16,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -30,7 +31,7 @@ from cites_risk.api.app import create_app
 from cites_risk.profiling.batch_jobs import JobRunner, _Heartbeat
 from cites_risk.profiling.roles import Role
 from cites_risk.profiling.service import Service
-from cites_risk.profiling.store import JobStatus
+from cites_risk.profiling.store import Actor, JobStatus
 from cites_risk.profiling.workflows import tracking_for
 from tests.api.conftest import ORG, OTHER, Trained, copy_home, declaration, issue_keys
 from tests.api.test_consent import IMPORTER, PROFILE
@@ -106,6 +107,26 @@ def test_consent_records_and_promotions_made_in_one_worker_reach_the_other(
         assert b.get("/ready").json()["model_version"] == "2"
     first.close()
     second.close()
+
+
+def test_a_request_during_another_threads_reload_gets_the_new_champion(
+    trained: Trained, tmp_path: Path
+) -> None:
+    """The job thread may notice a promotion first and be loading the new champion when a
+    request asks: the request waits for that load rather than answer with the old state."""
+    settings = copy_home(trained, tmp_path)
+    service, other = Service.start(settings), Service.start(settings)
+    assert service.model_version == "1"
+    other.promote(Actor("a", ORG, Role.ANALYST.value), "2", force=True)
+    loading = threading.Thread(target=service.refresh)
+    loading.start()
+    while not service._lock.locked() and loading.is_alive():
+        time.sleep(0.001)
+    service.refresh()  # while the other thread holds the lock, loading version 2
+    assert service.model_version == "2"
+    loading.join()
+    service.close()
+    other.close()
 
 
 def test_a_worker_without_a_champion_loads_one_promoted_elsewhere_and_jobs_wait_for_it(

@@ -265,7 +265,7 @@ class Service:
     def reload(self) -> None:
         problems: list[str] = []
         # Read before the registry: a promotion in between shows as a new counter next time.
-        self._champion_seen = _counter(self.store.stamps(), Topic.CHAMPION)
+        seen = _counter(self.store.stamps(), Topic.CHAMPION)
         try:
             model, version = load_model(self.tracking, CHAMPION)
             engine = engine_for(self.settings, model, version, self.reference)
@@ -280,6 +280,9 @@ class Service:
             self._profiles_ok = False
             problems.append(f"stored profiles cannot be read: {exc}")
         self.problems = problems
+        # Only now: a thread that sees this counter must find the champion it stands for,
+        # not skip the lock while another thread is still loading it (``refresh``).
+        self._champion_seen = seen
 
     @property
     def ready(self) -> bool:
