@@ -49,7 +49,7 @@ from cites_risk.profiling.selection import (
     SelectionReport,
 )
 from cites_risk.profiling.sources import country_lookup, read_source, vocabulary, write_rejects
-from cites_risk.profiling.store import Actor, Stamps, Store, Topic
+from cites_risk.profiling.store import Actor, Store, Topic, counter
 
 Progress = Callable[[int, int | None], None]
 OUTPUT_COLUMNS = (
@@ -160,17 +160,18 @@ class _StoredRecords:
         self.files = files
         self.organisation = organisation
         self.extras = extras
-        self._stamps: Stamps | None = None
+        #: The store's offence counter when the history was read.
+        self._offences: int | None = None
         self._walk: HistoryWalk | None = None
 
     def walk(self) -> HistoryWalk:
-        # Read before the records they guard (see ``Database.stamps``).
-        stamps = tuple((t, n) for t, n in self.store.stamps() if t == Topic.OFFENCES)
-        if self._walk is None or stamps != self._stamps:
+        # Read before the records it guards (see ``Database.stamps``).
+        offences = counter(self.store.stamps(), Topic.OFFENCES)
+        if self._walk is None or offences != self._offences:
             history = history_for(self.store, self.files, self.organisation)
             # Chunks in time order fold the history forward instead of sorting it again.
             self._walk = HistoryWalk(history, self.extras)
-            self._stamps = stamps
+            self._offences = offences
         return self._walk
 
 

@@ -73,7 +73,7 @@ from cites_risk.profiling.selection import (
 )
 from cites_risk.profiling.selection import REASONS as SELECTION_REASONS
 from cites_risk.profiling.sources import vocabulary
-from cites_risk.profiling.store import Actor, Stamps, Store, Topic
+from cites_risk.profiling.store import Actor, Stamps, Store, Topic, counter
 from cites_risk.profiling.store.core import as_utc, upsert, utcnow
 from cites_risk.profiling.store.schema import scores
 from cites_risk.profiling.workflows import tracking_for
@@ -211,10 +211,6 @@ class _Loaded:
     online: SelectionConfig
 
 
-def _counter(stamps: Stamps, topic: Topic) -> int:
-    return dict(stamps).get(topic.value, 0)
-
-
 # --- the service --------------------------------------------------------------------------
 
 
@@ -265,7 +261,7 @@ class Service:
     def reload(self) -> None:
         problems: list[str] = []
         # Read before the registry: a promotion in between shows as a new counter next time.
-        seen = _counter(self.store.stamps(), Topic.CHAMPION)
+        seen = counter(self.store.stamps(), Topic.CHAMPION)
         try:
             model, version = load_model(self.tracking, CHAMPION)
             engine = engine_for(self.settings, model, version, self.reference)
@@ -302,7 +298,7 @@ class Service:
         Also a process that had no champion to load (none trained yet, or the registry
         unreachable) loads it as soon as one is there.
         """
-        champion = _counter(stamps if stamps is not None else self.store.stamps(), Topic.CHAMPION)
+        champion = counter(stamps if stamps is not None else self.store.stamps(), Topic.CHAMPION)
         if self._champion_seen is None or champion > self._champion_seen:
             with self._lock:  # one reload, however many requests noticed
                 if self._champion_seen is None or champion > self._champion_seen:

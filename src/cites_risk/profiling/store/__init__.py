@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cites_risk.profiling.store.audit import Actor, AuditLog
-from cites_risk.profiling.store.core import Database, Stamps, StoreError, Topic
+from cites_risk.profiling.store.core import Database, Stamps, StoreError, Topic, counter
 from cites_risk.profiling.store.jobs import Job, JobRepository, JobStatus
 from cites_risk.profiling.store.records import (
     EVERYONE,
@@ -54,4 +54,5 @@ __all__ = [
     "StoreError",
     "Topic",
     "can_see",
+    "counter",
 ]

@@ -35,6 +35,11 @@ class Topic(StrEnum):
 Stamps = tuple[tuple[str, int], ...]
 
 
+def counter(stamps: Stamps, topic: Topic) -> int:
+    """``topic``'s counter in ``stamps`` (0 before its first change)."""
+    return dict(stamps).get(topic.value, 0)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
