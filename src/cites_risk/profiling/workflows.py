@@ -199,6 +199,7 @@ def train(
         **{f"lgb_{k}": v for k, v in result.model.info["params"].items()},
         "best_iteration": result.model.info["best_iteration"],
     }
+    tracking = tracking_for(settings)
     with tempfile.TemporaryDirectory() as tmp:
         report_dir = Path(tmp) / "report"
         if len(result.test_scores):
@@ -212,7 +213,7 @@ def train(
                 title=f"cites-risk model on {mapping_name}",
             )
         run_id, version = log_model_run(
-            tracking_for(settings),
+            tracking,
             result.model,
             params=params,
             metrics=result.metrics,
@@ -221,7 +222,7 @@ def train(
             artifacts={"report": report_dir} if report_dir.exists() else None,
         )
     store.audit.record(actor, "model.train", version, run_id=run_id, **result.sizes)
-    if alias_version(tracking_for(settings), CHAMPION) == version:
+    if alias_version(tracking, CHAMPION) == version:
         # The first model registered is champion at once: a running API loads it.
         store.changed(Topic.CHAMPION)
     return TrainOutcome(run_id, version, result.metrics, result.sizes, reports)

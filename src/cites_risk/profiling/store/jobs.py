@@ -149,12 +149,10 @@ class JobRepository:
         A process that stalled past its lease must not overwrite the outcome of the one
         that took the job over; False tells it its result was not recorded.
         """
-        if "status" in values:
-            values["status"] = JobStatus(values["status"]).value
         stmt = (
             jobs.update()
             .where(jobs.c.job_id == job_id, jobs.c.claimed_by == owner)
-            .values(updated_at=utcnow(), claimed_by=None, claimed_until=None, **values)
+            .values(_changed(claimed_by=None, claimed_until=None, **values))
         )
         with self.db.begin() as conn:
             return bool(conn.execute(stmt).rowcount)
@@ -170,12 +168,15 @@ class JobRepository:
             conn.execute(stmt)
 
     def update(self, job_id: str, **values: Any) -> None:
-        if "status" in values:
-            values["status"] = JobStatus(values["status"]).value
         with self.db.begin() as conn:
-            conn.execute(
-                jobs.update().where(jobs.c.job_id == job_id).values(updated_at=utcnow(), **values)
-            )
+            conn.execute(jobs.update().where(jobs.c.job_id == job_id).values(_changed(**values)))
+
+
+def _changed(**values: Any) -> dict[str, Any]:
+    """Column values of a job update, stamped with the time and the status as stored."""
+    if "status" in values:
+        values["status"] = JobStatus(values["status"]).value
+    return {"updated_at": utcnow(), **values}
 
 
 _UNFINISHED = jobs.c.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])
