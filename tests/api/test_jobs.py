@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import polars as pl
 import pytest
 from fastapi.testclient import TestClient
@@ -38,6 +39,16 @@ def _lemis_subset(rows: int, offset: int) -> bytes:
     return frame.write_csv().encode()
 
 
+def _submit(client: TestClient, name: str, data: bytes, headers: dict[str, str]) -> httpx.Response:
+    """Upload ``data`` as a LEMIS file to score as a batch job."""
+    return client.post(
+        "/v1/jobs",
+        files={"file": (name, data, "text/csv")},
+        data={"mapping": "lemis"},
+        headers=headers,
+    )
+
+
 @pytest.fixture(scope="module")
 def home(trained: Trained) -> Iterator[Path]:
     folder = Path(tempfile.mkdtemp(prefix="cites-jobs-"))
@@ -62,19 +73,9 @@ def test_same_file_twice_is_one_job_with_results_and_rejects(trained: Trained, h
     headers = {"Authorization": f"Bearer {keys[('US-FWS', Role.TARGETING)]}"}
     data = _lemis_subset(ROWS, 0)
     with TestClient(create_app(settings, service, job_chunk_rows=250)) as client:
-        first = client.post(
-            "/v1/jobs",
-            files={"file": ("day.csv", data, "text/csv")},
-            data={"mapping": "lemis"},
-            headers=headers,
-        )
+        first = _submit(client, "day.csv", data, headers)
         assert first.status_code == 202, first.text
-        again = client.post(
-            "/v1/jobs",
-            files={"file": ("same-bytes-other-name.csv", data, "text/csv")},
-            data={"mapping": "lemis"},
-            headers=headers,
-        )
+        again = _submit(client, "same-bytes-other-name.csv", data, headers)
         assert again.status_code == 200 and again.json()["job_id"] == first.json()["job_id"]
         job_id = first.json()["job_id"]
         other = {"Authorization": f"Bearer {keys[(OTHER, Role.ADMIN)]}"}
@@ -109,12 +110,7 @@ def test_a_crashed_job_resumes_in_a_new_app_without_duplicates(
     headers = {"Authorization": f"Bearer {keys[('US-FWS', Role.ANALYST)]}"}
     data = _lemis_subset(ROWS, 2000)
     with TestClient(create_app(settings, service, job_chunk_rows=60)) as client:
-        job_id = client.post(
-            "/v1/jobs",
-            files={"file": ("night.csv", data, "text/csv")},
-            data={"mapping": "lemis"},
-            headers=headers,
-        ).json()["job_id"]
+        job_id = _submit(client, "night.csv", data, headers).json()["job_id"]
         out = Path(str(service.store.jobs.get(job_id).output_path))  # type: ignore[union-attr]
         deadline = time.monotonic() + 60
         while len(list(out.glob("part-*.parquet"))) < 2 and time.monotonic() < deadline:

@@ -36,7 +36,7 @@ from cites_risk.profiling.workflows import tracking_for
 from tests.api.conftest import ORG, OTHER, Trained, copy_home, declaration, issue_keys
 from tests.api.test_consent import IMPORTER, PROFILE
 from tests.api.test_inspector_page import _free_port
-from tests.api.test_jobs import ROWS, _lemis_subset, _wait
+from tests.api.test_jobs import ROWS, _lemis_subset, _submit, _wait
 
 
 def _score(client: TestClient | httpx.Client, key: str, ident: str) -> dict[str, Any]:
@@ -147,12 +147,7 @@ def test_a_worker_without_a_champion_loads_one_promoted_elsewhere_and_jobs_wait_
         TestClient(create_app(settings, other)) as b,
     ):
         assert a.get("/ready").status_code == 503
-        submitted = a.post(
-            "/v1/jobs",
-            files={"file": ("night.csv", _lemis_subset(ROWS, 6000), "text/csv")},
-            data={"mapping": "lemis"},
-            headers=analyst,
-        )
+        submitted = _submit(a, "night.csv", _lemis_subset(ROWS, 6000), analyst)
         assert submitted.status_code == 202, submitted.text
         job_id = submitted.json()["job_id"]
         time.sleep(1.0)  # five polls in each worker: neither may take a job it would fail
@@ -229,12 +224,7 @@ def test_a_job_left_by_a_dead_worker_is_finished_by_another_without_duplicates(
     headers = {"Authorization": f"Bearer {keys[(ORG, Role.ANALYST)]}"}
     # Its lifespan never starts: the job is accepted, then the worker "dies" holding it.
     app = create_app(settings, dead, job_chunk_rows=60)
-    submitted = TestClient(app).post(
-        "/v1/jobs",
-        files={"file": ("night.csv", _lemis_subset(ROWS, 4000), "text/csv")},
-        data={"mapping": "lemis"},
-        headers=headers,
-    )
+    submitted = _submit(TestClient(app), "night.csv", _lemis_subset(ROWS, 4000), headers)
     assert submitted.status_code == 202, submitted.text
     job_id = submitted.json()["job_id"]
     assert dead.store.jobs.claim(job_id, app.state.jobs.owner, timedelta(seconds=3))
