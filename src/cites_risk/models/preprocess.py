@@ -100,11 +100,14 @@ class CategoryCodes:
     def fit(self, frame: pl.DataFrame) -> Self:
         self.vocab_: dict[str, dict[str, int]] = {}
         for col in self.columns:
+            # Ties in count are ordered by value: hash order would give equally frequent
+            # categories different codes from one run to the next, and different trees.
             counts = (
                 frame.get_column(col)
                 .drop_nulls()
-                .value_counts(sort=True)
+                .value_counts()
                 .filter(pl.col("count") >= self.min_count)
+                .sort(["count", col], descending=[True, False])
                 .head(self.max_levels)
             )
             # Code 0 is "other" (rare, unseen); categories start at 1.
