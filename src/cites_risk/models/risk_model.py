@@ -27,6 +27,7 @@ from cites_risk.features.pipeline import (
     MODEL_COLUMNS,
     extra_history_keys,
 )
+from cites_risk.models.early_stopping import PATIENCE, SmoothedEarlyStopping
 from cites_risk.models.preprocess import CategoryCodes, UnitValueBands, to_matrix
 
 if TYPE_CHECKING:
@@ -220,7 +221,7 @@ def fit_risk_model(
     params: dict[str, Any] | None = None,
     extras: dict[str, str] | None = None,
     num_boost_round: int = 2000,
-    early_stopping: int = 100,
+    early_stopping: int = PATIENCE,
     exclude: Sequence[str] = (),
 ) -> RiskModel:
     """Fit preprocessing on train, boost with early stopping on valid, calibrate on valid."""
@@ -260,9 +261,7 @@ def fit_risk_model(
         x_valid, valid.label, weight=valid.weight, reference=dtrain, categorical_feature=cats
     )
     callbacks: list[Any] = (
-        [lgb.early_stopping(early_stopping, first_metric_only=True, verbose=False)]
-        if early_stopping > 0
-        else []
+        [SmoothedEarlyStopping(patience=early_stopping)] if early_stopping > 0 else []
     )
     booster = lgb.train(
         {**merged, "metric": ["average_precision", "auc"]},
