@@ -76,18 +76,12 @@ def test_ingest_train_score_on_lemis(env: Path) -> None:
     assert (env / "out" / "scored.csv").exists()
     rejects = list((env / "out").glob("*.rejects.csv"))
     assert rejects and pl.read_csv(rejects[0]).columns == ["row", "field", "value", "reason"]
-    # A second run replaces rather than duplicates what it loaded.
-    again = runner.invoke(
-        app,
-        [
-            "ingest",
-            str(
-                Path(__file__).parents[2]
-                / "src/cites_risk/profiling/sample_data/lemis_amphibian_2016_2021.csv.gz"
-            ),
-        ],
-    )
+    assert "with model v1" in result.output
+    # A second run replaces rather than duplicates what it loaded, and scores with the model
+    # it trained (a challenger now), not with the champion of the first run.
+    again = runner.invoke(app, ["demo"])
     assert again.exit_code == 0, again.output
+    assert "model version 2" in again.output and "with model v2" in again.output
     from cites_risk.profiling.config import Settings
     from cites_risk.profiling.store import Store
 

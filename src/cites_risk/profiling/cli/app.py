@@ -148,7 +148,7 @@ def train(
         str | None, typer.Option(help="Day after the test period (default: open).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed (training is deterministic).")] = 0,
-) -> None:
+) -> str | None:
     """Train a LightGBM model on the ingested history and register it in MLflow.
 
     Trains before --valid-from, stops early and calibrates on the validation period, refits
@@ -192,6 +192,7 @@ def train(
                 cells.append(f"{v:.3f}" + (f" [{ci.low:.2f}, {ci.high:.2f}]" if ci else ""))
             table.add_row(r.name, *cells)
         console.print(table)
+    return outcome.version
 
 
 @app.command()
@@ -297,16 +298,18 @@ def demo(
     with open_context() as ctx:
         changed = workflows.install_starter_profiles(ctx.store, ctx.actor)
     console.print(f"starter risk profiles: {changed} installed or updated")
-    train(
+    version = train(
         mapping="lemis", valid_from="2019-07-01", test_from="2020-01-01", test_until=None, seed=seed
     )
+    # The model just trained, champion or not: in a home that already has a champion (a
+    # second demo, perhaps after an upgrade) it is a challenger, and the tables above are its.
     score(
         LEMIS_SAMPLE,
         mapping="lemis",
         out=None,
         start="2020-01-01",
         end=None,
-        model="champion",
+        model=version or "champion",
         capacity=0.05,
         pool="batch",
         random_share=0.02,
