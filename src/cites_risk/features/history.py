@@ -297,10 +297,13 @@ def prior_totals(
         *([pl.col("__mark")] if last_time else []),
     )
     # Time and tie order fused into one integer: a two-key sort is much cheaper than three.
+    # Stable: the running sums below add in stream order, and events of one key at one
+    # instant in a varying order made decayed sums differ by ~1e-13 from one build to the
+    # next, enough to change a model. No slower (bench_features, 1 M rows, A/B).
     stream = (
         pl.concat([t, e], how="vertical")
         .with_columns((pl.col(TIME).dt.epoch("us") * 4 + pl.col("__order")).alias("__ti"))
-        .sort("__h", "__ti")
+        .sort("__h", "__ti", maintain_order=True)
     )
     key_start = (pl.col("__h") != pl.col("__h").shift(1)).fill_null(True)
     # Rows of one key at one instant (and order) see the same past: what came before the
