@@ -5,7 +5,8 @@ moves by a hit more or less in the top of the ranking. LightGBM's own early stop
 the single best round: on the LEMIS backtest fold 2019-H1, two seeds of five peaked at 4
 and 5 trees and stopped 100 rounds later, with test AP 0.917 +- 0.016 against 0.926 +-
 0.004 for models that boosted on. A mean over the last ``window`` + 1 rounds discounts such
-a peak, and a patience of ``6 / learning rate`` rounds outlasts a plateau.
+a peak, and a patience of 200 rounds (6 / learning rate at the default rate of 0.03)
+outlasts a plateau.
 """
 
 from __future__ import annotations
