@@ -28,9 +28,8 @@ The bias column is each tree's expected value (leaf values weighted by training 
 as LightGBM computes it. Splits follow LightGBM's rules for missing values (``None``,
 ``Zero``, ``NaN`` with the default direction) and categorical sets. Boosters this module
 does not know (linear trees, several classes, averaged output, trees of more than 64
-splits, splits without training rows) raise :class:`TreeShapUnavailableError`; so does a
-missing numba, and :func:`for_booster` falls back to LightGBM (which itself cannot explain
-linear trees).
+splits, splits without training rows) raise :class:`TreeShapUnavailableError`, and
+:func:`for_booster` falls back to LightGBM (which itself cannot explain linear trees).
 """
 
 from __future__ import annotations
@@ -45,11 +44,7 @@ from typing import Any, Protocol
 
 import lightgbm as lgb
 import numpy as np
-
-try:  # numba is part of the ``fast`` extra; without it LightGBM explains (slower).
-    from numba import njit
-except ImportError:  # pragma: no cover - exercised only where numba is not installed
-    njit = None
+from numba import njit
 
 log = logging.getLogger(__name__)
 _warned: set[str] = set()
@@ -71,7 +66,7 @@ def _count_splits(node: dict[str, Any]) -> int:
 
 
 class TreeShapUnavailableError(RuntimeError):
-    """numba is not installed, or the booster has trees this module does not handle."""
+    """The booster has trees this module does not handle."""
 
 
 @dataclass(frozen=True)
@@ -295,11 +290,6 @@ def _flatten(booster: lgb.Booster) -> _Trees:
     return builder.build(int(dump["max_feature_idx"]) + 1)
 
 
-def _kernel(*arrays: Any) -> None:
-    """Compiled below; see :func:`_contributions` for the arguments."""
-    raise TreeShapUnavailableError("numba is not installed")
-
-
 def _contributions(
     x: np.ndarray,
     out: np.ndarray,
@@ -390,11 +380,10 @@ def _contributions(
         out[row, bias_column] += bias
 
 
-if njit is not None:
-    try:
-        _kernel = njit(nogil=True, cache=True)(_contributions)
-    except RuntimeError:  # nowhere writable to cache the machine code: compile per process
-        _kernel = njit(nogil=True)(_contributions)
+try:
+    _kernel = njit(nogil=True, cache=True)(_contributions)
+except RuntimeError:  # nowhere writable to cache the machine code: compile per process
+    _kernel = njit(nogil=True)(_contributions)
 
 
 class Contributions(Protocol):
@@ -429,8 +418,6 @@ class TreeShap:
     backend = "treeshap-numba"
 
     def __init__(self, booster: lgb.Booster, threads: int | None = None) -> None:
-        if njit is None:
-            raise TreeShapUnavailableError("numba is not installed")
         self._trees = _flatten(booster)
         self.threads = max(1, threads or _usable_cores())
 

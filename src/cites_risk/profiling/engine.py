@@ -13,6 +13,7 @@ from datetime import datetime
 import numpy as np
 import polars as pl
 
+from cites_risk.features import running_totals
 from cites_risk.features.contract import FEW_ROWS, D
 from cites_risk.features.history import History
 from cites_risk.features.pipeline import build_features, collect_features
@@ -172,10 +173,12 @@ def decide(
 
 def engine_for(settings: Settings, model: RiskModel, version: str, reference: Reference) -> Engine:
     """The engine the settings ask for: compiled trees when enabled and available, and the
-    explanations' compiled code loaded now rather than on the first declaration."""
+    compiled code of the features and explanations loaded now rather than on the first
+    declaration."""
     predictor = None
     if settings.compile_trees:
         predictor = CompiledPredictor.for_model(model, settings.home / "compiled")
+    running_totals.warm()
     model.explainer(warm=True)
     return Engine(model, version, reference, predictor)
 

@@ -1,0 +1,213 @@
+"""Running totals over a stream of events, per key, read at the start of each instant.
+
+The heart of every history feature (``history.prior_totals``): a stream of targets and
+events of many keys; each row needs the sums of its key's events before its instant and
+the latest marked event time before it. As polars expressions that was a sort by (key,
+time) that moved every column, then a dozen whole-column passes per value (cumulative
+sums, shifts, forward fills). Here the stream is ordered by time alone (it arrives nearly
+so: a batch, then its events), the keys are numbered by a hash table, and one compiled
+pass keeps a row of totals per key. On the key streams of a 150 k-declaration partition
+(150-200 k rows, six values) a stream took 20-28 ms and takes 5-15 ms; the 24 streams of
+its features 0.83 s of CPU and now 0.33 s.
+
+The sums add each key's events in stream order, restarted per key, so a total never
+carries the rounding of other keys' sums (the expressions subtracted one global running
+sum from another, which lost digits on decayed counts, whose weights reach 1e10).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import polars as pl
+from numba import njit
+
+#: "No such event" in an integer time column, where a null would leak through.
+NO_TIME = -(2**63)
+#: Fibonacci hashing: the top bits of key × 2^64/φ pick the slot, whatever bits vary.
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _compiled(function: Callable[..., Any]) -> Any:
+    try:
+        return njit(nogil=True, cache=True)(function)
+    except RuntimeError:  # nowhere writable to cache the machine code: compile per process
+        return njit(nogil=True)(function)
+
+
+@_compiled
+def _insert(
+    keys: np.ndarray,
+    codes: np.ndarray,
+    start: int,
+    table: np.ndarray,
+    slots: np.ndarray,
+    bits: int,
+    count: int,
+) -> tuple[int, int]:
+    """Code ``keys`` from ``start`` on until the table is half full; return where it stopped
+    and how many codes there are."""
+    capacity = 1 << bits
+    shift = np.uint64(64 - bits)
+    for i in range(start, keys.shape[0]):
+        if 2 * count >= capacity:
+            return i, count
+        key = keys[i]
+        s = np.int64((key * _MIX) >> shift)
+        while True:
+            code = slots[s]
+            if code < 0:
+                table[s] = key
+                slots[s] = count
+                codes[i] = count
+                count += 1
+                break
+            if table[s] == key:
+                codes[i] = code
+                break
+            s = (s + 1) & (capacity - 1)
+    return keys.shape[0], count
+
+
+@_compiled
+def _rehash(
+    old: np.ndarray, old_slots: np.ndarray, table: np.ndarray, slots: np.ndarray, bits: int
+) -> None:
+    capacity = 1 << bits
+    shift = np.uint64(64 - bits)
+    for s in range(old.shape[0]):
+        if old_slots[s] >= 0:
+            t = np.int64((old[s] * _MIX) >> shift)
+            while slots[t] >= 0:
+                t = (t + 1) & (capacity - 1)
+            table[t] = old[s]
+            slots[t] = old_slots[s]
+
+
+@_compiled
+def _codes(keys: np.ndarray, codes: np.ndarray) -> int:
+    """Number the distinct ``keys`` 0, 1, ... in order of first appearance; return how many.
+
+    Open addressing on the keys (already 64-bit hashes), doubling at half load. The probing
+    loop is a function of its own: with the table reassigned inside it, numba compiled it
+    ten times slower.
+    """
+    bits = 12
+    table = np.empty(1 << bits, dtype=np.uint64)
+    slots = np.full(1 << bits, -1, dtype=np.int64)
+    count = 0
+    done = 0
+    while True:
+        done, count = _insert(keys, codes, done, table, slots, bits, count)
+        if done == keys.shape[0]:
+            return count
+        bits += 1
+        grown = np.empty(1 << bits, dtype=np.uint64)
+        grown_slots = np.full(1 << bits, -1, dtype=np.int64)
+        _rehash(table, slots, grown, grown_slots, bits)
+        table = grown
+        slots = grown_slots
+
+
+def _totals(
+    order: np.ndarray,
+    keys: np.ndarray,
+    instants: np.ndarray,
+    nokey: np.ndarray,
+    values: np.ndarray,
+    marks: np.ndarray,
+    out: np.ndarray,
+    last: np.ndarray,
+) -> None:
+    """Fill ``out`` (values × rows) and ``last`` for every row, visiting rows in ``order``
+    (by instant, ties in stream order), each key's totals kept in a table row of its own.
+
+    ``instants`` are microseconds × 4 plus a tie order (``prior_totals``), so ``instant >> 2``
+    is the row's time. Rows of one key at one instant all read the totals as they stood
+    before the first of them.
+    """
+    n = order.shape[0]
+    m = values.shape[0]
+    codes = np.empty(n, dtype=np.int64)
+    distinct = _codes(keys, codes)
+    running = np.zeros((distinct, m))
+    seen = np.zeros((distinct, m))
+    instant = np.full(distinct, NO_TIME, dtype=np.int64)
+    latest = np.full(distinct, NO_TIME, dtype=np.int64)
+    seen_latest = np.full(distinct, NO_TIME, dtype=np.int64)
+    for j in range(n):
+        row = order[j]
+        c = codes[row]
+        if instants[row] != instant[c]:
+            instant[c] = instants[row]
+            for k in range(m):
+                seen[c, k] = running[c, k]
+            seen_latest[c] = latest[c]
+        if nokey[row]:
+            for k in range(m):
+                out[k, row] = 0.0
+            last[row] = NO_TIME
+        else:
+            for k in range(m):
+                out[k, row] = seen[c, k]
+            last[row] = seen_latest[c]
+        for k in range(m):
+            running[c, k] += values[k, row]
+        if marks[row]:
+            latest[c] = instants[row] >> 2
+
+
+_kernel = _compiled(_totals)
+
+
+def warm() -> None:
+    """Compile (or load from the cache) before the first stream: ~1 s, once per process."""
+    _kernel(
+        np.zeros(1, np.int64),
+        np.zeros(1, np.uint64),
+        np.zeros(1, np.int64),
+        np.zeros(1, np.bool_),
+        np.zeros((1, 1)),
+        np.zeros(1, np.bool_),
+        np.zeros((1, 1)),
+        np.zeros(1, np.int64),
+    )
+
+
+def running_totals(
+    stream: pl.DataFrame,
+    values: list[str],
+    *,
+    key: str,
+    instant: str,
+    nokey: str,
+    mark: str | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``stream`` (in its own order): the totals of ``values`` (values × rows)
+    and the latest marked time (µs, ``NO_TIME`` if none) of the row's ``key`` before its
+    ``instant``; ``nokey`` rows get zeros and no time.
+
+    ``key`` is an unsigned 64-bit hash, ``instant`` the ``prior_totals`` integer. Rows of a
+    key at one instant follow stream order, so sums add in one order from run to run.
+    """
+    n = stream.height
+    # By instant only: streams arrive nearly in time order (a batch, then its events), which
+    # this sort finds in runs; a sort by key as well cost ~20x as much.
+    order = stream.select(pl.arg_sort_by(instant, maintain_order=True)).to_series()
+    # One copy, column-major, so that each value's column is contiguous for the kernel.
+    matrix = stream.select(pl.col(v).fill_null(0.0) for v in values).to_numpy(order="fortran")
+    out = np.empty((len(values), n))
+    last = np.empty(n, dtype=np.int64)
+    _kernel(
+        order.to_numpy().astype(np.int64, copy=False),
+        stream.get_column(key).to_numpy(),
+        stream.get_column(instant).to_numpy(),
+        stream.get_column(nokey).to_numpy(),
+        np.ascontiguousarray(matrix.T),
+        stream.get_column(mark).to_numpy() if mark else np.zeros(n, dtype=np.bool_),
+        out,
+        last,
+    )
+    return out, last

@@ -1,0 +1,108 @@
+"""The compiled running totals against their definition, on streams hypothesis draws."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cites_risk.features.running_totals import NO_TIME, running_totals
+
+VALUES = ["a", "b"]
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> pl.DataFrame:
+    n = draw(st.integers(0, 40))
+    row = st.tuples(
+        st.integers(0, 4),  # key: few, so keys repeat
+        st.integers(-3, 12),  # instant: few, so instants tie (negative: before 1970)
+        st.booleans(),  # no key
+        st.floats(-1e3, 1e3, allow_nan=False),
+        st.floats(0, 1e12, allow_nan=False),
+        st.booleans(),  # mark
+    )
+    rows = draw(st.lists(row, min_size=n, max_size=n))
+    return pl.DataFrame(
+        rows,
+        schema={
+            "key": pl.UInt64,
+            "instant": pl.Int64,
+            "nokey": pl.Boolean,
+            "a": pl.Float64,
+            "b": pl.Float64,
+            "mark": pl.Boolean,
+        },
+        orient="row",
+    )
+
+
+def definition(stream: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the sums of its key's rows at earlier instants, the latest earlier mark."""
+    rows = stream.to_dicts()
+    sums = np.zeros((len(VALUES), len(rows)))
+    last = np.full(len(rows), NO_TIME, dtype=np.int64)
+    for i, row in enumerate(rows):
+        if row["nokey"]:
+            continue
+        earlier = [r for r in rows if r["key"] == row["key"] and r["instant"] < row["instant"]]
+        for k, v in enumerate(VALUES):
+            sums[k, i] = sum(r[v] for r in earlier)
+        marked = [r["instant"] >> 2 for r in earlier if r["mark"]]
+        if marked:
+            last[i] = max(marked)
+    return sums, last
+
+
+@settings(max_examples=150, deadline=None)
+@given(streams())
+def test_totals_are_the_sums_of_earlier_instants_of_the_same_key(stream: pl.DataFrame) -> None:
+    sums, last = running_totals(
+        stream, VALUES, key="key", instant="instant", nokey="nokey", mark="mark"
+    )
+    expected_sums, expected_last = definition(stream)
+    np.testing.assert_allclose(sums, expected_sums, rtol=1e-12, atol=1e-6)
+    np.testing.assert_array_equal(last, expected_last)
+
+
+def test_many_keys_grow_the_table_and_keep_each_key_apart() -> None:
+    # More keys than the first table holds (4,096 slots, doubled at half load).
+    n = 20_000
+    keys = np.arange(n, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    stream = pl.DataFrame(
+        {
+            "key": np.concatenate([keys, keys]),
+            "instant": np.concatenate([np.zeros(n), np.ones(n)]).astype(np.int64) * 4,
+            "nokey": np.zeros(2 * n, dtype=bool),
+            "a": np.concatenate([np.arange(n), np.zeros(n)]).astype(np.float64),
+            "mark": np.concatenate([np.ones(n, dtype=bool), np.zeros(n, dtype=bool)]),
+        }
+    )
+    sums, last = running_totals(
+        stream, ["a"], key="key", instant="instant", nokey="nokey", mark="mark"
+    )
+    # The second row of each key sees the first row's value and time, and nothing else.
+    np.testing.assert_array_equal(sums[0, :n], 0.0)
+    np.testing.assert_array_equal(sums[0, n:], np.arange(n))
+    np.testing.assert_array_equal(last[:n], NO_TIME)
+    np.testing.assert_array_equal(last[n:], 0)
+
+
+def test_rows_of_one_instant_add_in_stream_order() -> None:
+    # 1e16 + 1 - 1e16 is 0 in floating point, 1e16 - 1e16 + 1 is 1: the order is fixed.
+    stream = pl.DataFrame(
+        {
+            "key": np.zeros(4, dtype=np.uint64),
+            "instant": np.array([0, 0, 0, 4], dtype=np.int64),
+            "nokey": np.zeros(4, dtype=bool),
+            "a": [1e16, 1.0, -1e16, 0.0],
+        }
+    )
+    sums, _ = running_totals(stream, ["a"], key="key", instant="instant", nokey="nokey", mark=None)
+    assert sums[0, 3] == 0.0
+    reordered = stream[[0, 2, 1, 3]]
+    sums, _ = running_totals(
+        reordered, ["a"], key="key", instant="instant", nokey="nokey", mark=None
+    )
+    assert sums[0, 3] == 1.0
