@@ -39,7 +39,9 @@ def main() -> None:
         data,
         [
             Task("fraud", None, {"precision_at_5": 0.90, "precision_at_10": 0.84}),
-            Task("critical", pl.col(I.FINDING) == "critical", {"recall_at_5": 0.80}),
+            # 1 % positives: a model per seed ranks them unsteadily, five averaged do better
+            # on both backtest folds (README, *Seeds averaged*).
+            Task("critical", pl.col(I.FINDING) == "critical", {"recall_at_5": 0.80}, bag=5),
         ],
         split,
         seeds=range(args.seeds),

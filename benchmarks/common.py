@@ -125,6 +125,8 @@ class Task:
     name: str
     positive: pl.Expr | None
     bars: dict[str, float]
+    #: Seeds averaged into each model (``train_and_evaluate``); each benchmark seed is a bag.
+    bag: int = 1
 
 
 def run(
@@ -161,10 +163,11 @@ def run(
                 trials=trials,
                 params=params,
                 baselines=seed == seeds[0],
+                bag=task.bag,
             )
             if seed == seeds[0]:
                 reports = result.reports[1:]
-                print(f"[{task.name}] sizes {result.sizes}")
+                print(f"[{task.name}] sizes {result.sizes}, {task.bag} seed(s) per model")
             per_seed.append(result.metrics)
             shown = "  ".join(f"{m} {result.metrics[m]:.3f}" for m in METRICS)
             print(f"[{task.name}] seed {seed}: {shown}  ({time.perf_counter() - t0:.1f} s)")

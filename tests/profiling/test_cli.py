@@ -82,6 +82,12 @@ def test_ingest_train_score_on_lemis(env: Path) -> None:
     again = runner.invoke(app, ["demo"])
     assert again.exit_code == 0, again.output
     assert "model version 2" in again.output and "with model v2" in again.output
+    # Seeds averaged on request (rare labels): two members, one registered model.
+    bagged = runner.invoke(app, ["train", "--bag", "2"])
+    assert bagged.exit_code == 0, bagged.output
+    assert "2 LightGBM models (seeds averaged)" in bagged.output
+    assert "model version 3" in bagged.output
+    assert runner.invoke(app, ["train", "--bag", "0"]).exit_code != 0
     from cites_risk.profiling.config import Settings
     from cites_risk.profiling.store import Store
 

@@ -19,7 +19,7 @@ checks the identity above.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -29,8 +29,10 @@ import polars as pl
 from cites_risk.features.contract import D, I, Outcome, SelectedBy
 from cites_risk.features.pipeline import CATEGORICAL
 from cites_risk.models.baselines import LogisticBaseline, offence_history_score
+from cites_risk.models.ensemble import average
 from cites_risk.models.evaluation import ScoreReport, evaluate, evaluate_scores
 from cites_risk.models.risk_model import (
+    Calibrator,
     RiskModel,
     TrainingData,
     categorical_columns,
@@ -174,6 +176,65 @@ def _value(features: pl.DataFrame) -> np.ndarray:
     return features.get_column("log_value").fill_null(0).exp().to_numpy() - 1.0
 
 
+@dataclass
+class _Member:
+    """One seed's model (refitted when asked) and its out-of-sample margins on valid."""
+
+    model: RiskModel
+    valid_margin: np.ndarray
+    valid_rounds: int
+
+
+def member_seeds(seed: int, bag: int) -> list[int]:
+    """The seeds of a bag: disjoint across ``seed``, so that five benchmark seeds with
+    ``bag=5`` train 25 different models; a bag of one keeps ``seed`` itself."""
+    return [seed] if bag == 1 else [seed * bag + k for k in range(bag)]
+
+
+def _member(
+    labelled: pl.DataFrame,
+    train: TrainingData,
+    valid: TrainingData,
+    both_mask: np.ndarray | None,
+    *,
+    seed: int,
+    extras: dict[str, str] | None,
+    params: dict[str, Any] | None,
+    exclude: Sequence[str],
+    max_rounds: int,
+) -> _Member:
+    model = fit_risk_model(
+        train,
+        valid,
+        seed=seed,
+        extras=extras,
+        params=params,
+        exclude=exclude,
+        num_boost_round=max_rounds,
+    )
+    margin = model.margin(valid.features)
+    rounds = model.booster.num_trees()
+    if both_mask is None:
+        return _Member(model, margin, rounds)
+    both = _data(labelled, both_mask)
+    final = fit_risk_model(
+        both,
+        valid,
+        seed=seed,
+        extras=extras,
+        params=params,
+        exclude=exclude,
+        num_boost_round=max(int(rounds * len(both.label) / max(1, len(train.label))), 10),
+        early_stopping=0,
+    )
+    # The validation rows are in-sample for the refit, so its calibrator would be
+    # overconfident: keep the one fitted on the first model's out-of-sample margins.
+    final.calibrator = model.calibrator
+    final.info["calibration"] = "platt, fitted on validation margins before refit"
+    final.info["valid_best_iteration"] = rounds
+    return _Member(final, margin, rounds)
+
+
 def train_and_evaluate(
     labelled: pl.DataFrame,
     split: Split,
@@ -187,6 +248,7 @@ def train_and_evaluate(
     baselines: bool = False,
     n_boot: int = 0,
     max_rounds: int = 2000,
+    bag: int = 1,
 ) -> TrainResult:
     """Fit on train (rounds and calibration from valid), then score and evaluate test.
 
@@ -194,8 +256,13 @@ def train_and_evaluate(
     rounds early stopping found (plus the share of extra data), because the most recent
     period is the most informative one and small validation sets make early stopping noisy.
     ``trials`` > 0 first runs :func:`search_params`. ``baselines`` also fits and scores the
-    offence-history and logistic-regression baselines on the same test rows.
+    offence-history and logistic-regression baselines on the same test rows. ``bag`` > 1
+    trains that many seeds (:func:`member_seeds`) and keeps the mean of their margins as
+    one booster (``models/ensemble.py``), calibrated on the mean of their validation
+    margins.
     """
+    if bag < 1:
+        raise ValueError("bag must be at least 1")
     train_mask, valid_mask, test_mask = split.masks(labelled.get_column(D.DECLARED_AT))
     train, valid, test = (_data(labelled, m) for m in (train_mask, valid_mask, test_mask))
     if train.label.sum() == 0 or valid.label.sum() == 0:
@@ -212,34 +279,33 @@ def train_and_evaluate(
             max_rounds=max_rounds,
         )
         params = {**found, **(params or {})}
-    model = fit_risk_model(
-        train,
-        valid,
-        seed=seed,
-        extras=extras,
-        params=params,
-        exclude=exclude,
-        num_boost_round=max_rounds,
-    )
-    if refit:
-        both = _data(labelled, train_mask | valid_mask)
-        rounds = int(model.booster.num_trees() * len(both.label) / max(1, len(train.label)))
-        final = fit_risk_model(
-            both,
+    members = [
+        _member(
+            labelled,
+            train,
             valid,
-            seed=seed,
+            train_mask | valid_mask if refit else None,
+            seed=member_seed,
             extras=extras,
             params=params,
             exclude=exclude,
-            num_boost_round=max(rounds, 10),
-            early_stopping=0,
+            max_rounds=max_rounds,
         )
-        # The validation rows are in-sample for the refit, so its calibrator would be
-        # overconfident: keep the one fitted on the first model's out-of-sample margins.
-        final.calibrator = model.calibrator
-        final.info["calibration"] = "platt, fitted on validation margins before refit"
-        final.info["valid_best_iteration"] = model.booster.num_trees()
-        model = final
+        for member_seed in member_seeds(seed, bag)
+    ]
+    model = members[0].model
+    if bag > 1:
+        model = replace(model, booster=average([m.model.booster for m in members]))
+        # Calibrated like a single model: on the mean margin of out-of-sample members.
+        margin = np.mean([m.valid_margin for m in members], axis=0)
+        model.calibrator = Calibrator().fit(margin, valid.label, valid.weight)
+        model.info = {
+            **model.info,
+            "bag": bag,
+            "member_seeds": member_seeds(seed, bag),
+            "best_iteration": model.booster.num_trees(),
+            "valid_best_iteration": [m.valid_rounds for m in members],
+        }
     model.info["holdout"] = split.holdout()
     scores = model.predict_proba(test.features) if len(test.label) else np.zeros(0)
     value = _value(test.features) if len(test.label) else None

@@ -151,10 +151,13 @@ def train(
     *,
     mapping_name: str,
     seed: int = 0,
+    bag: int = 1,
     n_boot: int = 200,
     progress: Progress = _quiet,
 ) -> TrainOutcome:
-    """Train on the stored history up to ``split.test_from``; evaluate on the test period."""
+    """Train on the stored history up to ``split.test_from``; evaluate on the test period.
+
+    ``bag``: seeds averaged into the model (``train_and_evaluate``)."""
     extras = load_mapping(mapping_name).extra_kinds
     history = history_for(store, DeclarationHistory(settings.history_dir), actor.organisation)
     progress("building point-in-time features")
@@ -163,9 +166,10 @@ def train(
         declarations = declarations.filter(pl.col(D.DECLARED_AT) < split.test_until)
     features = collect_features(build_features(declarations, history, reference, extras))
     labelled = label_frame(features, store.inspections.all())
-    progress(f"training LightGBM on {labelled.height:,} inspected declarations")
+    models = f"{bag} LightGBM models (seeds averaged)" if bag > 1 else "LightGBM"
+    progress(f"training {models} on {labelled.height:,} inspected declarations")
     result = train_and_evaluate(
-        labelled, split, seed=seed, extras=extras, baselines=True, n_boot=n_boot
+        labelled, split, seed=seed, extras=extras, baselines=True, n_boot=n_boot, bag=bag
     )
     progress("measuring the enabled risk profiles on the inspected history")
     contract = declarations.select(
@@ -191,6 +195,7 @@ def train(
     progress("logging the run and registering the model in MLflow")
     params: dict[str, Any] = {
         "seed": seed,
+        "bag": bag,
         "valid_from": split.valid_from.date(),
         "test_from": split.test_from.date(),
         "mapping": mapping_name,

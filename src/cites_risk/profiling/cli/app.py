@@ -148,6 +148,14 @@ def train(
         str | None, typer.Option(help="Day after the test period (default: open).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed (training is deterministic).")] = 0,
+    bag: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Seeds averaged into one model: steadier rankings for rare labels (a few "
+            "dozen positives), at that many times the training time.",
+        ),
+    ] = 1,
 ) -> str | None:
     """Train a LightGBM model on the ingested history and register it in MLflow.
 
@@ -166,6 +174,7 @@ def train(
                 ctx.actor,
                 mapping_name=mapping,
                 seed=seed,
+                bag=bag,
                 progress=step,
             )
         except (InputError, ValueError) as exc:
