@@ -106,3 +106,43 @@ def test_rows_of_one_instant_add_in_stream_order() -> None:
         reordered, ["a"], key="key", instant="instant", nokey="nokey", mark=None
     )
     assert sums[0, 3] == 1.0
+
+
+def test_warming_compiles_what_the_history_features_run() -> None:
+    """The engine warms the kernel when it loads a model; a request must not compile again."""
+    from datetime import UTC, datetime
+
+    from cites_risk.features.history import IDX, KEY, TIME, prior_totals
+    from cites_risk.features.running_totals import _kernel, warm
+
+    warm()
+    at = [datetime(2024, 1, d, tzinfo=UTC) for d in (1, 2)]
+    targets = pl.LazyFrame({IDX: [0, 1], KEY: ["a", "a"], TIME: at})
+    events = pl.LazyFrame({KEY: ["a", "a"], TIME: at, "n": [1.0, None], "__mark": [True, False]})
+    totals = prior_totals(targets, events, ["n"], last_time=True).collect(engine="in-memory")
+    assert totals.get_column("n").to_list() == [0.0, 1.0]
+    assert len(_kernel.signatures) == 1
+
+
+def test_a_target_without_a_time_has_no_past_and_unmarked_events_mark_nothing() -> None:
+    from datetime import UTC, datetime
+
+    from cites_risk.features.history import IDX, KEY, TIME, prior_totals
+
+    at = [datetime(2024, 1, d, tzinfo=UTC) for d in (1, 2, 3)]
+    targets = pl.LazyFrame(
+        {IDX: [0, 1], KEY: ["a", "a"], TIME: [None, at[2]]},
+        schema={IDX: pl.UInt32, KEY: pl.String, TIME: pl.Datetime("us", "UTC")},
+    )
+    events = pl.LazyFrame(
+        {KEY: ["a", "a"], TIME: at[:2], "n": [1.0, 1.0], "__mark": [None, True]},
+        schema={
+            KEY: pl.String,
+            TIME: pl.Datetime("us", "UTC"),
+            "n": pl.Float64,
+            "__mark": pl.Boolean,
+        },
+    )
+    totals = prior_totals(targets, events, ["n"], last_time=True).collect(engine="in-memory")
+    assert totals.get_column("n").to_list() == [0.0, 2.0]
+    assert totals.get_column("__last").to_list() == [None, at[1]]

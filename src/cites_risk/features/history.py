@@ -275,7 +275,8 @@ def prior_totals(
     t = targets.select(
         hashed.alias("__h"),
         *kid,
-        pl.col(KEY).is_null().alias("__nokey"),
+        # A target without a time has no past: zeros, like one without a key.
+        (pl.col(KEY).is_null() | pl.col(TIME).is_null()).alias("__nokey"),
         pl.col(TIME).cast(TIMESTAMP),
         pl.col(IDX).cast(pl.UInt32),
         pl.lit(order_target, pl.Int8).alias("__order"),
@@ -293,11 +294,11 @@ def prior_totals(
         own_idx.alias(IDX),
         pl.lit(1, pl.Int8).alias("__order"),
         *(pl.col(v).cast(pl.Float64) for v in values),
-        *([pl.col("__mark")] if last_time else []),
+        *([pl.col("__mark").fill_null(False)] if last_time else []),
     )
     # Time and tie order fused into one integer, the instant the totals are read at.
     stream = pl.concat([t, e], how="vertical").with_columns(
-        (pl.col(TIME).dt.epoch("us") * 4 + pl.col("__order")).alias("__ti")
+        (pl.col(TIME).dt.epoch("us").fill_null(0) * 4 + pl.col("__order")).alias("__ti")
     )
     kept = [IDX, *kid, TIME]
     columns: list[tuple[str, pl.DataType]] = [

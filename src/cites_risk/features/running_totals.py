@@ -164,16 +164,25 @@ _kernel = _compiled(_totals)
 
 def warm() -> None:
     """Compile (or load from the cache) before the first stream: ~1 s, once per process."""
-    _kernel(
-        np.zeros(1, np.int64),
-        np.zeros(1, np.uint64),
-        np.zeros(1, np.int64),
-        np.zeros(1, np.bool_),
-        np.zeros((1, 1)),
-        np.zeros(1, np.bool_),
-        np.zeros((1, 1)),
-        np.zeros(1, np.int64),
+    stream = pl.DataFrame(
+        {"k": [1, 2], "t": [0, 4], "none": [False, True], "v": [1.0, 2.0], "m": [True, False]},
+        schema={
+            "k": pl.UInt64,
+            "t": pl.Int64,
+            "none": pl.Boolean,
+            "v": pl.Float64,
+            "m": pl.Boolean,
+        },
     )
+    running_totals(stream, ["v"], key="k", instant="t", nokey="none", mark="m")
+
+
+def _inputs(*arrays: np.ndarray) -> list[np.ndarray]:
+    """The arrays, all read-only: numba compiles once per combination of writable and
+    read-only arguments, and polars hands out either, depending on the column."""
+    for array in arrays:
+        array.setflags(write=False)
+    return list(arrays)
 
 
 def running_totals(
@@ -201,12 +210,14 @@ def running_totals(
     out = np.empty((len(values), n))
     last = np.empty(n, dtype=np.int64)
     _kernel(
-        order.to_numpy().astype(np.int64, copy=False),
-        stream.get_column(key).to_numpy(),
-        stream.get_column(instant).to_numpy(),
-        stream.get_column(nokey).to_numpy(),
-        np.ascontiguousarray(matrix.T),
-        stream.get_column(mark).to_numpy() if mark else np.zeros(n, dtype=np.bool_),
+        *_inputs(
+            order.to_numpy().astype(np.int64, copy=False),
+            stream.get_column(key).to_numpy(),
+            stream.get_column(instant).to_numpy(),
+            stream.get_column(nokey).to_numpy(),
+            np.ascontiguousarray(matrix.T),
+            stream.get_column(mark).to_numpy() if mark else np.zeros(n, dtype=np.bool_),
+        ),
         out,
         last,
     )
