@@ -21,10 +21,20 @@ def _boosters(n: int) -> tuple[list[lgb.Booster], np.ndarray]:
     x = rng.normal(size=(3000, 5))
     x[:, 4] = rng.integers(0, 15, 3000)  # a categorical column: set splits must survive
     y = ((x[:, 0] + (x[:, 4] % 4 == 1) + rng.normal(size=3000)) > 1.0).astype(float)
-    data = lgb.Dataset(x, y, categorical_feature=[4], free_raw_data=False)
     params = {"objective": "binary", "num_leaves": 15, "verbose": -1, "bagging_freq": 1}
+    # Each member bins its own sample of rows (LightGBM samples 200,000; here 500), as
+    # members do on large training sets: their feature ranges differ, their trees add up.
     boosters = [
-        lgb.train({**params, "seed": s, "bagging_fraction": 0.7}, data, 15 + 10 * s)
+        lgb.train(
+            {**params, "seed": s, "bagging_fraction": 0.7},
+            lgb.Dataset(
+                x,
+                y,
+                categorical_feature=[4],
+                params={"bin_construct_sample_cnt": 500, "data_random_seed": s},
+            ),
+            15 + 10 * s,
+        )
         for s in range(n)
     ]
     return boosters, x
@@ -32,6 +42,8 @@ def _boosters(n: int) -> tuple[list[lgb.Booster], np.ndarray]:
 
 def test_the_average_booster_gives_the_mean_margin_and_contributions(tmp_path: Path) -> None:
     boosters, x = _boosters(3)
+    ranges = {_line(b.model_to_string(), "feature_infos=") for b in boosters}
+    assert len(ranges) == 3
     merged = average(boosters)
     assert merged.num_trees() == sum(b.num_trees() for b in boosters)
     mean = np.mean([b.predict(x, raw_score=True) for b in boosters], axis=0)
@@ -45,6 +57,10 @@ def test_the_average_booster_gives_the_mean_margin_and_contributions(tmp_path: P
     merged.save_model(path)
     again = lgb.Booster(model_file=str(path))
     np.testing.assert_allclose(again.predict(x, raw_score=True), mean, rtol=0, atol=1e-12)
+
+
+def _line(model: str, prefix: str) -> str:
+    return next(line for line in model.split("\n") if line.startswith(prefix))
 
 
 def test_one_booster_is_its_own_average_and_strangers_do_not_average() -> None:
@@ -80,8 +96,10 @@ def test_a_bag_is_the_mean_of_its_members_refitted(
     test = bag.test.features
     mean = np.mean([m.model.margin(test) for m in members], axis=0)
     np.testing.assert_allclose(bag.model.margin(test), mean, rtol=0, atol=1e-9)
-    assert bag.model.info["bag"] == 2
+    assert bag.model.info["bag"] == 2 and bag.model.info["seed"] == 1
     assert bag.model.info["member_seeds"] == member_seeds(1, 2)
+    assert bag.model.info["best_iteration"] == [m.model.booster.num_trees() for m in members]
+    assert bag.model.info["trees"] == bag.model.booster.num_trees()
     assert bag.model.info["valid_best_iteration"] == [
         m.model.info["valid_best_iteration"] for m in members
     ]

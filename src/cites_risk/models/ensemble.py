@@ -52,8 +52,11 @@ def _parts(model: str) -> tuple[str, list[str], str]:
 
 
 def _shape(header: str) -> tuple[str, ...]:
-    """What must agree for trees to add up: everything in the header but the tree sizes."""
-    return tuple(line for line in header.split("\n") if not line.startswith("tree_sizes="))
+    """What must agree for trees to add up: the header but for the tree sizes and the
+    feature ranges, which each member took from its own sample of rows (LightGBM bins
+    200,000 of them) and which prediction does not read."""
+    skipped = ("tree_sizes=", "feature_infos=")
+    return tuple(line for line in header.split("\n") if not line.startswith(skipped))
 
 
 def _scaled(block: str, index: int, scale: float) -> str:

@@ -301,9 +301,11 @@ def train_and_evaluate(
         model.calibrator = Calibrator().fit(margin, valid.label, valid.weight)
         model.info = {
             **model.info,
+            "seed": seed,
             "bag": bag,
             "member_seeds": member_seeds(seed, bag),
-            "best_iteration": model.booster.num_trees(),
+            "best_iteration": [m.model.booster.num_trees() for m in members],
+            "trees": model.booster.num_trees(),
             "valid_best_iteration": [m.valid_rounds for m in members],
         }
     model.info["holdout"] = split.holdout()

@@ -203,6 +203,7 @@ def train(
         **{f"size_{k}": v for k, v in result.sizes.items()},
         **{f"lgb_{k}": v for k, v in result.model.info["params"].items()},
         "best_iteration": result.model.info["best_iteration"],
+        **({"member_seeds": result.model.info["member_seeds"]} if bag > 1 else {}),
     }
     tracking = tracking_for(settings)
     with tempfile.TemporaryDirectory() as tmp:
