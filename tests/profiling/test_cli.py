@@ -86,6 +86,7 @@ def test_ingest_train_score_on_lemis(env: Path) -> None:
     bagged = runner.invoke(app, ["train", "--bag", "2"])
     assert bagged.exit_code == 0, bagged.output
     assert "2 LightGBM models (seeds averaged)" in bagged.output
+    assert "member 2 of 2 (seed 1)" in bagged.output
     assert "model version 3" in bagged.output
     assert runner.invoke(app, ["train", "--bag", "0"]).exit_code != 0
     from cites_risk.profiling.config import Settings

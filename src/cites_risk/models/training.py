@@ -18,7 +18,7 @@ checks the identity above.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -249,6 +249,7 @@ def train_and_evaluate(
     n_boot: int = 0,
     max_rounds: int = 2000,
     bag: int = 1,
+    on_member: Callable[[int, int, int], None] | None = None,
 ) -> TrainResult:
     """Fit on train (rounds and calibration from valid), then score and evaluate test.
 
@@ -259,7 +260,8 @@ def train_and_evaluate(
     offence-history and logistic-regression baselines on the same test rows. ``bag`` > 1
     trains that many seeds (:func:`member_seeds`) and keeps the mean of their margins as
     one booster (``models/ensemble.py``), calibrated on the mean of their validation
-    margins.
+    margins. ``on_member(k, bag, seed)`` is called as member ``k`` (from 1) starts, so a
+    caller can show how far a long bag has come.
     """
     if bag < 1:
         raise ValueError("bag must be at least 1")
@@ -279,20 +281,23 @@ def train_and_evaluate(
             max_rounds=max_rounds,
         )
         params = {**found, **(params or {})}
-    members = [
-        _member(
-            labelled,
-            train,
-            valid,
-            train_mask | valid_mask if refit else None,
-            seed=member_seed,
-            extras=extras,
-            params=params,
-            exclude=exclude,
-            max_rounds=max_rounds,
+    members = []
+    for k, member_seed in enumerate(member_seeds(seed, bag)):
+        if on_member is not None:
+            on_member(k + 1, bag, member_seed)
+        members.append(
+            _member(
+                labelled,
+                train,
+                valid,
+                train_mask | valid_mask if refit else None,
+                seed=member_seed,
+                extras=extras,
+                params=params,
+                exclude=exclude,
+                max_rounds=max_rounds,
+            )
         )
-        for member_seed in member_seeds(seed, bag)
-    ]
     model = members[0].model
     if bag > 1:
         model = replace(model, booster=average([m.model.booster for m in members]))

@@ -169,7 +169,18 @@ def train(
     models = f"{bag} LightGBM models (seeds averaged)" if bag > 1 else "LightGBM"
     progress(f"training {models} on {labelled.height:,} inspected declarations")
     result = train_and_evaluate(
-        labelled, split, seed=seed, extras=extras, baselines=True, n_boot=n_boot, bag=bag
+        labelled,
+        split,
+        seed=seed,
+        extras=extras,
+        baselines=True,
+        n_boot=n_boot,
+        bag=bag,
+        on_member=(
+            (lambda k, n, s: progress(f"training member {k} of {n} (seed {s})"))
+            if bag > 1
+            else None
+        ),
     )
     progress("measuring the enabled risk profiles on the inspected history")
     contract = declarations.select(
