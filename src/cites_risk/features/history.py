@@ -320,13 +320,9 @@ def prior_totals(
         )
         out = [pl.Series(v, sums[i]) for i, v in enumerate(values)]
         if last_time:
-            out.append(pl.Series("__last", last).set(pl.Series(last == NO_TIME), None))
-        return (
-            frame.select(kept)
-            .with_columns(out)
-            .with_columns(pl.col("^__last$").cast(TIMESTAMP))
-            .filter(pl.col(IDX).is_not_null())
-        )
+            none = pl.Series(last == NO_TIME)
+            out.append(pl.Series("__last", last).set(none, None).cast(TIMESTAMP))
+        return frame.select(kept).with_columns(out).filter(pl.col(IDX).is_not_null())
 
     # One compiled pass instead of a dozen expressions per value (``running_totals``).
     # The optimiser must not prune or filter the stream around it: it reads every row.

@@ -17,12 +17,10 @@ sum from another, which lost digits on decayed counts, whose weights reach 1e10)
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import numpy as np
 import polars as pl
-from numba import njit
+
+from cites_risk.features.jit import compiled
 
 #: "No such event" in an integer time column, where a null would leak through.
 NO_TIME = -(2**63)
@@ -30,14 +28,7 @@ NO_TIME = -(2**63)
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
-def _compiled(function: Callable[..., Any]) -> Any:
-    try:
-        return njit(nogil=True, cache=True)(function)
-    except RuntimeError:  # nowhere writable to cache the machine code: compile per process
-        return njit(nogil=True)(function)
-
-
-@_compiled
+@compiled
 def _insert(
     keys: np.ndarray,
     codes: np.ndarray,
@@ -71,7 +62,7 @@ def _insert(
     return keys.shape[0], count
 
 
-@_compiled
+@compiled
 def _rehash(
     old: np.ndarray, old_slots: np.ndarray, table: np.ndarray, slots: np.ndarray, bits: int
 ) -> None:
@@ -86,7 +77,7 @@ def _rehash(
             slots[t] = old_slots[s]
 
 
-@_compiled
+@compiled
 def _codes(keys: np.ndarray, codes: np.ndarray) -> int:
     """Number the distinct ``keys`` 0, 1, ... in order of first appearance; return how many.
 
@@ -159,7 +150,7 @@ def _totals(
             latest[c] = instants[row] >> 2
 
 
-_kernel = _compiled(_totals)
+_kernel = compiled(_totals)
 
 
 def warm() -> None:

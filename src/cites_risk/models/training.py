@@ -178,11 +178,11 @@ def _value(features: pl.DataFrame) -> np.ndarray:
 
 @dataclass
 class _Member:
-    """One seed's model (refitted when asked) and its out-of-sample margins on valid."""
+    """One seed's model (refitted when asked) and the model fitted on train alone, whose
+    margins on valid are out of sample."""
 
     model: RiskModel
-    valid_margin: np.ndarray
-    valid_rounds: int
+    first: RiskModel
 
 
 def member_seeds(seed: int, bag: int) -> list[int]:
@@ -212,10 +212,9 @@ def _member(
         exclude=exclude,
         num_boost_round=max_rounds,
     )
-    margin = model.margin(valid.features)
     rounds = model.booster.num_trees()
     if both_mask is None:
-        return _Member(model, margin, rounds)
+        return _Member(model, model)
     both = _data(labelled, both_mask)
     final = fit_risk_model(
         both,
@@ -232,7 +231,7 @@ def _member(
     final.calibrator = model.calibrator
     final.info["calibration"] = "platt, fitted on validation margins before refit"
     final.info["valid_best_iteration"] = rounds
-    return _Member(final, margin, rounds)
+    return _Member(final, model)
 
 
 def train_and_evaluate(
@@ -302,7 +301,7 @@ def train_and_evaluate(
     if bag > 1:
         model = replace(model, booster=average([m.model.booster for m in members]))
         # Calibrated like a single model: on the mean margin of out-of-sample members.
-        margin = np.mean([m.valid_margin for m in members], axis=0)
+        margin = np.mean([m.first.margin(valid.features) for m in members], axis=0)
         model.calibrator = Calibrator().fit(margin, valid.label, valid.weight)
         model.info = {
             **model.info,
@@ -311,7 +310,7 @@ def train_and_evaluate(
             "member_seeds": member_seeds(seed, bag),
             "best_iteration": [m.model.booster.num_trees() for m in members],
             "trees": model.booster.num_trees(),
-            "valid_best_iteration": [m.valid_rounds for m in members],
+            "valid_best_iteration": [m.first.booster.num_trees() for m in members],
         }
     model.info["holdout"] = split.holdout()
     scores = model.predict_proba(test.features) if len(test.label) else np.zeros(0)

@@ -44,7 +44,8 @@ from typing import Any, Protocol
 
 import lightgbm as lgb
 import numpy as np
-from numba import njit
+
+from cites_risk.features.jit import compiled
 
 log = logging.getLogger(__name__)
 _warned: set[str] = set()
@@ -380,10 +381,7 @@ def _contributions(
         out[row, bias_column] += bias
 
 
-try:
-    _kernel = njit(nogil=True, cache=True)(_contributions)
-except RuntimeError:  # nowhere writable to cache the machine code: compile per process
-    _kernel = njit(nogil=True)(_contributions)
+_kernel = compiled(_contributions)
 
 
 class Contributions(Protocol):
