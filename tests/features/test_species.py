@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from cites_risk.features import species
 from cites_risk.features.contract import DECLARATION, D
 from cites_risk.features.history import History
 from cites_risk.features.pipeline import build_features
@@ -281,3 +282,45 @@ def test_a_domesticated_form_never_adds_a_listed_match(
     assume(not _listed(MATCHER.match_description(filler)))
     assert not _listed(MATCHER.match_taxon(form))
     assert not _listed(MATCHER.match_description(" ".join([*before, form, *after])))
+
+
+# --- remembered matches ---------------------------------------------------------------------
+
+TEXTS = [
+    "Dendrobates tinctorius",
+    "Dendrobates tinctorus",
+    "Bos taurus",
+    "live poison dart frog Dendrobates auratus",
+    "cattle hides",
+    "Python regius",
+    "Pyhton regius",
+    "Agalychnis callidryas",
+]
+
+
+def _direct(texts: list[str], description: bool) -> dict[str, tuple[int, str, float]]:
+    match = MATCHER.match_description if description else MATCHER.match_taxon
+    found = {t: match(t) for t in texts}
+    return {t: (m.taxon_id, m.via, m.confidence) for t, m in found.items() if m is not None}
+
+
+def _framed(matcher: SpeciesMatcher, texts: list[str], description: bool) -> dict[str, tuple]:
+    frame = matcher.frame(pl.Series(texts), description)
+    return {t: (i, v, c) for t, i, v, c in frame.iter_rows()}
+
+
+def test_remembered_matches_equal_fresh_ones_chunk_after_chunk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A small memory, so that it fills and starts afresh within the test.
+    monkeypatch.setattr(species, "MEMO_LIMIT", 3)
+    matcher = SpeciesMatcher(REF)
+    expected = {d: _direct(TEXTS, d) for d in (False, True)}
+    # Same texts, different answers as taxon and as description: the memory keeps them apart.
+    assert expected[False] and expected[True] and expected[False] != expected[True]
+    for chunk in (TEXTS[:5], TEXTS, TEXTS[3:], list(reversed(TEXTS)), TEXTS):
+        for description in (False, True):
+            assert _framed(matcher, chunk, description) == {
+                t: m for t, m in expected[description].items() if t in chunk
+            }
+            assert len(matcher._memo[description]) <= 3

@@ -26,6 +26,10 @@ CONFIDENCE = {
     "family": 0.6,
 }
 FUZZY_CUTOFF = 90.0
+#: Texts whose match a matcher remembers, per kind (taxon, description). A batch of
+#: millions of rows repeats a few thousand texts from chunk to chunk; past the limit the
+#: memory starts afresh rather than grow with a stream of ever-new texts.
+MEMO_LIMIT = 200_000
 EPITHET_CUTOFF = 80.0
 MATCH_SCHEMA = pl.Schema(
     {
@@ -144,6 +148,7 @@ class SpeciesMatcher:
         self.domestic = frozenset(reference.domesticated.get_column("name").to_list())
         self.domestic_sorted = sorted(self.domestic)
         self.domestic_words = max((len(n.split(" ")) for n in self.domestic), default=0)
+        self._memo: dict[bool, dict[str, Match | None]] = {False: {}, True: {}}
 
     def match_taxon(self, text: str) -> Match | None:
         norm = normalise_name(text)
@@ -240,9 +245,18 @@ class SpeciesMatcher:
 
     def frame(self, texts: pl.Series, description: bool) -> pl.DataFrame:
         match = self.match_description if description else self.match_taxon
+        memo = self._memo[description]
         rows = []
         for text in texts.drop_nulls().unique().to_list():
-            m = match(text)
+            # Matching is a pure function of the text and the reference this matcher was
+            # built from, so a remembered answer is the answer (fuzzy matching dominates
+            # the cost of a batch chunk otherwise).
+            if text in memo:
+                m = memo[text]
+            else:
+                if len(memo) >= MEMO_LIMIT:
+                    memo.clear()
+                m = memo[text] = match(text)
             if m is not None:
                 rows.append((text, m.taxon_id, m.via, m.confidence))
         return pl.DataFrame(rows, schema=MATCH_SCHEMA, orient="row")
