@@ -167,7 +167,8 @@ def decide(
         watchlist=watchlist,
         extra_reasons=[REASONS, SPECIES],
     )
-    decided = scored.drop(REASONS).join(selection.frame, on=D.ID, how="left", maintain_order="left")
+    # The selection's rows are the scored rows, in their order: side by side, no join.
+    decided = pl.concat([scored.drop(REASONS), selection.frame.drop(D.ID)], how="horizontal")
     return Decisions(decided, selection.report)
 
 

@@ -287,7 +287,8 @@ def select(
     watchlist: WatchlistIndex | None = None,
     extra_reasons: Sequence[str] = (),
 ) -> Selection:
-    """Lanes, selection and reasons for a batch of scored declarations.
+    """Lanes, selection and reasons for a batch of scored declarations, a row per row of
+    ``frame`` in its order.
 
     ``frame`` holds the declarations' contract columns, their features and ``score``
     (calibrated probability; null or absent means rules only). ``extra_reasons`` names
@@ -336,8 +337,13 @@ def select(
     group = config.group
     n = pl.len().over(group)
     indexed = base.with_row_index(_ROW)
+    # Ranking sorts by id: only these narrow columns travel through the sort, and the wide
+    # ones (reasons lists, profile hits) rejoin them in row order afterwards.
     lf = (
-        indexed.with_columns(
+        indexed.select(
+            _ROW,
+            D.ID,
+            D.OFFICE,
             (
                 pl.col(D.DECLARED_AT).dt.date()
                 if config.pool == "office_day"
@@ -423,7 +429,13 @@ def select(
         .then(pl.lit(Lane.YELLOW.value))
         .otherwise(pl.lit(Lane.GREEN.value))
     )
-    lf = lf.with_columns(lane.alias(LANE))
+    lf = pl.concat(
+        [
+            lf.with_columns(lane.alias(LANE)).sort(_ROW),
+            indexed.drop(_ROW, D.ID, D.OFFICE, D.DECLARED_AT, SCORE),
+        ],
+        how="horizontal",
+    )
     sentence = _selection_sentence(
         pl.col("__forced"),
         pl.col(SELECTED_BY),
@@ -441,7 +453,10 @@ def select(
     ]
     extras = [e if is_list else pl.concat_list(e.cast(pl.String)) for e, is_list in given]
     lf = lf.join(
-        _hit_lists(indexed, active, {p.id for p in visible}), on=_ROW, how="left"
+        _hit_lists(indexed, active, {p.id for p in visible}),
+        on=_ROW,
+        how="left",
+        maintain_order="left",
     ).with_columns(pl.col(PROFILE_HITS, "__texts").fill_null(_EMPTY))
     reasons = _list_of([sentence], [pl.col("__texts")]).list.concat(
         _list_of([*hidden_text, *watch_reasons], extras)
@@ -460,10 +475,8 @@ def select(
     )
     lf = lf.with_columns(more.alias("__more")).cache()
     rich = lf.filter(pl.col("__more")).select(_ROW, reasons.alias(REASONS))
-    query = (
-        lf.join(rich, on=_ROW, how="left")
-        .with_columns(pl.col(REASONS).fill_null(pl.concat_list(sentence)))
-        .sort(_ROW)
+    query = lf.join(rich, on=_ROW, how="left", maintain_order="left").with_columns(
+        pl.col(REASONS).fill_null(pl.concat_list(sentence))
     )
     result = collect_as_written(query) if frame.height <= FEW_ROWS else query.collect()
     out = result.select(OUTPUT_SCHEMA.names()).cast(dict(OUTPUT_SCHEMA.items()))
