@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cites_risk.models import treeshap
 from cites_risk.models.training import TrainResult
 from cites_risk.models.treeshap import (
     LightGBMContributions,
@@ -93,12 +94,15 @@ def _unseen(x: np.ndarray) -> np.ndarray:
     ],
     ids=["default", "zero-as-missing", "no-missing", "widest", "shallow", "bagged"],
 )
-def test_equals_lightgbm_pred_contrib(params: dict[str, object]) -> None:
+# Every leaf computed per row (0), leaves of up to 3 features looked up, the default.
+@pytest.mark.parametrize("table_slots", [0, 3, None], ids=["no-tables", "small-tables", "tables"])
+def test_equals_lightgbm_pred_contrib(params: dict[str, object], table_slots: int | None) -> None:
     x, y = _data(seed=1)
     booster = _booster(x, y, **params)
     rows = _unseen(x)
     expected = booster.predict(rows, pred_contrib=True)
-    got = TreeShap(booster, threads=2).contributions(rows)
+    tables = {} if table_slots is None else {"table_slots": table_slots}
+    got = TreeShap(booster, threads=2, **tables).contributions(rows)
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE)
     # Local accuracy: the contributions add up to the raw margin.
@@ -170,9 +174,10 @@ def test_trees_beyond_its_reach_fall_back_to_lightgbm(caplog: pytest.LogCaptureF
     leaves=st.integers(2, 40),
     rounds=st.integers(1, 12),
     zero_as_missing=st.booleans(),
+    table_slots=st.integers(0, 9),
 )
 def test_property_equals_lightgbm(
-    seed: int, leaves: int, rounds: int, zero_as_missing: bool
+    seed: int, leaves: int, rounds: int, zero_as_missing: bool, table_slots: int
 ) -> None:
     x, y = _data(seed, n=600)
     booster = _booster(
@@ -180,7 +185,7 @@ def test_property_equals_lightgbm(
     )
     rows = _unseen(x[:200])
     np.testing.assert_allclose(
-        TreeShap(booster).contributions(rows),
+        TreeShap(booster, table_slots=table_slots).contributions(rows),
         booster.predict(rows, pred_contrib=True),
         rtol=0,
         atol=TOLERANCE,
@@ -208,3 +213,19 @@ def test_warming_a_fallback_runs_nothing() -> None:
     fallback.warm(x.shape[1])  # no error: nothing is explained yet
     with pytest.raises(lgb.basic.LightGBMError, match="linear"):
         fallback.contributions(x[:2])
+
+
+def test_tables_shrink_to_their_memory_budget_and_stay_exact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    x, y = _data(seed=3)
+    booster = _booster(x, y, num_leaves=40)
+    rows = _unseen(x[:300])
+    full = TreeShap(booster)
+    assert full._trees.tables.nbytes > 4096
+    monkeypatch.setattr(treeshap, "_TABLE_BYTES", 4096)
+    small = TreeShap(booster)
+    assert 0 < small._trees.tables.nbytes <= 4096
+    np.testing.assert_allclose(
+        small.contributions(rows), booster.predict(rows, pred_contrib=True), rtol=0, atol=TOLERANCE
+    )

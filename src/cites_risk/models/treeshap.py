@@ -21,8 +21,13 @@ of ``z``: per leaf and row that leaves about ``2 d ⌈d/2⌉`` multiply-adds (po
 of 4, held in registers), with no path
 bookkeeping. A row's decisions are taken once per split, as bits of one word.
 
+A leaf's contributions depend on the row only through its ``d`` bits ``z``. For leaves of
+at most ``_TABLE_SLOTS`` features, every pattern of those bits is evaluated once, when the
+model loads, and a row looks its pattern up: ``d`` additions instead of the quadrature.
+
 On the 300-tree benchmark model (31 leaves, 174 features) and the 5,000 top rows of a
-partition, this runs at ~4,500 rows/s against LightGBM's ~1,200 on the same 2 cores.
+partition, this runs at ~6,000 rows/s (~3,600 without the pattern tables) against LightGBM's
+~1,200 on the same 2 cores.
 
 The bias column is each tree's expected value (leaf values weighted by training counts),
 as LightGBM computes it. Splits follow LightGBM's rules for missing values (``None``,
@@ -58,6 +63,13 @@ _ZERO = float(np.float32(1e-35))
 _ROWS_PER_TASK = 256
 #: A row's decisions in one tree are the bits of one 64-bit word (num_leaves <= 65).
 _MAX_SPLITS = 64
+#: Leaves with at most this many distinct path features get a table of their contributions
+#: for every pattern of met conditions (2^d × d values): a row then costs a lookup instead
+#: of the quadrature. At 8, about 80 % of a 31-leaf model's leaves, ~40 MB for 300 trees.
+_TABLE_SLOTS = 8
+#: Bytes the tables of one booster may take (an averaged bag has several models' trees):
+#: past it, fewer leaves are tabled.
+_TABLE_BYTES = 64 * 2**20
 
 
 def _count_splits(node: dict[str, Any]) -> int:
@@ -98,6 +110,8 @@ class _Trees:
     slot_mask: np.ndarray
     slot_left: np.ndarray
     slot_lanes: np.ndarray
+    leaf_table: np.ndarray
+    tables: np.ndarray
     bias: float
     n_features: int
 
@@ -121,6 +135,8 @@ class _Trees:
             self.slot_mask,
             self.slot_left,
             self.slot_lanes,
+            self.leaf_table,
+            self.tables,
             self.bias,
         )
 
@@ -216,7 +232,7 @@ class _Builder:
             self.slot_mask.append(sum(1 << split for split, _, _ in conditions))
             self.slot_left.append(sum(1 << split for split, left, _ in conditions if left))
 
-    def build(self, n_features: int) -> _Trees:
+    def build(self, n_features: int, table_slots: int) -> _Trees:
         self.split_start.append(len(self.feature))
         self.leaf_start.append(len(self.leaf_value))
         self.slot_start.append(len(self.slot_feature))
@@ -243,6 +259,28 @@ class _Builder:
         inverse = np.divide(1.0, factor, out=np.zeros_like(factor), where=factor > 0.0)
         value = np.repeat(floats(self.leaf_value), width)[:, None]
         leaf_start = ints(self.leaf_start)
+        slot_factor = np.ascontiguousarray(factor)
+        slot_inverse = np.ascontiguousarray(inverse)
+        slot_scale = value * (met[:, :, 0] - share[:, :, 0])
+        slot_lanes = (slot_points + 3) // 4 * 4
+        leaf_weights = weights[points]
+        leaf_width = np.diff(slot_start)
+        while table_slots > 0 and _table_bytes(leaf_width, table_slots) > _TABLE_BYTES:
+            table_slots -= 1
+        tabled = leaf_width <= table_slots
+        sizes = np.where(tabled, (1 << np.minimum(leaf_width, table_slots)) * leaf_width, 0)
+        leaf_table = np.where(tabled, np.cumsum(sizes) - sizes, -1)
+        tables = np.empty(int(sizes.sum()))
+        _fill_tables(
+            slot_start,
+            leaf_weights,
+            slot_factor,
+            slot_inverse,
+            slot_scale,
+            slot_lanes,
+            leaf_table,
+            tables,
+        )
         return _Trees(
             feature=ints(self.feature),
             threshold=floats(self.threshold),
@@ -253,19 +291,26 @@ class _Builder:
             categories=floats(self.categories),
             split_start=ints(self.split_start),
             leaf_start=leaf_start,
-            leaf_weights=weights[points],
+            leaf_weights=leaf_weights,
             slot_start=slot_start,
             slot_feature=ints(self.slot_feature),
-            slot_factor=np.ascontiguousarray(factor),
-            slot_inverse=np.ascontiguousarray(inverse),
-            slot_scale=value * (met[:, :, 0] - share[:, :, 0]),
+            slot_factor=slot_factor,
+            slot_inverse=slot_inverse,
+            slot_scale=slot_scale,
             slot_mask=np.asarray(self.slot_mask, dtype=np.uint64),
             slot_left=np.asarray(self.slot_left, dtype=np.uint64),
             # Points in whole SIMD lanes of 4; the padding has weight 0 and factor 1.
-            slot_lanes=(slot_points + 3) // 4 * 4,
+            slot_lanes=slot_lanes,
+            leaf_table=leaf_table,
+            tables=tables,
             bias=self.bias,
             n_features=n_features,
         )
+
+
+def _table_bytes(leaf_width: np.ndarray, table_slots: int) -> int:
+    tabled = leaf_width[leaf_width <= table_slots]
+    return int(((1 << tabled) * tabled).sum()) * 8
 
 
 def _quadrature(depth: int) -> tuple[np.ndarray, np.ndarray]:
@@ -281,14 +326,89 @@ def _quadrature(depth: int) -> tuple[np.ndarray, np.ndarray]:
     return nodes, weights
 
 
-def _flatten(booster: lgb.Booster) -> _Trees:
+def _flatten(booster: lgb.Booster, table_slots: int = _TABLE_SLOTS) -> _Trees:
     dump = booster.dump_model()
     if dump.get("num_class", 1) != 1 or dump.get("average_output", False):
         raise TreeShapUnavailableError("only single-output boosters without averaging")
     builder = _Builder()
     for tree in dump["tree_info"]:
         builder.add_tree(tree["tree_structure"])
-    return builder.build(int(dump["max_feature_idx"]) + 1)
+    return builder.build(int(dump["max_feature_idx"]) + 1, table_slots)
+
+
+@compiled
+def _leaf(
+    leaf: int,
+    a: int,
+    b: int,
+    met: np.ndarray,
+    acc: np.ndarray,
+    leaf_weights: np.ndarray,
+    slot_factor: np.ndarray,
+    slot_inverse: np.ndarray,
+    slot_scale: np.ndarray,
+    slot_lanes: np.ndarray,
+) -> None:
+    """``acc[k]``: what leaf ``leaf`` adds to the feature of its slot ``a + k`` when the row
+    meets the slots' conditions as ``met[k]`` (1 or 0) says."""
+    for slot in range(a, b):
+        acc[slot - a] = 0.0
+    # The quadrature points in groups of 4 held in registers; a contribution is the sum
+    # over the groups of its partial sums.
+    for g in range(0, slot_lanes[a] if b > a else 0, 4):
+        w0 = leaf_weights[leaf, g]
+        w1 = leaf_weights[leaf, g + 1]
+        w2 = leaf_weights[leaf, g + 2]
+        w3 = leaf_weights[leaf, g + 3]
+        for slot in range(a, b):
+            z = met[slot - a]
+            w0 *= slot_factor[slot, z, g]
+            w1 *= slot_factor[slot, z, g + 1]
+            w2 *= slot_factor[slot, z, g + 2]
+            w3 *= slot_factor[slot, z, g + 3]
+        for slot in range(a, b):
+            z = met[slot - a]
+            total = (
+                w0 * slot_inverse[slot, z, g]
+                + w1 * slot_inverse[slot, z, g + 1]
+                + w2 * slot_inverse[slot, z, g + 2]
+                + w3 * slot_inverse[slot, z, g + 3]
+            )
+            # A factor of 0 (a path no training row took, not taken by this row either)
+            # zeroes the leaf's products, and its inverse is stored as 0.
+            acc[slot - a] += slot_scale[slot, z] * total
+
+
+@compiled
+def _fill_tables(
+    slot_start: np.ndarray,
+    leaf_weights: np.ndarray,
+    slot_factor: np.ndarray,
+    slot_inverse: np.ndarray,
+    slot_scale: np.ndarray,
+    slot_lanes: np.ndarray,
+    leaf_table: np.ndarray,
+    tables: np.ndarray,
+) -> None:
+    """Every tabled leaf's contributions for each pattern of met conditions (bit ``k`` of
+    the pattern: slot ``k``), ``d`` values per pattern from ``leaf_table[leaf]`` on."""
+    met = np.empty(2 * leaf_weights.shape[1], dtype=np.int64)
+    acc = np.empty(2 * leaf_weights.shape[1])
+    for leaf in range(leaf_table.shape[0]):
+        at = leaf_table[leaf]
+        if at < 0:
+            continue
+        a = slot_start[leaf]
+        d = slot_start[leaf + 1] - a
+        for pattern in range(1 << d):
+            for k in range(d):
+                met[k] = (pattern >> k) & 1
+            _leaf(
+                leaf, a, a + d, met, acc, leaf_weights, slot_factor, slot_inverse, slot_scale,
+                slot_lanes,
+            )  # fmt: skip
+            for k in range(d):
+                tables[at + pattern * d + k] = acc[k]
 
 
 def _contributions(
@@ -312,11 +432,14 @@ def _contributions(
     slot_mask: np.ndarray,
     slot_left: np.ndarray,
     slot_lanes: np.ndarray,
+    leaf_table: np.ndarray,
+    tables: np.ndarray,
     bias: float,
 ) -> None:
     """Adds every row's contributions to ``out`` (rows × features + 1, zeroed by the caller)."""
     n_trees = len(split_start) - 1
     met = np.empty(2 * leaf_weights.shape[1], dtype=np.int64)  # >= a leaf's slots
+    acc = np.empty(2 * leaf_weights.shape[1])
     bias_column = out.shape[1] - 1
     # Tree by tree over the rows (not row by row over the trees): a tree's arrays then stay
     # in cache across the rows, where the whole model's (~20 MB) would be read per row.
@@ -349,34 +472,24 @@ def _contributions(
             for leaf in range(leaf_start[t], leaf_start[t + 1]):
                 a = slot_start[leaf]
                 b = slot_start[leaf + 1]
-                # The quadrature points in groups of 4 held in registers; a contribution is
-                # the sum over the groups of its partial sums.
-                for g in range(0, slot_lanes[a] if b > a else 0, 4):
-                    w0 = leaf_weights[leaf, g]
-                    w1 = leaf_weights[leaf, g + 1]
-                    w2 = leaf_weights[leaf, g + 2]
-                    w3 = leaf_weights[leaf, g + 3]
+                pattern = 0
+                for slot in range(a, b):
+                    z = 1 if (lefts ^ slot_left[slot]) & slot_mask[slot] == 0 else 0
+                    met[slot - a] = z
+                    pattern |= z << (slot - a)
+                at = leaf_table[leaf]
+                if at >= 0:
+                    # Looked up: the leaf's contributions for this pattern of met conditions.
+                    at += pattern * (b - a)
                     for slot in range(a, b):
-                        if g == 0:
-                            z = 1 if (lefts ^ slot_left[slot]) & slot_mask[slot] == 0 else 0
-                            met[slot - a] = z
-                        else:
-                            z = met[slot - a]
-                        w0 *= slot_factor[slot, z, g]
-                        w1 *= slot_factor[slot, z, g + 1]
-                        w2 *= slot_factor[slot, z, g + 2]
-                        w3 *= slot_factor[slot, z, g + 3]
+                        out[row, slot_feature[slot]] += tables[at + slot - a]
+                else:
+                    _leaf(
+                        leaf, a, b, met, acc, leaf_weights, slot_factor, slot_inverse,
+                        slot_scale, slot_lanes,
+                    )  # fmt: skip
                     for slot in range(a, b):
-                        z = met[slot - a]
-                        total = (
-                            w0 * slot_inverse[slot, z, g]
-                            + w1 * slot_inverse[slot, z, g + 1]
-                            + w2 * slot_inverse[slot, z, g + 2]
-                            + w3 * slot_inverse[slot, z, g + 3]
-                        )
-                        # A factor of 0 (a path no training row took, not taken by this row
-                        # either) zeroes the leaf's products, and its inverse is stored as 0.
-                        out[row, slot_feature[slot]] += slot_scale[slot, z] * total
+                        out[row, slot_feature[slot]] += acc[slot - a]
     for row in range(x.shape[0]):
         out[row, bias_column] += bias
 
@@ -415,8 +528,10 @@ class TreeShap:
 
     backend = "treeshap-numba"
 
-    def __init__(self, booster: lgb.Booster, threads: int | None = None) -> None:
-        self._trees = _flatten(booster)
+    def __init__(
+        self, booster: lgb.Booster, threads: int | None = None, table_slots: int = _TABLE_SLOTS
+    ) -> None:
+        self._trees = _flatten(booster, table_slots)
         self.threads = max(1, threads or _usable_cores())
 
     def warm(self, width: int) -> None:

@@ -40,7 +40,7 @@ from cites_risk.profiling.engine import (
 )
 
 #: Share of each scored frame whose model reasons are computed: the usual inspection
-#: capacity. Exact TreeSHAP runs at ~4,500 rows/s for 300 trees on 2 cores (compiled,
+#: capacity. Exact TreeSHAP runs at ~6,000 rows/s for 300 trees on 2 cores (compiled,
 #: ``models/treeshap.py``), so this share costs more than the prediction; lower it for the
 #: red lane only.
 DEFAULT_EXPLAIN_SHARE = 0.05
