@@ -12,7 +12,7 @@ from typing import Self
 import numpy as np
 import polars as pl
 
-from cites_risk.features.contract import D
+from cites_risk.features.contract import FEW_ROWS, D, collect_as_written
 
 #: Columns whose typical level differs by commodity and origin: compared to a learned band.
 BANDED = ("log_value_per_kg", "log_unit_value")
@@ -66,19 +66,30 @@ class UnitValueBands:
         """Adds ``<col>_dev`` (robust z-score) and ``<col>_typical`` per banded column."""
         if not hasattr(self, "bands_"):
             raise NotFittedError("UnitValueBands is not fitted")
-        out = frame
+        # One query for every column's lookups: a single online row paid for each eager
+        # join and selection more than for the lookups themselves.
+        lf = frame.lazy()
+        devs = []
         for col in BANDED:
-            joined = out.select(pl.col(c) for c in ("hs_heading", D.ORIGIN, col))
+            joined = lf.select(pl.col(c) for c in ("hs_heading", D.ORIGIN, col))
             for keys, stats in zip(BAND_KEYS, self.bands_[col], strict=True):
-                joined = joined.join(stats, on=list(keys), how="left", maintain_order="left")
+                joined = joined.join(stats.lazy(), on=list(keys), how="left", maintain_order="left")
             med_g, mad_g = self.global_[col]
             med = pl.coalesce("__med_2", "__med_1", pl.lit(med_g))
             mad = pl.max_horizontal(pl.coalesce("__mad_2", "__mad_1", pl.lit(mad_g)), pl.lit(0.1))
-            devs = joined.select(
-                ((pl.col(col) - med) / mad).alias(f"{col}_dev"), med.alias(f"{col}_typical")
+            devs.append(
+                joined.select(
+                    ((pl.col(col) - med) / mad).alias(f"{col}_dev"), med.alias(f"{col}_typical")
+                )
             )
-            out = out.with_columns(devs)
-        return out
+        query = pl.concat(devs, how="horizontal")
+        # The streaming engine took three times as long over a 150 k-row batch.
+        added = (
+            collect_as_written(query)
+            if frame.height <= FEW_ROWS
+            else query.collect(engine="in-memory")
+        )
+        return frame.with_columns(added.get_columns())
 
     @staticmethod
     def output_columns() -> list[str]:

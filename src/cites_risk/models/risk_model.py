@@ -106,7 +106,8 @@ class RiskModel:
         already (prediction and explanation of the same rows share one)."""
         if given is not None:
             return given
-        missing = [c for c in self.input_columns if c not in features.columns]
+        have = set(features.columns)
+        missing = [c for c in self.input_columns if c not in have]
         if missing:
             raise ModelMismatchError(f"features lack model columns: {', '.join(missing)}")
         prepared = self.categories.transform(self.bands.transform(features))
