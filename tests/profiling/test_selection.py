@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cites_risk.profiling.engine import decide
 from cites_risk.profiling.profiles.model import Profile, parse_profile
 from cites_risk.profiling.roles import Confidentiality, Role
 from cites_risk.profiling.selection import (
@@ -243,3 +244,26 @@ def test_rows_with_too_many_hits_go_first() -> None:
     assert out.get_column("selected_by").to_list() == [None, "rule"]
     relaxed = select(frame, profiles, config.model_copy(update={"max_unselected_hits": 2})).frame
     assert relaxed.get_column("selected_by").to_list() == ["model", None]
+
+
+@pytest.mark.parametrize("n", [7, 2_500], ids=["few-rows", "batch"])
+def test_a_row_per_input_row_in_input_order_even_with_repeated_ids(n: int) -> None:
+    # Ids out of input order and each given twice: selection ranks by id, yet answers a row
+    # per input row, in input order, each with its own reasons.
+    frame = _frame(
+        [(i * 37 % 101) / 101 for i in range(n)], x_a=[i % 5 == 0 for i in range(n)]
+    ).with_columns(
+        pl.format("d{}", (n - pl.int_range(n)) // 2).alias("declaration_id"),
+        pl.Series("reasons", [[f"row {i}"] for i in range(n)], dtype=pl.List(pl.String)),
+        pl.lit(None, pl.String).alias("species_match"),
+    )
+    profiles = [_profile("a", "x_a", weight=0.5)]
+    config = SelectionConfig(capacity_share=0.2, random_share=0.05)
+    out = select(frame, profiles, config, extra_reasons=["reasons"]).frame
+    ids = frame.get_column("declaration_id").to_list()
+    assert out.get_column("declaration_id").to_list() == ids
+    assert out.get_column("reasons").list.last().to_list() == [f"row {i}" for i in range(n)]
+    decided = decide(frame, profiles, config).frame
+    assert decided.get_column("declaration_id").to_list() == ids
+    assert decided.get_column("selected").to_list() == out.get_column("selected").to_list()
+    assert decided.get_column("reasons").list.last().to_list() == [f"row {i}" for i in range(n)]

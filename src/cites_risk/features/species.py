@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 from rapidfuzz import fuzz, process
@@ -30,6 +31,12 @@ FUZZY_CUTOFF = 90.0
 #: millions of rows repeats a few thousand texts from chunk to chunk; past the limit the
 #: memory starts afresh rather than grow with a stream of ever-new texts.
 MEMO_LIMIT = 200_000
+#: Not yet matched (``None`` is a remembered "no match"); one lookup, so that another
+#: scoring thread clearing the memory in between cannot fail it.
+_UNSEEN: Any = object()
+#: Matchers kept for references loaded earlier (a service that reloads its reference must
+#: not keep every old matcher and its memory).
+_MATCHERS_KEPT = 2
 EPITHET_CUTOFF = 80.0
 MATCH_SCHEMA = pl.Schema(
     {
@@ -251,9 +258,8 @@ class SpeciesMatcher:
             # Matching is a pure function of the text and the reference this matcher was
             # built from, so a remembered answer is the answer (fuzzy matching dominates
             # the cost of a batch chunk otherwise).
-            if text in memo:
-                m = memo[text]
-            else:
+            m = memo.get(text, _UNSEEN)
+            if m is _UNSEEN:
                 if len(memo) >= MEMO_LIMIT:
                     memo.clear()
                 m = memo[text] = match(text)
@@ -271,7 +277,10 @@ def matcher_for(reference: Reference) -> SpeciesMatcher:
     cached = _MATCHERS.get(key)
     if cached is None or cached[0] is not reference:
         cached = (reference, SpeciesMatcher(reference))
+        _MATCHERS.pop(key, None)
         _MATCHERS[key] = cached
+        while len(_MATCHERS) > _MATCHERS_KEPT:
+            _MATCHERS.pop(next(iter(_MATCHERS)))
     return cached[1]
 
 

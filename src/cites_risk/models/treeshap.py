@@ -265,6 +265,8 @@ class _Builder:
         slot_lanes = (slot_points + 3) // 4 * 4
         leaf_weights = weights[points]
         leaf_width = np.diff(slot_start)
+        # 2^d × d values a leaf: beyond 16 features no table could fit the budget anyway.
+        table_slots = min(max(table_slots, 0), 16)
         while table_slots > 0 and _table_bytes(leaf_width, table_slots) > _TABLE_BYTES:
             table_slots -= 1
         tabled = leaf_width <= table_slots

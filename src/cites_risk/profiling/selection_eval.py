@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from cites_risk.features.contract import D
 from cites_risk.profiling.profiles.model import SCORE, Profile
 from cites_risk.profiling.selection import SELECTED, SelectionConfig, select
 
@@ -51,10 +50,8 @@ def compare_strategies(
     positives = int(labels.sum())
     out = []
     for name, frame, chosen in strategies:
+        # A row per scored row, in order (``select``): the labels align as they are.
         selection = select(frame, chosen, targeting).frame
-        aligned = scored.select(D.ID).join(
-            selection.select(D.ID, SELECTED), on=D.ID, how="left", maintain_order="left"
-        )
-        mask = aligned.get_column(SELECTED).fill_null(False).to_numpy()
+        mask = selection.get_column(SELECTED).to_numpy()
         out.append(StrategyResult(name, int(mask.sum()), int(labels[mask].sum()), positives))
     return out
