@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from cites_risk.features.carry import carry, narrowed, through
-from cites_risk.features.contract import DECLARATION, D, I
-from cites_risk.features.history import KEY
+from cites_risk.features.contract import DECLARATION, OFFENCE, D, I
+from cites_risk.features.history import KEY, History
 from cites_risk.features.pipeline import build_features
+from tests.conftest import LemisData
 from tests.features.test_feature_invariants import (
     REF,
     SETTINGS,
@@ -242,3 +243,23 @@ def test_a_request_is_handed_only_the_offences_it_can_meet_and_every_one_of_them
     ]
     served = replace(met, declarations=pl.concat([met.declarations.collect(), request]).lazy())
     assert_frame_equal(_features(request, served, focused=True), full)
+
+
+def test_carried_totals_are_the_same_to_the_last_bit_every_time(lemis: LemisData) -> None:
+    """Decayed sums add numbers of very different sizes, so their order must not vary."""
+    history = History(
+        lemis.declarations.lazy(),
+        pl.DataFrame(schema=OFFENCE.schema).lazy(),
+        lemis.inspections.lazy(),
+    )
+    until = _times(lemis.declarations)[lemis.declarations.height // 2]
+    # Small chunks, as a large history makes them: a group-by's partial sums then met in
+    # the order the threads finished.
+    with pl.Config(streaming_chunk_size=64):
+        runs = [carry(history, until, lemis.extras).carried for _ in range(4)]
+    first = runs[0]
+    assert first is not None
+    for run in runs[1:]:
+        assert run is not None
+        for name, totals in first.keys.items():
+            assert_frame_equal(run.keys[name].sort(KEY), totals.sort(KEY), check_exact=True)

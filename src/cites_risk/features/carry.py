@@ -29,6 +29,7 @@ from cites_risk.features.history import (
     Lookup,
     OffenceIndex,
     inspected_declarations,
+    prior_totals,
 )
 from cites_risk.features.pipeline import (
     DECLARATION_TEXT_KEYS,
@@ -76,15 +77,7 @@ def carry(
         .cache(),
     )
     before = pl.col(TIME) < at
-    sums = [pl.col(v).sum() for v in CARRIED_VALUES]
-    last_offence = pl.col(TIME).filter(pl.col("__mark")).max().alias(LAST_OFFENCE)
-    folded_keys = [
-        key_events(keyed, [key], None, None)
-        .filter(before, pl.col(KEY).is_not_null())
-        .group_by(KEY)
-        .agg(*sums, last_offence)
-        for key in keys
-    ]
+    folded_keys = [_folded(key_events(keyed, [key], None, None), at) for key in keys]
     transit = (
         transit_events(keyed)
         .filter(before, pl.col(KEY).is_not_null())
@@ -140,6 +133,23 @@ def carry(
             late=late_frame.lazy(),
             offences=index,
         ),
+    )
+
+
+def _folded(events: pl.LazyFrame, at: pl.Expr) -> pl.LazyFrame:
+    """Each key value's totals of ``events`` before ``at`` and its latest offence.
+
+    Read by the compiled running totals the features use, as a target at ``at`` would: a
+    group-by summed each key's decayed values in the order its threads finished, and
+    their last digits moved from one carry to the next. These are the features' own
+    sums, added in the same order.
+    """
+    values = list(CARRIED_VALUES)
+    events = events.filter(pl.col(TIME) < at, pl.col(KEY).is_not_null())
+    targets = events.select(KEY).unique().with_row_index(IDX).with_columns(at.alias(TIME)).cache()
+    totals = prior_totals(targets, events, values, last_time=True)
+    return targets.join(totals, on=IDX, how="left", maintain_order="left").select(
+        KEY, *values, pl.col("__last").alias(LAST_OFFENCE)
     )
 
 
