@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cites_risk.features.running_totals import NO_TIME, running_totals
+from cites_risk.features.running_totals import NO_TIME, fold, running_totals
 
 VALUES = ["a", "b"]
 
@@ -146,3 +148,42 @@ def test_a_target_without_a_time_has_no_past_and_unmarked_events_mark_nothing() 
     totals = prior_totals(targets, events, ["n"], last_time=True).collect(engine="in-memory")
     assert totals.get_column("n").to_list() == [0.0, 2.0]
     assert totals.get_column("__last").to_list() == [None, at[1]]
+
+
+@settings(max_examples=100, deadline=None)
+@given(streams())
+def test_a_fold_is_each_keys_sum_and_latest_mark(stream: pl.DataFrame) -> None:
+    first, sums, latest = fold(stream, VALUES, key="key", time="instant", mark="mark")
+    keys = stream.get_column("key").to_list()
+    assert sorted(keys[i] for i in first) == sorted(set(keys))
+    for j, row in enumerate(first):
+        mine = stream.filter(pl.col("key") == keys[row])
+        for k, v in enumerate(VALUES):
+            np.testing.assert_allclose(sums[k, j], mine.get_column(v).sum(), rtol=1e-12, atol=1e-6)
+        marked = mine.filter(pl.col("mark")).get_column("instant")
+        assert latest[j] == (marked.max() if marked.len() else NO_TIME)
+
+
+@settings(max_examples=100, deadline=None)
+@given(streams(), st.randoms(use_true_random=False))
+def test_a_fold_gives_the_same_bits_whatever_order_the_rows_arrive_in(
+    stream: pl.DataFrame, rnd: random.Random
+) -> None:
+    # As with decayed weights, a value is a function of the row's instant.
+    weighted = stream.with_columns(
+        (pl.col("instant").cast(pl.Float64) * 0.37).exp().alias("a"),
+        (pl.col("instant").cast(pl.Float64) * -1.3).exp().alias("b"),
+    )
+    rows = list(range(weighted.height))
+    rnd.shuffle(rows)
+    shuffled = weighted[rows]
+
+    def by_key(frame: pl.DataFrame) -> dict[int, tuple[list[float], int]]:
+        first, sums, latest = fold(frame, VALUES, key="key", time="instant", mark="mark")
+        keys = frame.get_column("key").to_list()
+        return {
+            keys[r]: ([float(sums[k, j]) for k in range(len(VALUES))], int(latest[j]))
+            for j, r in enumerate(first)
+        }
+
+    assert by_key(shuffled) == by_key(weighted)

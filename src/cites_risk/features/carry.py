@@ -29,7 +29,6 @@ from cites_risk.features.history import (
     Lookup,
     OffenceIndex,
     inspected_declarations,
-    prior_totals,
 )
 from cites_risk.features.pipeline import (
     DECLARATION_TEXT_KEYS,
@@ -44,6 +43,7 @@ from cites_risk.features.pipeline import (
     transit_events,
     with_text_keys,
 )
+from cites_risk.features.running_totals import NO_TIME, fold
 
 
 def carry(
@@ -139,17 +139,41 @@ def carry(
 def _folded(events: pl.LazyFrame, at: pl.Expr) -> pl.LazyFrame:
     """Each key value's totals of ``events`` before ``at`` and its latest offence.
 
-    Read by the compiled running totals the features use, as a target at ``at`` would: a
-    group-by summed each key's decayed values in the order its threads finished, and
-    their last digits moved from one carry to the next. These are the features' own
-    sums, added in the same order.
+    Summed by a compiled pass in time order (``running_totals.fold``): a group-by added
+    each thread's partial sums in the order the threads finished, and the decayed sums
+    (weights over many magnitudes) then moved in their last digit from one carry to the
+    next, and the scores with them.
     """
     values = list(CARRIED_VALUES)
-    events = events.filter(pl.col(TIME) < at, pl.col(KEY).is_not_null())
-    targets = events.select(KEY).unique().with_row_index(IDX).with_columns(at.alias(TIME)).cache()
-    totals = prior_totals(targets, events, values, last_time=True)
-    return targets.join(totals, on=IDX, how="left", maintain_order="left").select(
-        KEY, *values, pl.col("__last").alias(LAST_OFFENCE)
+    stream = events.filter(pl.col(TIME) < at, pl.col(KEY).is_not_null()).select(
+        KEY,
+        pl.col(KEY).hash(seed=7).alias("__h"),
+        pl.col(TIME).cast(TIMESTAMP).dt.epoch("us").alias("__us"),
+        *values,
+        "__mark",
+    )
+
+    def totals(frame: pl.DataFrame) -> pl.DataFrame:
+        first, sums, latest = fold(frame, values, key="__h", time="__us", mark="__mark")
+        last = pl.Series(LAST_OFFENCE, latest)
+        return pl.DataFrame(
+            [
+                frame.get_column(KEY).gather(first),
+                *(pl.Series(v, sums[i]) for i, v in enumerate(values)),
+                last.set(last == NO_TIME, None).cast(pl.Datetime("us")).cast(TIMESTAMP),
+            ]
+        )
+
+    schema = pl.Schema(
+        {KEY: pl.String(), **dict.fromkeys(values, pl.Float64()), LAST_OFFENCE: TIMESTAMP}
+    )
+    # The whole stream in one call: the optimiser must not slice or filter around it.
+    return stream.map_batches(
+        totals,
+        schema=schema,
+        predicate_pushdown=False,
+        projection_pushdown=False,
+        slice_pushdown=False,
     )
 
 

@@ -154,7 +154,8 @@ _kernel = compiled(_totals)
 
 
 def warm() -> None:
-    """Compile (or load from the cache) before the first stream: ~1 s, once per process."""
+    """Compile (or load from the cache) before the first stream: ~1 s, once per process.
+    ``fold`` too, which carries a history (``features/carry.py``)."""
     stream = pl.DataFrame(
         {"k": [1, 2], "t": [0, 4], "none": [False, True], "v": [1.0, 2.0], "m": [True, False]},
         schema={
@@ -166,6 +167,7 @@ def warm() -> None:
         },
     )
     running_totals(stream, ["v"], key="k", instant="t", nokey="none", mark="m")
+    fold(stream, ["v"], key="k", time="t", mark="m")
 
 
 def _inputs(*arrays: np.ndarray) -> list[np.ndarray]:
@@ -213,3 +215,70 @@ def running_totals(
         last,
     )
     return out, last
+
+
+@compiled
+def _fold(
+    order: np.ndarray,
+    keys: np.ndarray,
+    times: np.ndarray,
+    values: np.ndarray,
+    marks: np.ndarray,
+    first: np.ndarray,
+    sums: np.ndarray,
+    latest: np.ndarray,
+) -> int:
+    """Per distinct key, in order of first appearance: a row of it, the sums of its rows'
+    ``values`` added in ``order``, and its latest marked time; return how many keys."""
+    n = keys.shape[0]
+    m = values.shape[0]
+    codes = np.empty(n, dtype=np.int64)
+    distinct = _codes(keys, codes)
+    for c in range(distinct):
+        first[c] = -1
+        latest[c] = NO_TIME
+        for k in range(m):
+            sums[k, c] = 0.0
+    for j in range(n):
+        row = order[j]
+        c = codes[row]
+        if first[c] < 0:
+            first[c] = row
+        for k in range(m):
+            sums[k, c] += values[k, row]
+        if marks[row] and times[row] > latest[c]:
+            latest[c] = times[row]
+    return distinct
+
+
+def fold(
+    stream: pl.DataFrame, values: list[str], *, key: str, time: str, mark: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Totals of ``values`` per distinct ``key`` (an unsigned 64-bit hash) over the whole
+    ``stream``, and the latest ``time`` (µs) of its ``mark``-ed rows (``NO_TIME`` if none).
+
+    Returns (a row of each key, sums: values × keys, latest times). Each key's values add
+    in time order, ties in stream order, as ``running_totals`` adds them: a key's rows at
+    one instant carry equal decayed weights, so the totals are the same to the last bit
+    whatever order the stream's rows arrive in, which neither a multi-threaded group-by
+    (it adds partial sums as threads finish) nor stream order alone promises.
+    """
+    n = stream.height
+    matrix = stream.select(pl.col(v).fill_null(0.0) for v in values).to_numpy(order="fortran")
+    first = np.empty(n, dtype=np.int64)
+    sums = np.empty((len(values), n))
+    latest = np.empty(n, dtype=np.int64)
+    order = stream.select(pl.arg_sort_by(time, maintain_order=True)).to_series()
+    distinct = _fold(
+        *_inputs(
+            order.to_numpy().astype(np.int64, copy=False),
+            stream.get_column(key).to_numpy(),
+            stream.get_column(time).to_numpy(),
+            np.ascontiguousarray(matrix.T),
+            stream.get_column(mark).fill_null(False).to_numpy(),
+        ),
+        first,
+        sums,
+        latest,
+    )
+    return first[:distinct], sums[:, :distinct], latest[:distinct]
