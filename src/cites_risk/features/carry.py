@@ -43,7 +43,7 @@ from cites_risk.features.pipeline import (
     transit_events,
     with_text_keys,
 )
-from cites_risk.features.running_totals import NO_TIME, fold
+from cites_risk.features.running_totals import as_times, fold
 
 
 def carry(
@@ -155,12 +155,11 @@ def _folded(events: pl.LazyFrame, at: pl.Expr) -> pl.LazyFrame:
 
     def totals(frame: pl.DataFrame) -> pl.DataFrame:
         first, sums, latest = fold(frame, values, key="__h", time="__us", mark="__mark")
-        last = pl.Series(LAST_OFFENCE, latest)
         return pl.DataFrame(
             [
                 frame.get_column(KEY).gather(first),
                 *(pl.Series(v, sums[i]) for i, v in enumerate(values)),
-                last.set(last == NO_TIME, None).cast(pl.Datetime("us")).cast(TIMESTAMP),
+                as_times(LAST_OFFENCE, latest),
             ]
         )
 

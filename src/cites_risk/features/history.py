@@ -27,7 +27,7 @@ from cites_risk.features.contract import (
     Outcome,
     empty,
 )
-from cites_risk.features.running_totals import NO_TIME, running_totals
+from cites_risk.features.running_totals import as_times, running_totals
 
 IDX = "__idx"
 TIME = "__t"
@@ -320,8 +320,7 @@ def prior_totals(
         )
         out = [pl.Series(v, sums[i]) for i, v in enumerate(values)]
         if last_time:
-            none = pl.Series(last == NO_TIME)
-            out.append(pl.Series("__last", last).set(none, None).cast(TIMESTAMP))
+            out.append(as_times("__last", last))
         return frame.select(kept).with_columns(out).filter(pl.col(IDX).is_not_null())
 
     # One compiled pass instead of a dozen expressions per value (``running_totals``).

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from cites_risk.features.contract import TIMESTAMP
 from cites_risk.features.jit import compiled
 
 #: "No such event" in an integer time column, where a null would leak through.
@@ -178,6 +179,27 @@ def _inputs(*arrays: np.ndarray) -> list[np.ndarray]:
     return list(arrays)
 
 
+def _in_time_order(stream: pl.DataFrame, time: str) -> np.ndarray:
+    """Row indices by ``time``, ties in stream order. By time only: streams arrive nearly
+    in time order (a batch, then its events), which this sort finds in runs; a sort by key
+    as well cost ~20x as much."""
+    order = stream.select(pl.arg_sort_by(time, maintain_order=True)).to_series()
+    return order.to_numpy().astype(np.int64, copy=False)
+
+
+def _value_rows(stream: pl.DataFrame, values: list[str]) -> np.ndarray:
+    """``values`` × rows, nulls as 0: one copy, column-major, so that each value's column
+    is contiguous for the kernels."""
+    matrix = stream.select(pl.col(v).fill_null(0.0) for v in values).to_numpy(order="fortran")
+    return np.ascontiguousarray(matrix.T)
+
+
+def as_times(name: str, micros: np.ndarray) -> pl.Series:
+    """Microsecond times from the kernels as a timestamp column, ``NO_TIME`` as null."""
+    series = pl.Series(name, micros)
+    return series.set(series == NO_TIME, None).cast(TIMESTAMP)
+
+
 def running_totals(
     stream: pl.DataFrame,
     values: list[str],
@@ -195,20 +217,15 @@ def running_totals(
     key at one instant follow stream order, so sums add in one order from run to run.
     """
     n = stream.height
-    # By instant only: streams arrive nearly in time order (a batch, then its events), which
-    # this sort finds in runs; a sort by key as well cost ~20x as much.
-    order = stream.select(pl.arg_sort_by(instant, maintain_order=True)).to_series()
-    # One copy, column-major, so that each value's column is contiguous for the kernel.
-    matrix = stream.select(pl.col(v).fill_null(0.0) for v in values).to_numpy(order="fortran")
     out = np.empty((len(values), n))
     last = np.empty(n, dtype=np.int64)
     _kernel(
         *_inputs(
-            order.to_numpy().astype(np.int64, copy=False),
+            _in_time_order(stream, instant),
             stream.get_column(key).to_numpy(),
             stream.get_column(instant).to_numpy(),
             stream.get_column(nokey).to_numpy(),
-            np.ascontiguousarray(matrix.T),
+            _value_rows(stream, values),
             stream.get_column(mark).to_numpy() if mark else np.zeros(n, dtype=np.bool_),
         ),
         out,
@@ -264,17 +281,15 @@ def fold(
     (it adds partial sums as threads finish) nor stream order alone promises.
     """
     n = stream.height
-    matrix = stream.select(pl.col(v).fill_null(0.0) for v in values).to_numpy(order="fortran")
     first = np.empty(n, dtype=np.int64)
     sums = np.empty((len(values), n))
     latest = np.empty(n, dtype=np.int64)
-    order = stream.select(pl.arg_sort_by(time, maintain_order=True)).to_series()
     distinct = _fold(
         *_inputs(
-            order.to_numpy().astype(np.int64, copy=False),
+            _in_time_order(stream, time),
             stream.get_column(key).to_numpy(),
             stream.get_column(time).to_numpy(),
-            np.ascontiguousarray(matrix.T),
+            _value_rows(stream, values),
             stream.get_column(mark).fill_null(False).to_numpy(),
         ),
         first,
