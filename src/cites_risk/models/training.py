@@ -192,10 +192,9 @@ def member_seeds(seed: int, bag: int) -> list[int]:
 
 
 def _member(
-    labelled: pl.DataFrame,
     train: TrainingData,
     valid: TrainingData,
-    both_mask: np.ndarray | None,
+    both: TrainingData | None,
     *,
     seed: int,
     extras: dict[str, str] | None,
@@ -213,9 +212,8 @@ def _member(
         num_boost_round=max_rounds,
     )
     rounds = model.booster.num_trees()
-    if both_mask is None:
+    if both is None:
         return _Member(model, model)
-    both = _data(labelled, both_mask)
     final = fit_risk_model(
         both,
         valid,
@@ -280,16 +278,17 @@ def train_and_evaluate(
             max_rounds=max_rounds,
         )
         params = {**found, **(params or {})}
+    # Built once for every member's refit.
+    both = _data(labelled, train_mask | valid_mask) if refit else None
     members = []
     for k, member_seed in enumerate(member_seeds(seed, bag)):
         if on_member is not None:
             on_member(k + 1, bag, member_seed)
         members.append(
             _member(
-                labelled,
                 train,
                 valid,
-                train_mask | valid_mask if refit else None,
+                both,
                 seed=member_seed,
                 extras=extras,
                 params=params,

@@ -267,11 +267,11 @@ class _Builder:
         leaf_width = np.diff(slot_start)
         # 2^d × d values a leaf: beyond 16 features no table could fit the budget anyway.
         table_slots = min(max(table_slots, 0), 16)
-        while table_slots > 0 and _table_bytes(leaf_width, table_slots) > _TABLE_BYTES:
+        sizes = _table_sizes(leaf_width, table_slots)
+        while table_slots > 0 and sizes.sum() * 8 > _TABLE_BYTES:
             table_slots -= 1
-        tabled = leaf_width <= table_slots
-        sizes = np.where(tabled, (1 << np.minimum(leaf_width, table_slots)) * leaf_width, 0)
-        leaf_table = np.where(tabled, np.cumsum(sizes) - sizes, -1)
+            sizes = _table_sizes(leaf_width, table_slots)
+        leaf_table = np.where(leaf_width <= table_slots, np.cumsum(sizes) - sizes, -1)
         tables = np.empty(int(sizes.sum()))
         _fill_tables(
             slot_start,
@@ -310,9 +310,11 @@ class _Builder:
         )
 
 
-def _table_bytes(leaf_width: np.ndarray, table_slots: int) -> int:
-    tabled = leaf_width[leaf_width <= table_slots]
-    return int(((1 << tabled) * tabled).sum()) * 8
+def _table_sizes(leaf_width: np.ndarray, table_slots: int) -> np.ndarray:
+    """Values in each leaf's table (2^d × d), 0 for leaves of more than ``table_slots``."""
+    return np.where(
+        leaf_width <= table_slots, (1 << np.minimum(leaf_width, table_slots)) * leaf_width, 0
+    )
 
 
 def _quadrature(depth: int) -> tuple[np.ndarray, np.ndarray]:
