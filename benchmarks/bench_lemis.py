@@ -7,6 +7,7 @@ columns: 0.67 / 0.71). Run: ``.venv/bin/python benchmarks/bench_lemis.py [--seed
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import polars as pl
 
@@ -31,10 +32,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--trials", type=int, default=0)
-    parser.add_argument("--valid-from", default="2019-07-01")
+    parser.add_argument(
+        "--split",
+        nargs=3,
+        default=["2019-07-01", "2020-01-01", "2022-01-01"],
+        metavar=("VALID_FROM", "TEST_FROM", "TEST_UNTIL"),
+        help="another period, e.g. the backtest fold 2019-H2: 2019-01-01 2019-07-01 2020-01-01",
+    )
+    parser.add_argument(
+        "--no-extras",
+        action="store_true",
+        help="leave out the mapping's extra columns (x_species_code) and their history",
+    )
     args = parser.parse_args()
     data = load([LEMIS_SAMPLE], "lemis", load_reference())
-    split = Split(utc(args.valid_from), utc("2020-01-01"), utc("2022-01-01"))
+    if args.no_extras:
+        data = replace(data, extras={})
+    split = Split(*(utc(day) for day in args.split))
     times = data.raw.get_column("shipment_date").str.to_datetime(time_zone="UTC")
     ok = run(
         data,
