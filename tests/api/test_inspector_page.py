@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import tempfile
 import threading
@@ -71,6 +72,7 @@ def browser() -> Iterator[object]:
     driver.set_page_load_timeout(30)
     yield driver
     driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
 
 
 def test_an_inspector_scores_a_pasted_declaration_and_looks_it_up(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer import Typer
 from typer.testing import CliRunner
@@ -14,6 +16,7 @@ from cites_risk.models.tracking import (
     Tracking,
     alias_version,
     candidate,
+    load_model,
     log_model_run,
     promote,
 )
@@ -104,3 +107,24 @@ def test_real_registry_promotion_and_audited_cli(
     assert len(events) == 1  # the refused attempt changed nothing and is not a promotion
     assert events[0]["target"] == "2"
     assert "forced" in str(events[0]) and "True" in str(events[0])
+
+
+def test_a_loaded_model_scores_as_trained_and_leaves_no_download_behind(
+    trained: TrainResult,
+    tracking: Tracking,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    result = trained
+    example = result.test.features.head(20)
+    log_model_run(tracking, result.model, params={}, metrics=dict(result.metrics), example=example)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    # The OS temp folder is the boundary: point it at an empty folder and look inside after.
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    for _ in range(3):  # a service reloads its champion on every promotion
+        loaded, version = load_model(tracking)
+    assert version == "1"
+    features = result.test.features
+    assert np.array_equal(loaded.predict_proba(features), result.model.predict_proba(features))
+    assert list(scratch.iterdir()) == []

@@ -151,10 +151,13 @@ def load_model(tracking: Tracking, alias_or_version: str = CHAMPION) -> tuple[Ri
             "train one first (cites-risk train)"
         ) from exc
     mlflow.set_tracking_uri(tracking.tracking_uri)
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"runs:/{mv.run_id}/{MODEL_ARTIFACT}/artifacts/risk_model"
-    )
-    return RiskModel.load(Path(local)), str(mv.version)
+    # The model is read whole into memory, so its download goes when it is loaded: a
+    # service that reloads its champion would otherwise leave a folder behind per load.
+    with tempfile.TemporaryDirectory(prefix="cites-model-") as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"runs:/{mv.run_id}/{MODEL_ARTIFACT}/artifacts/risk_model", dst_path=tmp
+        )
+        return RiskModel.load(Path(local)), str(mv.version)
 
 
 def list_versions(tracking: Tracking) -> list[dict[str, Any]]:
