@@ -33,7 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 import lightgbm as lgb
 import numpy as np
 
-from cites_risk.models.risk_model import RiskModel
+from cites_risk.models.risk_model import RiskModel, prediction_threads
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,11 @@ class LightGBMPredictor:
         if matrix.shape[0] == 0:
             return np.zeros(0)
         return np.asarray(
-            self.booster.predict(matrix, raw_score=True, num_threads=self.threads),
+            self.booster.predict(
+                matrix,
+                raw_score=True,
+                num_threads=prediction_threads(matrix.shape[0], self.threads),
+            ),
             dtype=np.float64,
         )
 
@@ -93,8 +97,8 @@ class CompiledPredictor:
         if matrix.shape[0] == 0:
             return np.zeros(0)
         data = np.ascontiguousarray(matrix, dtype=np.float64)
-        # lleaves splits rows into one contiguous range per thread; tiny inputs need one.
-        jobs = 1 if data.shape[0] < 2_000 else self.threads
+        # lleaves splits rows into one contiguous range per thread.
+        jobs = prediction_threads(data.shape[0], self.threads)
         return np.asarray(self.compiled.predict(data, n_jobs=jobs), dtype=np.float64)
 
     @classmethod

@@ -51,6 +51,7 @@ import lightgbm as lgb
 import numpy as np
 
 from cites_risk.features.jit import compiled
+from cites_risk.models.risk_model import DEFAULT_PARAMS, prediction_threads
 
 log = logging.getLogger(__name__)
 _warned: set[str] = set()
@@ -520,7 +521,9 @@ class LightGBMContributions:
     backend: str = "lightgbm"
 
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
-        return np.asarray(self.booster.predict(matrix, pred_contrib=True), dtype=np.float64)
+        threads = prediction_threads(matrix.shape[0], DEFAULT_PARAMS["num_threads"])
+        contributions = self.booster.predict(matrix, pred_contrib=True, num_threads=threads)
+        return np.asarray(contributions, dtype=np.float64)
 
     def warm(self, width: int) -> None:
         """Nothing to load (and LightGBM refuses to explain some boosters, e.g. linear trees:
