@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from cites_risk.features.contract import D
+from cites_risk.features.contract import DECLARATION, D
 from cites_risk.features.history import History
 from cites_risk.profiling.history_store import history_for
 from cites_risk.profiling.store import Actor
@@ -35,7 +35,8 @@ def test_online_score_equals_the_score_against_the_full_history(
 
     [result] = service.score(ACTOR, [row])
 
-    frame = service._declarations([row], engine.model.extras)
+    extras = engine.model.extras
+    frame = service._declarations(service._validated(DECLARATION, [row], dict(extras)), extras)
     snapshot = service._snapshot(ORG, engine.model.extras, service.store.stamps())
     assert (snapshot.for_request(frame) is snapshot.carried) == carried, case
     whole = History(

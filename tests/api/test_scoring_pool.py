@@ -1,5 +1,6 @@
 """The scoring pool: at most ``total`` scores at once, the rest served in arrival order,
-each wait reported; and the API scores through it."""
+each wait reported; and the API scores through it. The coalescer: requests that wait for a
+thread are answered together, each with its own answer."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import time
 
 import anyio
 import pytest
+from anyio import wait_all_tasks_blocked
 
-from cites_risk.api.concurrency import ScoringPool
+from cites_risk.api.concurrency import Coalescer, ScoringPool
 from cites_risk.profiling.roles import Role
 from tests.api.conftest import Api, declaration
 
@@ -102,3 +104,94 @@ def test_scores_go_through_the_pool_and_show_in_the_metrics(api: Api) -> None:
     )
     assert batch.status_code == 200, batch.text
     assert waits() == before + 2  # one per request, whatever its size
+
+
+def _coalesced(
+    pool: ScoringPool, items: list[int], most: int = 32, cancel: int = -1
+) -> tuple[list[list[int]], dict[int, object]]:
+    """(the calls made, each item's answer or error) when ``items[0]`` holds the thread
+    until the other requests wait for it.
+
+    The answer of ``i`` is ``10 * i``; an item of 3 is refused alone; the request at
+    position ``cancel`` is cancelled while it waits."""
+    calls: list[list[int]] = []
+    release = threading.Event()
+
+    def answer(batch: list[int]) -> list[int | Exception]:
+        calls.append(list(batch))
+        assert release.wait(10)
+        return [ValueError("three") if i == 3 else 10 * i for i in batch]
+
+    coalescer = Coalescer(pool, answer, most)
+    got: dict[int, object] = {}
+
+    scopes: list[anyio.CancelScope] = []
+
+    async def one(k: int, item: int) -> None:
+        with anyio.CancelScope() as scope:
+            scopes.append(scope)
+            try:
+                got[k] = await coalescer.submit(item)
+            except ValueError as exc:
+                got[k] = exc
+
+    async def main() -> None:
+        # A drain that stops early leaves requests waiting: fail, don't hang.
+        with anyio.fail_after(20):
+            await queue_and_release()
+
+    async def queue_and_release() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(one, 0, items[0])
+            while not calls:  # the first request has the thread
+                await anyio.sleep(0.001)
+            for k, item in enumerate(items[1:], start=1):
+                group.start_soon(one, k, item)
+                await wait_all_tasks_blocked()  # queued in this order
+                if k == cancel:
+                    scopes[k].cancel()
+                    await wait_all_tasks_blocked()
+            if cancel == 0:  # its call has begun
+                scopes[0].cancel()
+                await wait_all_tasks_blocked()
+            release.set()
+
+    anyio.run(main)
+    return calls, got
+
+
+def test_requests_waiting_for_the_thread_are_answered_in_one_call() -> None:
+    calls, got = _coalesced(ScoringPool(1), [1, 2, 3, 4, 5])
+    assert calls == [[1], [2, 3, 4, 5]]
+    assert {k: v for k, v in got.items() if k != 2} == {0: 10, 1: 20, 3: 40, 4: 50}
+    assert isinstance(got[2], ValueError)  # refused alone; the others of its call answered
+
+
+def test_a_call_takes_at_most_most_and_the_queue_is_emptied() -> None:
+    calls, got = _coalesced(ScoringPool(1), [1, 2, 4, 5, 6, 7], most=2)
+    assert calls == [[1], [2, 4], [5, 6], [7]]
+    assert got == {0: 10, 1: 20, 2: 40, 3: 50, 4: 60, 5: 70}
+
+
+def test_a_request_cancelled_while_it_waits_is_not_scored() -> None:
+    calls, got = _coalesced(ScoringPool(1), [1, 2, 4, 5], cancel=1)
+    assert calls == [[1], [4, 5]]
+    assert got == {0: 10, 2: 40, 3: 50}
+
+
+def test_a_request_cancelled_while_it_is_scored_stops_nothing_else() -> None:
+    calls, got = _coalesced(ScoringPool(1), [1, 2, 4, 5], cancel=0)
+    assert calls == [[1], [2, 4, 5]]
+    assert got == {1: 20, 2: 40, 3: 50}
+
+
+def test_a_failed_call_fails_each_of_its_requests() -> None:
+    coalescer: Coalescer[int, int] = Coalescer(ScoringPool(1), lambda batch: [], 4)
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="0 answers for 1 requests"):
+            await coalescer.submit(1)
+
+    anyio.run(main)
+    with pytest.raises(ValueError, match="at least one"):
+        Coalescer(ScoringPool(1), lambda batch: batch, 0)

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
 
 from cites_risk.profiling.engine import decide
 from cites_risk.profiling.profiles.model import Profile, parse_profile
@@ -267,3 +268,28 @@ def test_a_row_per_input_row_in_input_order_even_with_repeated_ids(n: int) -> No
     assert decided.get_column("declaration_id").to_list() == ids
     assert decided.get_column("selected").to_list() == out.get_column("selected").to_list()
     assert decided.get_column("reasons").list.last().to_list() == [f"row {i}" for i in range(n)]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=rows, share=st.floats(0.05, 1.0), min_risk=st.floats(0, 1))
+def test_declarations_decided_one_by_one_ignore_each_other(
+    data: list[tuple[str, int, float, bool, bool]], share: float, min_risk: float
+) -> None:
+    """``pool="declaration"`` (online scoring): a row's decision is the one it gets alone,
+    whatever else is selected in the same call; each row is a capacity of its own."""
+    offices, days, scores, weighted, red = (list(x) for x in zip(*data, strict=True))
+    frame = _frame(scores, offices=offices, days=days, x_w=weighted, x_red=red)
+    config = SelectionConfig(
+        pool="declaration",
+        capacity_share=share,
+        random_share=0.0,
+        yellow_share=0.0,
+        min_risk=min_risk,
+        max_profile_share=None,
+    )
+    profiles = [_profile("w", "x_w", weight=0.4), _profile("red", "x_red", lane="red")]
+    together = select(frame, profiles, config)
+    first = min(3, frame.height)
+    alone = pl.concat([select(frame[i : i + 1], profiles, config).frame for i in range(first)])
+    assert_frame_equal(together.frame.head(first), alone)
+    assert together.report.per_group.get_column("capacity").sum() == frame.height

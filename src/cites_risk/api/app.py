@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
 
 from cites_risk.api import errors
-from cites_risk.api.concurrency import ScoringPool
+from cites_risk.api.concurrency import Coalescer, ScoringPool
 from cites_risk.api.limits import BodyLimit
 from cites_risk.api.metrics import Metrics
 from cites_risk.api.routes import (
@@ -68,6 +68,12 @@ def create_app(
     app.state.metrics = Metrics(settings.metrics_dir)
     app.state.scoring_pool = ScoringPool(
         settings.api_scoring_threads, on_wait=app.state.metrics.scoring_wait.observe
+    )
+    app.state.coalescer = Coalescer(
+        app.state.scoring_pool,
+        svc.score_each,
+        settings.api_coalesce_max,
+        on_batch=app.state.metrics.scoring_batch.observe,
     )
     errors.install(app)
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Annotated
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from cites_risk.api.concurrency import ScoringPool
+from cites_risk.api.concurrency import Coalescer, ScoringPool
 from cites_risk.profiling.batch_jobs import JobRunner
 from cites_risk.profiling.roles import Role, at_least
-from cites_risk.profiling.service import ForbiddenError, Service
+from cites_risk.profiling.service import ForbiddenError, ScoreResult, Service
 from cites_risk.profiling.store import Actor
+
+#: One declaration per request, with who asks (``Service.score_each``).
+DeclarationCoalescer = Coalescer[tuple[Actor, Mapping[str, Any]], ScoreResult]
 
 # auto_error=False: a missing key is our 401 problem, not FastAPI's 403 text.
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <key>")
@@ -35,6 +38,14 @@ async def get_scoring_pool(request: Request) -> ScoringPool:
 
 
 ScoringThreads = Annotated[ScoringPool, Depends(get_scoring_pool)]
+
+
+async def get_coalescer(request: Request) -> DeclarationCoalescer:
+    coalescer: DeclarationCoalescer = request.app.state.coalescer
+    return coalescer
+
+
+Coalesced = Annotated[DeclarationCoalescer, Depends(get_coalescer)]
 
 
 def current_actor(

@@ -47,6 +47,12 @@ class Metrics:
             "Time a scoring request waited for a free scoring thread (api_scoring_threads)",
             registry=self.registry,
         )
+        self.scoring_batch = Histogram(
+            "cites_risk_scoring_batch_declarations",
+            "Single-declaration requests scored together in one call (api_coalesce_max)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
         self.ready = Gauge(
             "cites_risk_ready",
             "1 when a model and profiles are loaded (in every worker: the lowest of them)",

@@ -49,6 +49,13 @@ class Settings(BaseSettings):
         description="Scoring requests one API process computes at once; the others wait "
         "their turn in arrival order.",
     )
+    api_coalesce_max: int = Field(
+        default=32,
+        ge=1,
+        description="Single-declaration requests (POST /v1/score) that arrive while others "
+        "are being scored wait for the next call and are scored together in it, this many "
+        "at most per call.",
+    )
     metrics_dir: Path | None = Field(
         default=None,
         description="Folder where the processes of one server count their metrics "

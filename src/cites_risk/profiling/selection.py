@@ -90,7 +90,9 @@ class SelectionConfig(BaseModel):
 
     #: ``office_day``: each office's capacity per day (operations). ``batch``: one quota over
     #: the whole batch (a national quota for a period, or evaluating a past period).
-    pool: Literal["office_day", "batch"] = "office_day"
+    #: ``declaration``: each declaration decided on its own (online scoring), so what else
+    #: was scored in the same call changes nothing.
+    pool: Literal["office_day", "batch", "declaration"] = "office_day"
     capacity_share: float | None = Field(default=None, gt=0.0, le=1.0)
     capacity_count: int | None = Field(default=None, ge=0)
     #: Per-office daily capacity (count), overriding the share or count above.
@@ -115,6 +117,8 @@ class SelectionConfig(BaseModel):
 
     @property
     def group(self) -> list[str]:
+        if self.pool == "declaration":
+            return [_ROW]
         return list(GROUP) if self.pool == "office_day" else [_DAY]
 
     def capacity_expr(self, n: pl.Expr) -> pl.Expr:
@@ -346,7 +350,7 @@ def select(
             D.OFFICE,
             (
                 pl.col(D.DECLARED_AT).dt.date()
-                if config.pool == "office_day"
+                if config.pool != "batch"
                 else pl.col(D.DECLARED_AT).min().dt.date()
             ).alias(_DAY),
             pl.col(SCORE).cast(pl.Float64).fill_null(0.0).fill_nan(0.0).clip(0.0, 1.0).alias("__p"),
@@ -485,15 +489,15 @@ def select(
 
 def _per_group(result: pl.DataFrame, config: SelectionConfig) -> pl.DataFrame:
     by = pl.col(SELECTED_BY)
-    office = (
-        pl.col(D.OFFICE) if config.pool == "office_day" else pl.lit("all offices").alias(D.OFFICE)
-    )
+    office = pl.col(D.OFFICE) if config.pool != "batch" else pl.lit("all offices").alias(D.OFFICE)
+    # Decided one by one, each declaration is a capacity of its own.
+    capacity = pl.col("__cap").sum() if config.pool == "declaration" else pl.col("__cap").first()
     return (
         result.with_columns(office)
         .group_by(list(GROUP))
         .agg(
             pl.len().alias("declarations"),
-            pl.col("__cap").first().alias("capacity"),
+            capacity.alias("capacity"),
             pl.col("__forced").sum().alias("forced_red"),
             (by == SelectedBy.MODEL.value).sum().alias("by_model"),
             (by == SelectedBy.RULE.value).sum().alias("by_rule"),

@@ -73,7 +73,7 @@ from cites_risk.profiling.selection import (
 )
 from cites_risk.profiling.selection import REASONS as SELECTION_REASONS
 from cites_risk.profiling.sources import vocabulary
-from cites_risk.profiling.store import Actor, Stamps, Store, Topic, counter
+from cites_risk.profiling.store import Actor, Event, Stamps, Store, Topic, counter
 from cites_risk.profiling.store.core import as_utc, upsert, utcnow
 from cites_risk.profiling.store.schema import scores
 from cites_risk.profiling.workflows import tracking_for
@@ -88,22 +88,31 @@ class _Snapshot:
 
     full: History
     carried: History | None = None
-    #: The ids (``declaration_id``) of the declarations folded into ``carried``.
-    folded: Lookup | None = None
+    #: The ids (``declaration_id``) of every declaration in the history.
+    known: Lookup | None = None
 
     def for_request(self, frame: pl.DataFrame) -> History:
         """The carried history when the request can use it: every declaration at or after
-        the carry and none already folded into it (a re-scored id must replace its lodged
-        row, which a sum cannot give back); else the full one. Same features either way."""
-        if self.carried is None or self.carried.carried is None or self.folded is None:
+        the carry and none already in the history (a re-scored id must replace its lodged
+        row, which a folded sum cannot give back); else the full one. Same features either
+        way."""
+        if self.carried is None or self.carried.carried is None:
             return self.full
         first = frame.get_column(D.DECLARED_AT).min()
         if not isinstance(first, datetime) or first < self.carried.carried.until:
             return self.full
-        # A binary search per id: hashing the whole history's ids would cost O(history).
-        if not self.folded.rows(frame.get_column(D.ID)).is_empty():
-            return self.full
-        return self.carried
+        return self.full if self.holds(frame.get_column(D.ID)).any() else self.carried
+
+    def holds(self, ids: pl.Series) -> pl.Series:
+        """Whether the history has each of ``ids`` already (a declaration scored again)."""
+        if self.known is None:
+            wanted = ids.implode()
+            found = self.full.declarations.filter(pl.col(D.ID).is_in(wanted)).select(D.ID)
+            present = found.collect().get_column(D.ID)
+        else:
+            # A binary search per id: hashing the whole history's ids would cost O(history).
+            present = self.known.rows(ids).get_column(D.ID)
+        return ids.is_in(present.implode())
 
 
 # --- errors -------------------------------------------------------------------------------
@@ -338,6 +347,7 @@ class Service:
         if cut is None:
             cut = self._recent_cut(engine)
         return SelectionConfig(
+            pool="declaration",
             capacity_share=1.0,
             random_share=0.0,
             yellow_share=0.0,
@@ -372,7 +382,11 @@ class Service:
     # -- scoring -----------------------------------------------------------------------
 
     def score(self, actor: Actor, declarations: Sequence[Mapping[str, Any]]) -> list[ScoreResult]:
-        """Score declarations as one vectorised batch; store and audit every result."""
+        """Score declarations as one vectorised batch; store and audit every result.
+
+        The declarations join the history for this call: each sees the others lodged before
+        it and its consignment siblings (as they would in a file).
+        """
         # Read once, before anything they guard: the champion and the history snapshot.
         stamps = self.store.stamps()
         loaded = self._require(stamps)
@@ -383,32 +397,113 @@ class Service:
                 f"{len(declarations)} declarations in one request; at most "
                 f"{self.settings.api_max_batch} (use a batch job for more)"
             )
-        engine = loaded.engine
-        frame = self._declarations(declarations, engine.model.extras)
-        history = self._history(actor.organisation, frame, engine.model.extras, stamps)
-        # With every declared column beside the features (``declared_view``).
-        full = engine.score(frame, history)
-        profiles = self._weighted_profiles(engine)
-        index = self.watchlist.index()
+        extras = loaded.engine.model.extras
+        frame = self._declarations(self._validated(DECLARATION, declarations, dict(extras)), extras)
+        history = self._history(actor.organisation, frame, extras, stamps, lodge=True)
         role = Role(actor.role)
-        results = self._results(full, profiles, index, loaded, role)
-        # Stored results are rendered for the least privileged reader: a lookup by anyone in
-        # the organisation never shows a rationale its role may not read.
-        stored = (
-            results
-            if role == Role.INSPECTOR
-            else self._results(full, profiles, index, loaded, Role.INSPECTOR)
-        )
-        self._store_results(actor.organisation, stored)
+        results = self._decided(actor.organisation, frame, history, loaded, [role])[role]
         self.store.audit.record(
             actor,
             "score.one" if len(results) == 1 else "score.many",
             results[0].declaration_id if len(results) == 1 else None,
-            rows=len(results),
-            model_version=engine.model_version,
-            red=sum(r.lane == "red" for r in results),
+            **_score_detail(loaded, results),
         )
         return results
+
+    def score_each(
+        self, requests: Sequence[tuple[Actor, Mapping[str, Any]]]
+    ) -> list[ScoreResult | ServiceError]:
+        """One declaration per request, the requests scored together; each answer (a result,
+        or the request's own error) is the one :meth:`score` gives it alone.
+
+        That holds because a declaration's features read only the history and itself, never
+        the other rows scored (``features/pipeline.py``), and the online selection decides
+        each declaration on its own. Only lodging the rows in the history is left out, which
+        one declaration does not need. A declaration id asked for twice is scored in a later
+        round: each request is answered, the later one last (as it would have been stored).
+        """
+        stamps = self.store.stamps()
+        loaded = self._require(stamps)
+        out: list[ScoreResult | ServiceError | None] = [None] * len(requests)
+        for round_ in _rounds([row.get(D.ID) for _, row in requests]):
+            self._score_round(requests, round_, loaded, stamps, out)
+        answers = [r for r in out if r is not None]
+        if len(answers) != len(requests):  # every request is scored or rejected in its round
+            raise RuntimeError("a request was neither scored nor rejected")
+        return answers
+
+    def _score_round(
+        self,
+        requests: Sequence[tuple[Actor, Mapping[str, Any]]],
+        round_: list[int],
+        loaded: _Loaded,
+        stamps: Stamps,
+        out: list[ScoreResult | ServiceError | None],
+    ) -> None:
+        """Requests ``round_`` (distinct declaration ids): validated and scored together per
+        organisation (each sees its own history); answers go to ``out``."""
+        extras = loaded.engine.model.extras
+        accepted, problems = self._checked(
+            DECLARATION, [requests[i][1] for i in round_], dict(extras)
+        )
+        for at, found in problems.items():
+            out[round_[at]] = InvalidInputError(
+                f"1 {DECLARATION.name} record(s) rejected", [replace(p, row=0) for p in found]
+            )
+        kept = [i for at, i in enumerate(round_) if at not in problems]
+        frame = self._declarations(accepted, extras)
+        events: list[Event] = []
+        for organisation in dict.fromkeys(requests[i][0].organisation for i in kept):
+            rows = [at for at, i in enumerate(kept) if requests[i][0].organisation == organisation]
+            snapshot = self._snapshot(organisation, extras, stamps)
+            held = snapshot.holds(frame[rows].get_column(D.ID)).to_list()
+            # A declaration the history holds already is scored alone: its request row must
+            # replace the lodged one (it may be a correction), and others must not see that.
+            groups = [([at], True) for at, h in zip(rows, held, strict=True) if h]
+            groups.append(([at for at, h in zip(rows, held, strict=True) if not h], False))
+            for group, lodge in groups:
+                if not group:
+                    continue
+                part = frame[group]
+                history = self._history(organisation, part, extras, stamps, lodge=lodge)
+                actors = [requests[kept[at]][0] for at in group]
+                rendered = self._decided(
+                    organisation, part, history, loaded, [Role(a.role) for a in actors]
+                )
+                for j, (at, actor) in enumerate(zip(group, actors, strict=True)):
+                    result = rendered[Role(actor.role)][j]
+                    out[kept[at]] = result
+                    events.append(
+                        Event(
+                            actor,
+                            "score.one",
+                            result.declaration_id,
+                            _score_detail(loaded, [result]),
+                        )
+                    )
+        self.store.audit.record_many(events)
+
+    def _decided(
+        self,
+        organisation: str,
+        frame: pl.DataFrame,
+        history: History,
+        loaded: _Loaded,
+        roles: Sequence[Role],
+    ) -> dict[Role, list[ScoreResult]]:
+        """``frame`` scored, decided and rendered for each of ``roles``; stored as rendered
+        for the least privileged reader, so a lookup by anyone in the organisation never
+        shows a rationale its role may not read."""
+        # With every declared column beside the features (``declared_view``).
+        full = loaded.engine.score(frame, history)
+        profiles = self._weighted_profiles(loaded.engine)
+        index = self.watchlist.index()
+        rendered = {
+            role: self._results(full, profiles, index, loaded, role)
+            for role in dict.fromkeys([*roles, Role.INSPECTOR])
+        }
+        self._store_results(organisation, rendered[Role.INSPECTOR])
+        return rendered
 
     def _results(
         self,
@@ -458,12 +553,10 @@ class Service:
             )
         return out
 
-    def _declarations(
-        self, rows: Sequence[Mapping[str, Any]], extras: Mapping[str, str]
-    ) -> pl.DataFrame:
-        frame = self._validated(DECLARATION, rows, dict(extras))
-        missing = [name for name in extras if name not in frame.columns]
-        return frame.with_columns(pl.lit(None, pl.String).alias(n) for n in missing)
+    def _declarations(self, accepted: pl.DataFrame, extras: Mapping[str, str]) -> pl.DataFrame:
+        """Validated declarations with a column for every extra the model reads."""
+        missing = [name for name in extras if name not in accepted.columns]
+        return accepted.with_columns(pl.lit(None, pl.String).alias(n) for n in missing)
 
     def _snapshot(
         self, organisation: str, extras: dict[str, str] | None, stamps: Stamps
@@ -492,8 +585,8 @@ class Service:
             # Folded up to the latest declaration, a request sorts a few carried rows per
             # key instead of the whole history.
             carried = carry(full, latest, extras, index_offences=True)
-            folded = declarations.filter(pl.col(D.DECLARED_AT) < latest).select(D.ID)
-            snapshot = _Snapshot(full, carried, Lookup.of(folded.unique(), D.ID))
+            known = Lookup.of(declarations.select(D.ID).unique(), D.ID)
+            snapshot = _Snapshot(full, carried, known)
         self._snapshots[organisation] = (version, snapshot)
         return snapshot
 
@@ -503,21 +596,29 @@ class Service:
         frame: pl.DataFrame,
         extras: dict[str, str] | None,
         stamps: Stamps,
+        *,
+        lodge: bool,
     ) -> History:
-        """What ``organisation`` may know, with the request's declarations lodged in it.
+        """What ``organisation`` may know, for scoring ``frame``.
 
-        The request joins the history only for this call (consignment siblings see each
-        other), so scoring is a read: nothing is written to the declaration history.
+        ``lodge``: the declarations join the history for this call (consignment siblings
+        see each other); else none of them is in it, and a re-scored id leaves it as lodging
+        would have replaced it. Either way scoring is a read: nothing is written to the
+        declaration history.
         """
         base = self._snapshot(organisation, extras, stamps).for_request(frame)
         # The snapshot outlives the request, so its totals are sorted once and each request
         # finds its own by binary search (a batch walk, carrying anew per partition, would
         # sort them for nothing: the query's own semi-joins do that job there).
         base = narrowed(base, frame, extras)
-        lodged = pl.concat([base.declarations, frame.lazy()], how="diagonal_relaxed").unique(
-            subset=[D.ID], keep="last", maintain_order=True
-        )
-        return replace(base, declarations=lodged)
+        if lodge:
+            declarations = pl.concat(
+                [base.declarations, frame.lazy()], how="diagonal_relaxed"
+            ).unique(subset=[D.ID], keep="last", maintain_order=True)
+        else:
+            ids = frame.get_column(D.ID).implode()
+            declarations = base.declarations.filter(~pl.col(D.ID).is_in(ids))
+        return replace(base, declarations=declarations)
 
     def _validated(
         self,
@@ -526,18 +627,31 @@ class Service:
         extras: dict[str, str] | None = None,
     ) -> pl.DataFrame:
         """The one validation path of files, applied to request rows (as text)."""
+        accepted, problems = self._checked(record, rows, extras)
+        if problems:
+            raise InvalidInputError(
+                f"{len(problems)} {record.name} record(s) rejected",
+                [p for found in problems.values() for p in found],
+            )
+        return accepted
+
+    def _checked(
+        self,
+        record: Record,
+        rows: Sequence[Mapping[str, Any]],
+        extras: dict[str, str] | None = None,
+    ) -> tuple[pl.DataFrame, dict[int, list[FieldProblem]]]:
+        """The rows that pass, in order, and the problems of the others by row (0-based)."""
         text = _as_text(record, rows, extras or {})
         checked = validate(text.lazy(), record, vocabulary(self.reference), None, extras)
         accepted, rejects = pl.collect_all([checked.accepted, checked.rejects])
-        if rejects.height:
-            problems = [
-                FieldProblem(int(r["row"]) - 1, str(r["field"]), str(r["reason"]), r["value"])
-                for r in rejects.iter_rows(named=True)
-            ]
-            raise InvalidInputError(
-                f"{len({p.row for p in problems})} {record.name} record(s) rejected", problems
+        problems: dict[int, list[FieldProblem]] = {}
+        for r in rejects.iter_rows(named=True):
+            row = int(r["row"]) - 1
+            problems.setdefault(row, []).append(
+                FieldProblem(row, str(r["field"]), str(r["reason"]), r["value"])
             )
-        return accepted
+        return accepted, problems
 
     def _store_results(self, organisation: str, results: Sequence[ScoreResult]) -> None:
         rows = [
@@ -761,6 +875,28 @@ class Service:
 
 
 # --- helpers ------------------------------------------------------------------------------
+
+
+def _rounds(ids: Sequence[object]) -> list[list[int]]:
+    """Positions split so that no round holds an id twice: the n-th asking of each id is in
+    round n (in order within each)."""
+    rounds: list[list[int]] = []
+    seen: dict[object, int] = {}
+    for at, key in enumerate(ids):
+        n = seen[key] = seen.get(key, -1) + 1 if key is not None else 0
+        if n == len(rounds):
+            rounds.append([])
+        rounds[n].append(at)
+    return rounds
+
+
+def _score_detail(loaded: _Loaded, results: Sequence[ScoreResult]) -> dict[str, Any]:
+    """What the audit log keeps of a score: how many, by which model, how many red."""
+    return {
+        "rows": len(results),
+        "model_version": loaded.engine.model_version,
+        "red": sum(r.lane == "red" for r in results),
+    }
 
 
 def _plain(value: Any) -> float | str | bool | None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from cites_risk.api.deps import Inspector, ScoringThreads, ServiceDep, Targeting
+from cites_risk.api.deps import Coalesced, Inspector, ScoringThreads, ServiceDep, Targeting
 from cites_risk.api.schemas import DeclarationIn, ScoreBatchIn, ScoreBatchOut, ScoreResult
 from cites_risk.profiling.service import extra_column
 
@@ -21,11 +21,10 @@ def _row(declaration: DeclarationIn) -> dict[str, Any]:
 
 @router.post("/score", response_model=ScoreResult)
 async def score_one(
-    declaration: DeclarationIn, actor: Inspector, service: ServiceDep, threads: ScoringThreads
+    declaration: DeclarationIn, actor: Inspector, coalesced: Coalesced
 ) -> ScoreResult:
     """Score one declaration: score, lane, reasons and species match."""
-    results = await threads.run(service.score, actor, [_row(declaration)])
-    return results[0]
+    return await coalesced.submit((actor, _row(declaration)))
 
 
 @router.post("/score/batch", response_model=ScoreBatchOut)

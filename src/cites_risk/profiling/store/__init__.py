@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cites_risk.profiling.store.audit import Actor, AuditLog
+from cites_risk.profiling.store.audit import Actor, AuditLog, Event
 from cites_risk.profiling.store.core import Database, Stamps, StoreError, Topic, counter
 from cites_risk.profiling.store.jobs import Job, JobRepository, JobStatus
 from cites_risk.profiling.store.records import (
@@ -44,6 +44,7 @@ __all__ = [
     "Actor",
     "AuditLog",
     "Database",
+    "Event",
     "InspectionRepository",
     "Job",
     "JobRepository",

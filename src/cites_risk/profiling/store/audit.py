@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -21,22 +22,43 @@ class Actor:
     role: str
 
 
+@dataclass(frozen=True)
+class Event:
+    """One audit event: who, what, on which target, and the details worth keeping."""
+
+    actor: Actor
+    action: str
+    target: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
 class AuditLog:
     def __init__(self, db: Database) -> None:
         self.db = db
 
     def record(self, actor: Actor, action: str, target: str | None = None, **detail: Any) -> None:
+        self.record_many([Event(actor, action, target, detail)])
+
+    def record_many(self, events: Sequence[Event]) -> None:
+        """Several events in one transaction (requests scored together are audited each)."""
+        if not events:
+            return
+        at = utcnow()
         with self.db.begin() as conn:
             conn.execute(
-                audit_events.insert().values(
-                    at=utcnow(),
-                    actor=actor.name,
-                    organisation=actor.organisation,
-                    role=actor.role,
-                    action=action,
-                    target=target,
-                    detail=detail or None,
-                )
+                audit_events.insert(),
+                [
+                    {
+                        "at": at,
+                        "actor": e.actor.name,
+                        "organisation": e.actor.organisation,
+                        "role": e.actor.role,
+                        "action": e.action,
+                        "target": e.target,
+                        "detail": dict(e.detail) or None,
+                    }
+                    for e in events
+                ],
             )
 
     def query(
