@@ -14,7 +14,7 @@ from polars.testing import assert_frame_equal
 from cites_risk.features.carry import carry, narrowed, through
 from cites_risk.features.contract import DECLARATION, OFFENCE, D, I
 from cites_risk.features.history import KEY, History
-from cites_risk.features.pipeline import build_features
+from cites_risk.features.pipeline import build_features, collect_features
 from tests.conftest import LemisData
 from tests.features.test_feature_invariants import (
     REF,
@@ -131,13 +131,13 @@ def test_a_history_carried_without_the_models_extras_is_refused(
     extras = {"x_broker": "category"}
     plain = carry(history, until)
     with pytest.raises(ValueError, match=r"carried without the keys \['x_broker'\]"):
-        build_features(declarations.lazy(), plain, REF, extras).collect()
+        collect_features(build_features(declarations.lazy(), plain, REF, extras))
     # Carried with them, the extras' history is the full history's too.
     with_extras = carry(history, until, extras)
     targets = declarations.filter(pl.col(D.DECLARED_AT) >= until).lazy()
     assert_frame_equal(
-        build_features(targets, with_extras, REF, extras).collect(),
-        build_features(targets, history, REF, extras).collect(),
+        collect_features(build_features(targets, with_extras, REF, extras)),
+        collect_features(build_features(targets, history, REF, extras)),
     )
 
 

@@ -20,7 +20,12 @@ from polars.testing import assert_frame_equal
 
 from cites_risk.features.contract import DECLARATION, INSPECTION, OFFENCE, D
 from cites_risk.features.history import History
-from cites_risk.features.pipeline import NULLABLE, build_features, feature_schema
+from cites_risk.features.pipeline import (
+    NULLABLE,
+    build_features,
+    collect_features,
+    feature_schema,
+)
 from cites_risk.features.reference import Reference, load_reference
 
 REF = load_reference()
@@ -136,7 +141,10 @@ def _history(
 def _features(
     declarations: pl.DataFrame, history: History, ref: Reference = REF, *, focused: bool = False
 ) -> pl.DataFrame:
-    return build_features(declarations.lazy(), history, ref, focused=focused).collect()
+    """Collected as ``Engine.features`` collects them: on the in-memory engine, and as
+    written for a few declarations against a carried history (an online request)."""
+    query = build_features(declarations.lazy(), history, ref, focused=focused)
+    return collect_features(query, few_rows=focused and history.carried is not None)
 
 
 @SETTINGS

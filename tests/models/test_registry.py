@@ -21,6 +21,7 @@ from cites_risk.models.tracking import (
     promote,
 )
 from cites_risk.models.training import TrainResult
+from cites_risk.profiling.cli.context import console
 from cites_risk.profiling.cli.models_cmd import models_app
 from tests.models.conftest import SPLIT
 
@@ -79,7 +80,9 @@ def test_real_registry_promotion_and_audited_cli(
     monkeypatch.setenv("CITES_RISK_HOME", str(home))
     monkeypatch.setenv("CITES_RISK_MLFLOW_TRACKING_URI", tracking.tracking_uri)
     monkeypatch.setenv("CITES_RISK_MODEL_NAME", tracking.model_name)
-    monkeypatch.setenv("COLUMNS", "200")
+    # Wide enough for the table's every column. The console reads COLUMNS once, when it is
+    # made at import (before this test could set it): set its width itself.
+    monkeypatch.setattr(console, "width", 200)
     app = Typer()
     app.add_typer(models_app, name="models")
     runner = CliRunner()
