@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -10,9 +11,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from cites_risk.features.contract import D
 from cites_risk.profiling.history_store import history_for
 from cites_risk.profiling.roles import Role
-from cites_risk.profiling.service import InvalidInputError, ScoreResult, ServiceError
+from cites_risk.profiling.service import InvalidInputError, ScoreResult, Service, ServiceError
 from cites_risk.profiling.store import Actor
-from tests.api.conftest import ORG, OTHER, Api, declaration
+from tests.api.conftest import ORG, OTHER, Api, Trained, copy_home, declaration
 
 AFTER = "2022-03-01T09:00:00Z"  # after the history: the carried snapshot
 INSIDE = "2019-05-02T09:00:00Z"  # inside it: the full history
@@ -112,3 +113,36 @@ def test_concurrent_requests_get_their_own_answers(api: Api) -> None:
         assert {k: v for k, v in again.items() if k != "scored_at"} == {
             k: v for k, v in body.items() if k != "scored_at"
         }
+
+
+def test_a_store_failure_fails_only_the_requests_it_touched(
+    trained: Trained, tmp_path: Path
+) -> None:
+    """The database refuses the other organisation's results (a real SQLite trigger): its
+    request fails alone, and what was stored before it was audited."""
+    service = Service.start(copy_home(trained, tmp_path))
+    try:
+        with service.store.db.begin() as conn:
+            conn.exec_driver_sql(
+                "CREATE TRIGGER refuse_other BEFORE INSERT ON scores "
+                f"WHEN NEW.organisation = '{OTHER}' BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+            )
+        ours = Actor("ours", ORG, Role.INSPECTOR.value)
+        theirs = Actor("theirs", OTHER, Role.INSPECTOR.value)
+        answers = service.score_each(
+            [
+                (ours, declaration("SF-1", declared_at=AFTER)),
+                (theirs, declaration("SF-2", declared_at=AFTER)),
+                (ours, declaration("SF-1", declared_at=AFTER, quantity=5)),  # a later round
+            ]
+        )
+        assert isinstance(answers[0], ScoreResult) and isinstance(answers[2], ScoreResult)
+        assert "disk full" in str(answers[1])
+        audited = service.store.audit.query(action="score.one")
+        assert sorted((e["actor"], e["target"]) for e in audited) == [
+            ("ours", "SF-1"),
+            ("ours", "SF-1"),
+        ]
+        assert service.stored_score(ours, "SF-1").score == answers[2].score
+    finally:
+        service.close()

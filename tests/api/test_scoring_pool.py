@@ -4,6 +4,7 @@ thread are answered together, each with its own answer."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -195,3 +196,73 @@ def test_a_failed_call_fails_each_of_its_requests() -> None:
     anyio.run(main)
     with pytest.raises(ValueError, match="at least one"):
         Coalescer(ScoringPool(1), lambda batch: batch, 0)
+
+
+class _Panic(BaseException):
+    """As polars' PanicException: not an Exception."""
+
+
+def test_a_call_that_panics_fails_its_requests_and_the_next_is_answered() -> None:
+    def answer(batch: list[int]) -> list[int]:
+        if 1 in batch:
+            raise _Panic("index out of bounds")
+        return [10 * i for i in batch]
+
+    coalescer: Coalescer[int, int] = Coalescer(ScoringPool(1), answer, 4)
+
+    async def main() -> None:
+        with anyio.fail_after(10):
+            with pytest.raises(_Panic):
+                await coalescer.submit(1)
+            assert await coalescer.submit(2) == 20
+
+    anyio.run(main)
+
+
+def test_a_drain_cancelled_before_it_began_leaves_no_request_waiting() -> None:
+    """An event loop that ends right after a request queued cancels the drain before its
+    first step (no ``finally`` of it runs); a request from another loop is still answered."""
+    coalescer: Coalescer[int, int] = Coalescer(
+        ScoringPool(1), lambda batch: [10 * i for i in batch], 4
+    )
+
+    async def leave() -> None:
+        # The request's first step queues it and creates its drain; the loop stops right
+        # after that step, before the drain's first.
+        asyncio.get_running_loop().create_task(coalescer.submit(1))
+
+    async def later() -> int:
+        async with asyncio.timeout(10):
+            return await coalescer.submit(2)
+
+    asyncio.run(leave())
+    assert asyncio.run(later()) == 20
+
+
+def test_a_batch_request_gets_the_thread_between_calls_of_single_requests() -> None:
+    order: list[str] = []
+    release = threading.Event()
+
+    def answer(batch: list[int]) -> list[int]:
+        order.append(f"call {batch}")
+        assert release.wait(10)
+        return batch
+
+    pool = ScoringPool(1)
+    coalescer: Coalescer[int, int] = Coalescer(pool, answer, 32)
+
+    async def main() -> None:
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as group:
+                group.start_soon(coalescer.submit, 1)
+                while not order:  # the first call has the only thread
+                    await anyio.sleep(0.001)
+                group.start_soon(pool.run, order.append, "batch")
+                await wait_all_tasks_blocked()
+                group.start_soon(coalescer.submit, 2)
+                group.start_soon(coalescer.submit, 3)
+                await wait_all_tasks_blocked()
+                release.set()
+
+    anyio.run(main)
+    assert order == ["call [1]", "batch", "call [2, 3]"]

@@ -74,6 +74,7 @@ def create_app(
         svc.score_each,
         settings.api_coalesce_max,
         on_batch=app.state.metrics.scoring_batch.observe,
+        on_wait=app.state.metrics.scoring_queue.observe,
     )
     errors.install(app)
 

@@ -44,7 +44,13 @@ class Metrics:
         )
         self.scoring_wait = Histogram(
             "cites_risk_scoring_wait_seconds",
-            "Time a scoring request waited for a free scoring thread (api_scoring_threads)",
+            "Time a scoring call (a batch request, or a call of single declarations scored "
+            "together) waited for a free scoring thread (api_scoring_threads)",
+            registry=self.registry,
+        )
+        self.scoring_queue = Histogram(
+            "cites_risk_scoring_queue_seconds",
+            "Time a single-declaration request waited for the call that scores it",
             registry=self.registry,
         )
         self.scoring_batch = Histogram(

@@ -399,7 +399,8 @@ class Service:
             )
         extras = loaded.engine.model.extras
         frame = self._declarations(self._validated(DECLARATION, declarations, dict(extras)), extras)
-        history = self._history(actor.organisation, frame, extras, stamps, lodge=True)
+        snapshot = self._snapshot(actor.organisation, extras, stamps)
+        history = self._history(snapshot, frame, extras, lodge=True)
         role = Role(actor.role)
         results = self._decided(actor.organisation, frame, history, loaded, [role])[role]
         self.store.audit.record(
@@ -412,7 +413,7 @@ class Service:
 
     def score_each(
         self, requests: Sequence[tuple[Actor, Mapping[str, Any]]]
-    ) -> list[ScoreResult | ServiceError]:
+    ) -> list[ScoreResult | Exception]:
         """One declaration per request, the requests scored together; each answer (a result,
         or the request's own error) is the one :meth:`score` gives it alone.
 
@@ -421,12 +422,18 @@ class Service:
         each declaration on its own. Only lodging the rows in the history is left out, which
         one declaration does not need. A declaration id asked for twice is scored in a later
         round: each request is answered, the later one last (as it would have been stored).
+        A failure fails the requests of its organisation or group alone, and what was
+        stored before it was audited.
         """
         stamps = self.store.stamps()
         loaded = self._require(stamps)
-        out: list[ScoreResult | ServiceError | None] = [None] * len(requests)
+        out: list[ScoreResult | Exception | None] = [None] * len(requests)
         for round_ in _rounds([row.get(D.ID) for _, row in requests]):
-            self._score_round(requests, round_, loaded, stamps, out)
+            try:
+                self._score_round(requests, round_, loaded, stamps, out)
+            except Exception as exc:  # e.g. validation itself failed: the round's requests
+                for i in round_:
+                    out[i] = out[i] or exc
         answers = [r for r in out if r is not None]
         if len(answers) != len(requests):  # every request is scored or rejected in its round
             raise RuntimeError("a request was neither scored nor rejected")
@@ -438,7 +445,7 @@ class Service:
         round_: list[int],
         loaded: _Loaded,
         stamps: Stamps,
-        out: list[ScoreResult | ServiceError | None],
+        out: list[ScoreResult | Exception | None],
     ) -> None:
         """Requests ``round_`` (distinct declaration ids): validated and scored together per
         organisation (each sees its own history); answers go to ``out``."""
@@ -452,11 +459,16 @@ class Service:
             )
         kept = [i for at, i in enumerate(round_) if at not in problems]
         frame = self._declarations(accepted, extras)
-        events: list[Event] = []
         for organisation in dict.fromkeys(requests[i][0].organisation for i in kept):
             rows = [at for at, i in enumerate(kept) if requests[i][0].organisation == organisation]
-            snapshot = self._snapshot(organisation, extras, stamps)
-            held = snapshot.holds(frame[rows].get_column(D.ID)).to_list()
+            try:
+                # Read once: the groups below are split by what this snapshot holds.
+                snapshot = self._snapshot(organisation, extras, stamps)
+                held = snapshot.holds(frame[rows].get_column(D.ID)).to_list()
+            except Exception as exc:
+                for at in rows:
+                    out[kept[at]] = exc
+                continue
             # A declaration the history holds already is scored alone: its request row must
             # replace the lodged one (it may be a correction), and others must not see that.
             groups = [([at], True) for at, h in zip(rows, held, strict=True) if h]
@@ -464,24 +476,42 @@ class Service:
             for group, lodge in groups:
                 if not group:
                     continue
-                part = frame[group]
-                history = self._history(organisation, part, extras, stamps, lodge=lodge)
                 actors = [requests[kept[at]][0] for at in group]
-                rendered = self._decided(
-                    organisation, part, history, loaded, [Role(a.role) for a in actors]
-                )
-                for j, (at, actor) in enumerate(zip(group, actors, strict=True)):
-                    result = rendered[Role(actor.role)][j]
-                    out[kept[at]] = result
-                    events.append(
-                        Event(
-                            actor,
-                            "score.one",
-                            result.declaration_id,
-                            _score_detail(loaded, [result]),
+                answers: list[ScoreResult | Exception]
+                try:
+                    answers = list(
+                        self._score_group(
+                            organisation, frame[group], snapshot, actors, loaded, lodge=lodge
                         )
                     )
-        self.store.audit.record_many(events)
+                except Exception as exc:
+                    answers = [exc] * len(group)
+                for at, answer in zip(group, answers, strict=True):
+                    out[kept[at]] = answer
+
+    def _score_group(
+        self,
+        organisation: str,
+        part: pl.DataFrame,
+        snapshot: _Snapshot,
+        actors: Sequence[Actor],
+        loaded: _Loaded,
+        *,
+        lodge: bool,
+    ) -> list[ScoreResult]:
+        """``part`` scored against ``snapshot``, stored, and audited a score per request."""
+        history = self._history(snapshot, part, loaded.engine.model.extras, lodge=lodge)
+        rendered = self._decided(
+            organisation, part, history, loaded, [Role(a.role) for a in actors]
+        )
+        results = [rendered[Role(a.role)][j] for j, a in enumerate(actors)]
+        self.store.audit.record_many(
+            [
+                Event(a, "score.one", r.declaration_id, _score_detail(loaded, [r]))
+                for a, r in zip(actors, results, strict=True)
+            ]
+        )
+        return results
 
     def _decided(
         self,
@@ -592,21 +622,20 @@ class Service:
 
     def _history(
         self,
-        organisation: str,
+        snapshot: _Snapshot,
         frame: pl.DataFrame,
         extras: dict[str, str] | None,
-        stamps: Stamps,
         *,
         lodge: bool,
     ) -> History:
-        """What ``organisation`` may know, for scoring ``frame``.
+        """What an organisation may know (its ``snapshot``), for scoring ``frame``.
 
         ``lodge``: the declarations join the history for this call (consignment siblings
         see each other); else none of them is in it, and a re-scored id leaves it as lodging
         would have replaced it. Either way scoring is a read: nothing is written to the
         declaration history.
         """
-        base = self._snapshot(organisation, extras, stamps).for_request(frame)
+        base = snapshot.for_request(frame)
         # The snapshot outlives the request, so its totals are sorted once and each request
         # finds its own by binary search (a batch walk, carrying anew per partition, would
         # sort them for nothing: the query's own semi-joins do that job there).
@@ -617,7 +646,7 @@ class Service:
             ).unique(subset=[D.ID], keep="last", maintain_order=True)
         else:
             ids = frame.get_column(D.ID).implode()
-            declarations = base.declarations.filter(~pl.col(D.ID).is_in(ids))
+            declarations = base.declarations.filter(~pl.col(D.ID).is_in(ids).fill_null(False))
         return replace(base, declarations=declarations)
 
     def _validated(
