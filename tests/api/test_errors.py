@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import pytest
+
 from cites_risk.api.schemas import EXAMPLE_DECLARATION
 from cites_risk.profiling.roles import Role
 from tests.api.conftest import Api, declaration
@@ -90,9 +92,13 @@ def test_unknown_routes_and_methods_are_problems_too(api: Api) -> None:
 
 
 def test_metrics_count_requests_by_route_template(api: Api) -> None:
-    api.client.get("/v1/offences/some-id", headers=api.auth(Role.TARGETING))
+    missing = api.client.get("/v1/offences/some-id", headers=api.auth(Role.TARGETING))
     text = api.client.get("/metrics", headers=api.auth(Role.INSPECTOR)).text
     assert 'route="/v1/offences/{offence_id}"' in text
+    assert (
+        f'cites_risk_requests_total{{method="GET",route="/v1/offences/{{offence_id}}",'
+        f'status="{missing.status_code}"}}'
+    ) in text
     assert "some-id" not in text
     assert "cites_risk_ready 1.0" in text
 
@@ -106,3 +112,13 @@ def test_the_documented_example_is_a_valid_request(api: Api) -> None:
     )
     assert response.status_code == 200, response.text
     assert response.json()["declaration_id"] == EXAMPLE_DECLARATION["declaration_id"]
+
+
+@pytest.mark.parametrize("path", ["/health", "/inspector", "/v1/nothing-here", "/v1/audit"])
+def test_every_answer_carries_the_security_headers(api: Api, path: str) -> None:
+    """Answers, pages and errors alike (200, 404, 401)."""
+    response = api.client.get(path)
+    assert response.headers["content-security-policy"].startswith("default-src 'none'")
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["referrer-policy"] == "no-referrer"
+    assert response.headers["cache-control"] == "no-store"

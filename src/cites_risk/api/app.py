@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from cites_risk.api import errors
 from cites_risk.api.concurrency import Coalescer, ScoringPool
+from cites_risk.api.headers import SecurityHeaders
 from cites_risk.api.limits import BodyLimit
-from cites_risk.api.metrics import Metrics
+from cites_risk.api.metrics import Metrics, RequestMetrics
 from cites_risk.api.routes import (
     audit,
     inspections,
@@ -28,11 +29,6 @@ from cites_risk.profiling.config import Settings
 from cites_risk.profiling.service import Service
 
 API_PREFIX = "/v1"
-#: The inspector page loads only its own script and style and calls only this origin.
-CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-    "img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-)
 
 
 def create_app(
@@ -84,16 +80,8 @@ def create_app(
     app.include_router(system.router, responses=problem_responses(401))
     app.mount("/static", StaticFiles(directory=system.STATIC), name="static")
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
-        response: Response = await call_next(request)
-        response.headers.setdefault("Content-Security-Policy", CSP)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        response.headers.setdefault("Cache-Control", "no-store")
-        return response
-
-    app.middleware("http")(app.state.metrics.middleware)
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     # Outermost: an oversized body is refused before anything reads it.
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_mb * (1 << 20))
     return app

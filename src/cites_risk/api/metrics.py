@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
-from fastapi import Request, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.routing import compile_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: prometheus_client's switch to counting across processes (read when it is imported).
@@ -73,26 +73,47 @@ class Metrics:
         MultiProcessCollector(merged, path=str(self.shared_dir))  # type: ignore[no-untyped-call]
         return generate_latest(merged)
 
-    async def middleware(
-        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+
+class RequestMetrics:
+    """Counts and times every HTTP request by route template and status (ASGI middleware).
+
+    Plain ASGI rather than Starlette's ``BaseHTTPMiddleware``, which runs each request in a
+    task group with a memory stream of its own: a cost on the event loop, which a saturated
+    process shares with its scoring threads."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
-        response = await call_next(request)
-        route = _template(request)
-        self.requests.labels(request.method, route, str(response.status_code)).inc()
-        self.latency.labels(request.method, route).observe(time.perf_counter() - started)
-        # Each worker states its own readiness with every answer it gives.
-        self.ready.set(1 if request.app.state.service.ready else 0)
-        return response
+        status = 500  # unless the app starts an answer
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            app = scope["app"]
+            route, method = _template(app, scope["path"]), scope["method"]
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.latency.labels(method, route).observe(time.perf_counter() - started)
+            # Each worker states its own readiness with every answer it gives.
+            self.metrics.ready.set(1 if app.state.service.ready else 0)
 
 
-def _template(request: Request) -> str:
-    """The documented path template the request matched, or ``other``."""
-    app = request.app
+def _template(app: Any, path: str) -> str:
+    """The documented path template ``path`` matches in ``app``, or ``other``."""
     templates: list[tuple[re.Pattern[str], str]] | None = getattr(app.state, "templates", None)
     if templates is None:
         # Built from the OpenAPI paths once: the public contract, whatever the router does.
         templates = [(compile_path(p)[0], p) for p in app.openapi()["paths"]]
         app.state.templates = templates
-    path = request.url.path
     return next((t for regex, t in templates if regex.match(path)), "other")
