@@ -29,7 +29,9 @@ subprocess (its own peak RSS):
   against :meth:`Engine.features` (another subprocess, outside the timing).
 
 The fast and pandas stages also report where their time goes (read / features / predict /
-explain / select / write).
+explain / select / write); the fast path's first partition is then broken down further
+(features, prediction, reasons) in a subprocess of its own, so that the peak RSS reported
+is what scoring needs. The memory bar is 3 GB, i.e. 2,861 MiB.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ from benchmarks.scale_common import (
 )
 
 HISTORY_ROWS = 1_000_000
+#: The issue's bar, 3 GB, in the MiB that peak RSS is reported in.
+PEAK_BAR_MIB = 3e9 / 2**20
 
 
 def _history(folder: Path) -> Any:
@@ -73,6 +77,43 @@ def _history(folder: Path) -> Any:
     return History(decl.lazy(), off.collect().lazy(), insp.collect().lazy())
 
 
+def _prepared(folder: Path, model_folder: Path, explain_share: float) -> dict[str, Any]:
+    """What a stage loads before its clock starts: reference, model, engines, history."""
+    from cites_risk.features.reference import load_reference
+    from cites_risk.models.compiled import CompiledPredictor, cache_dir_for
+    from cites_risk.models.risk_model import RiskModel
+    from cites_risk.profiling.engine import Engine
+    from cites_risk.profiling.fast_score import FastEngine
+
+    model = RiskModel.load(model_folder)
+    engine = Engine(model, "bench", load_reference())
+    predictor = CompiledPredictor.for_model(model, cache_dir_for(model_folder))
+    fast = FastEngine(engine, predictor, explain_share=explain_share)
+    return {"model": model, "engine": engine, "fast": fast, "history": _history(folder)}
+
+
+def _carried(folder: Path, history: Any, extras: dict[str, str]) -> Any:
+    """The history folded into per-key totals up to the batch's first declaration.
+
+    The history ends before the batch starts: folded once (features/carry.py), it is not
+    sorted again in every partition. Same features.
+    """
+    from cites_risk.features.carry import carry
+
+    first = pl.scan_parquet(folder / "declarations").slice(HISTORY_ROWS, 1).collect()
+    return carry(history, first.get_column("declared_at")[0], extras)
+
+
+def _partition(folder: Path, carried: Any, done: int, n: int) -> tuple[pl.DataFrame, Any]:
+    """Batch declarations ``done .. done + n`` and the history they are scored against."""
+    batch = pl.scan_parquet(folder / "declarations").slice(HISTORY_ROWS + done, n).collect()
+    lodged = replace(
+        carried,
+        declarations=pl.concat([carried.declarations, batch.lazy()], how="diagonal_relaxed"),
+    )
+    return batch, lodged
+
+
 def run_stage(
     stage: str,
     folder: Path,
@@ -82,44 +123,25 @@ def run_stage(
     out: Path,
     explain_share: float,
 ) -> dict[str, Any]:
-    from cites_risk.features.carry import carry
-    from cites_risk.features.reference import load_reference
-    from cites_risk.models.compiled import CompiledPredictor, cache_dir_for
-    from cites_risk.models.explain import explain
-    from cites_risk.models.risk_model import RiskModel
-    from cites_risk.profiling.engine import Engine, decide
-    from cites_risk.profiling.fast_score import FastEngine
+    from cites_risk.profiling.engine import decide
     from cites_risk.profiling.profiles.model import starter_profiles
     from cites_risk.profiling.selection import SelectionConfig
 
-    ref = load_reference()
-    model = RiskModel.load(model_folder)
-    engine = Engine(model, "bench", ref)
-    predictor = CompiledPredictor.for_model(model, cache_dir_for(model_folder))
-    fast = FastEngine(engine, predictor, explain_share=explain_share)
+    ready = _prepared(folder, model_folder, explain_share)
     profiles = starter_profiles()
     config = SelectionConfig(capacity_share=0.05, random_share=0.02)
-    history = _history(folder)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     steps = {"carry": 0.0, "read": 0.0, "score": 0.0, "select": 0.0, "write": 0.0}
-    # The history ends before the batch starts: folded once into per-key totals
-    # (features/carry.py), it is not sorted again in every partition. Same features.
-    first = pl.scan_parquet(folder / "declarations").slice(HISTORY_ROWS, 1).collect()
-    carried = carry(history, first.get_column("declared_at")[0], model.extras)
+    carried = _carried(folder, ready["history"], ready["model"].extras)
     steps["carry"] = time.perf_counter() - t_start
-    breakdown: dict[str, float] = {}
+    scorer = ready["fast"] if stage == "fast" else ready["engine"]
     done, k = 0, 0
     while done < rows:
         n = min(chunk, rows - done)
         t0 = time.perf_counter()
-        batch = pl.scan_parquet(folder / "declarations").slice(HISTORY_ROWS + done, n).collect()
+        batch, lodged = _partition(folder, carried, done, n)
         t1 = time.perf_counter()
-        lodged = replace(
-            carried,
-            declarations=pl.concat([carried.declarations, batch.lazy()], how="diagonal_relaxed"),
-        )
-        scorer = fast if stage == "fast" else engine
         scored = scorer.score(batch, lodged)
         t2 = time.perf_counter()
         decided = decide(scored, profiles, config).frame
@@ -140,24 +162,41 @@ def run_stage(
             ("read", "score", "select", "write"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True
         ):
             steps[name] += dt
-        if k == 0 and stage == "fast":
-            # Where the scoring time goes, measured once on the first partition.
-            a = time.perf_counter()
-            feats = engine.features(batch, lodged)
-            b = time.perf_counter()
-            proba = fast.predict_proba(feats)
-            c = time.perf_counter()
-            rows_ = fast.explained_rows(proba)
-            explain(model, feats[pl.Series(rows_)])
-            d = time.perf_counter()
-            breakdown = {"features": b - a, "predict": c - b, "explain_top_share": d - c}
-            e0 = time.perf_counter()
-            explain(model, feats.head(5_000))
-            breakdown["explain_rows_per_s"] = 5_000 / (time.perf_counter() - e0)
         done += n
         k += 1
     total = time.perf_counter() - t_start
-    return {"seconds": total, "steps": steps, "breakdown": breakdown, "rows": done}
+    return {"seconds": total, "steps": steps, "rows": done}
+
+
+def run_breakdown(
+    folder: Path, model_folder: Path, chunk: int, explain_share: float
+) -> dict[str, Any]:
+    """Where the fast path's scoring time goes, on the batch's first partition.
+
+    Its own process: computing a partition twice beside the timed stage's frames raised
+    that stage's peak RSS by ~0.7 GiB, memory the scoring itself never needs.
+    """
+    from cites_risk.models.explain import explain
+
+    ready = _prepared(folder, model_folder, explain_share)
+    model, engine, fast = ready["model"], ready["engine"], ready["fast"]
+    batch, lodged = _partition(folder, _carried(folder, ready["history"], model.extras), 0, chunk)
+    # Once untimed: the species matches are remembered from partition to partition.
+    engine.features(batch, lodged)
+    a = time.perf_counter()
+    feats = engine.features(batch, lodged)
+    b = time.perf_counter()
+    proba = fast.predict_proba(feats)
+    c = time.perf_counter()
+    explain(model, feats[pl.Series(fast.explained_rows(proba))])
+    d = time.perf_counter()
+    explain(model, feats.head(5_000))
+    return {
+        "features": b - a,
+        "predict": c - b,
+        "explain_top_share": d - c,
+        "explain_rows_per_s": 5_000 / (time.perf_counter() - d),
+    }
 
 
 def _pandas_history(folder: Path) -> tuple[Any, Any, Any]:
@@ -310,6 +349,8 @@ def child(argv: list[str]) -> dict[str, Any]:
         )
     if stage == "pandas-check":
         return check_pandas(Path(folder), Path(model_folder), int(chunk))
+    if stage == "breakdown":
+        return run_breakdown(Path(folder), Path(model_folder), int(chunk), float(share))
     return run_stage(
         stage, Path(folder), Path(model_folder), int(rows), int(chunk), Path(out), float(share)
     )
@@ -365,7 +406,6 @@ def main(argv: list[str]) -> None:
             str(args.explain_share),
         )
         r = results[stage]
-        # The one-off breakdown of the first partition is not part of the work.
         r["seconds"] = sum(r["steps"].values())
         steps = ", ".join(f"{k} {v:.1f} s" for k, v in r["steps"].items())
         scope = "" if scored == args.rows else f"  [first {scored:,} declarations of the batch]"
@@ -373,7 +413,17 @@ def main(argv: list[str]) -> None:
             f"{stage:<7} {r['seconds']:8.1f} s  {scored / r['seconds']:>9,.0f} decl/s  "
             f"peak RSS {r['peak_rss_mib']:6.0f} MiB  ({steps}){scope}"
         )
-    b = results["fast"]["breakdown"]
+    b = in_subprocess(
+        __file__,
+        "breakdown",
+        str(files.folder),
+        str(model_folder),
+        "0",
+        str(min(args.chunk, args.rows)),
+        "-",
+        str(args.explain_share),
+    )
+    b.pop("peak_rss_mib", None)
     print("fast path, first partition: " + ", ".join(f"{k} {v:,.2f}" for k, v in b.items()))
     if "engine" in results:
         ratio = results["engine"]["seconds"] / results["fast"]["seconds"]
@@ -406,7 +456,8 @@ def main(argv: list[str]) -> None:
     rate = args.rows / results["fast"]["seconds"]
     print(
         f"target >= 150,000 decl/s: {'met' if rate >= 150_000 else 'NOT met'}; "
-        f"peak <= 3 GB: {'met' if results['fast']['peak_rss_mib'] <= 3072 else 'NOT met'}"
+        f"peak <= 3 GB ({PEAK_BAR_MIB:,.0f} MiB): "
+        f"{'met' if results['fast']['peak_rss_mib'] <= PEAK_BAR_MIB else 'NOT met'}"
     )
 
 
