@@ -74,7 +74,7 @@ def _offence(client: TestClient | httpx.Client, keys: dict[tuple[str, Role], str
     return str(created.json()["offence_id"])
 
 
-def test_consent_records_and_promotions_made_in_one_worker_reach_the_other(
+def test_profiles_consent_records_and_promotions_made_in_one_worker_reach_the_other(
     trained: Trained, tmp_path: Path
 ) -> None:
     settings = copy_home(trained, tmp_path)
@@ -85,7 +85,8 @@ def test_consent_records_and_promotions_made_in_one_worker_reach_the_other(
         TestClient(create_app(settings, first)) as a,
         TestClient(create_app(settings, second)) as b,
     ):
-        # b reads the other organisation's history before the record exists, and keeps it.
+        # b reads the other organisation's history before the record exists, and keeps it;
+        # it reads the profiles before a saves this one, and keeps them too.
         assert PROFILE["id"] not in _score(b, other, "W-0")["profile_hits"]
         offence = _offence(a, keys)
         assert PROFILE["id"] in _score(b, keys[(ORG, Role.ADMIN)], "W-1")["profile_hits"]

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cites_risk.profiling.profiles.model import Profile, load_profiles_yaml, parse_profile
-from cites_risk.profiling.store import Actor, Store
+from cites_risk.profiling.store import Actor, Store, Topic
 from cites_risk.profiling.store.core import as_utc, upsert, utcnow
 from cites_risk.profiling.store.schema import profile_versions, profiles
 
@@ -163,6 +163,7 @@ class ProfileRepository:
                     change=change,
                 )
             )
+            self.store.db.bump(conn, Topic.PROFILES)
         self.store.audit.record(actor, action, profile.id, version=version, fields=change["fields"])
         return SaveResult(StoredProfile(profile, version, now, actor.name), action)
 

@@ -29,6 +29,8 @@ class Topic(StrEnum):
     INSPECTIONS = "inspections"
     #: A model version promoted to champion (the registry does not tell the API workers).
     CHAMPION = "champion"
+    #: A rule profile created, changed, enabled or disabled.
+    PROFILES = "profiles"
 
 
 #: The change counters at one moment: ``((topic, counter), ...)``, sorted by topic.
