@@ -3,16 +3,21 @@ real MLflow store, trained once per session on part of the LEMIS sample; keys pe
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -63,11 +68,35 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     return Trained(home, ap)
 
 
-def copy_home(trained: Trained, folder: Path) -> Settings:
+def copy_home(trained: Trained, folder: Path, **overrides: Any) -> Settings:
     """A private copy of the trained home (store, MLflow store, history) for one test."""
     home = folder / "home"
     shutil.copytree(trained.home, home)
-    return settings_for(home)
+    return settings_for(home, **overrides)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def served(app: FastAPI) -> Iterator[tuple[str, int]]:
+    """``app`` on a real uvicorn server on loopback: (its base URL, its port)."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}", port
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def issue_keys(store: Store) -> dict[tuple[str, Role], str]:

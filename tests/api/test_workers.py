@@ -33,9 +33,16 @@ from cites_risk.profiling.roles import Role
 from cites_risk.profiling.service import Service
 from cites_risk.profiling.store import Actor, JobStatus
 from cites_risk.profiling.workflows import tracking_for
-from tests.api.conftest import ORG, OTHER, Trained, copy_home, declaration, issue_keys
+from tests.api.conftest import (
+    ORG,
+    OTHER,
+    Trained,
+    copy_home,
+    declaration,
+    free_port,
+    issue_keys,
+)
 from tests.api.test_consent import IMPORTER, PROFILE
-from tests.api.test_inspector_page import _free_port
 from tests.api.test_jobs import ROWS, _lemis_subset, _submit, _wait
 
 
@@ -262,7 +269,7 @@ def test_the_serve_command_with_two_workers_shares_consent_and_metrics(
     service = Service.start(settings)
     keys = issue_keys(service.store)
     service.close()
-    port = _free_port()
+    port = free_port()
     env = os.environ | {
         "CITES_RISK_HOME": str(settings.home),
         "CITES_RISK_ORGANISATION": ORG,

@@ -102,8 +102,8 @@ class Coalescer(Generic[Item, Answer]):
 
     ``answer`` returns, per item in order, its answer or the exception for its request
     alone (a bad declaration fails its own request, not the others). A request cancelled
-    while queued is not scored (the server does not cancel a request whose client left,
-    so that one is). No request waits forever: if the drain stops before the queue is
+    while queued is not scored (``POST /v1/score`` cancels its request when the client
+    leaves: ``api/disconnect.py``). No request waits forever: if the drain stops before the queue is
     empty (cancelled at shutdown), the requests left fail.
     """
 

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cites_risk.api.disconnect import CLIENT_LEFT, ClientLeftError
 from cites_risk.profiling.service import (
     ConflictError,
     FieldProblem,
@@ -109,6 +110,11 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _client_left(request: Request, exc: Exception) -> JSONResponse:
+    # Nobody reads it; the status is what the access log and the request metrics count.
+    return problem(request, CLIENT_LEFT, "Client left", "the client left before its answer")
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # The trace goes to the log, never to the client.
     log.exception("unhandled error on %s", request.url.path, exc_info=exc)
@@ -119,4 +125,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientLeftError, _client_left)
     app.add_exception_handler(Exception, _unexpected)

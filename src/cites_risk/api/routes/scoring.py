@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from cites_risk.api.deps import Coalesced, Inspector, ScoringThreads, ServiceDep, Targeting
+from cites_risk.api.disconnect import unless_client_leaves
 from cites_risk.api.schemas import DeclarationIn, ScoreBatchIn, ScoreBatchOut, ScoreResult
 from cites_risk.profiling.service import extra_column
 
@@ -21,10 +22,10 @@ def _row(declaration: DeclarationIn) -> dict[str, Any]:
 
 @router.post("/score", response_model=ScoreResult)
 async def score_one(
-    declaration: DeclarationIn, actor: Inspector, coalesced: Coalesced
+    request: Request, declaration: DeclarationIn, actor: Inspector, coalesced: Coalesced
 ) -> ScoreResult:
     """Score one declaration: score, lane, reasons and species match."""
-    return await coalesced.submit((actor, _row(declaration)))
+    return await unless_client_leaves(request, coalesced.submit((actor, _row(declaration))))
 
 
 @router.post("/score/batch", response_model=ScoreBatchOut)
