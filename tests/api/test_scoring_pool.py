@@ -12,7 +12,7 @@ import anyio
 import pytest
 from anyio import wait_all_tasks_blocked
 
-from cites_risk.api.concurrency import Coalescer, ScoringPool
+from cites_risk.api.concurrency import Coalescer, ScoringPool, WithdrawnError
 from cites_risk.profiling.roles import Role
 from tests.api.conftest import Api, declaration
 
@@ -266,3 +266,42 @@ def test_a_batch_request_gets_the_thread_between_calls_of_single_requests() -> N
 
     anyio.run(main)
     assert order == ["call [1]", "batch", "call [2, 3]"]
+
+
+def test_a_requester_that_leaves_withdraws_a_waiting_item_but_not_one_being_answered() -> None:
+    """What was stored and audited for a request is what it returns: an item whose call has
+    begun is answered even if its requester has left; a waiting one is withdrawn."""
+    calls: list[list[int]] = []
+    started, release = threading.Event(), threading.Event()
+
+    def answer(batch: list[int]) -> list[int]:
+        calls.append(list(batch))
+        started.set()
+        assert release.wait(10)
+        return [10 * i for i in batch]
+
+    coalescer = Coalescer(ScoringPool(1), answer, 32)
+    got: dict[int, object] = {}
+
+    async def main() -> None:
+        gone = {k: asyncio.Event() for k in (1, 2, 3)}
+
+        async def one(k: int) -> None:
+            try:
+                got[k] = await coalescer.submit(k, gone=gone[k].wait())
+            except WithdrawnError as exc:
+                got[k] = exc
+
+        tasks = [asyncio.create_task(one(1))]
+        assert await asyncio.to_thread(started.wait, 10)  # 1's call has begun
+        tasks += [asyncio.create_task(one(k)) for k in (2, 3)]
+        await asyncio.sleep(0.05)  # 2 and 3 wait for the thread
+        gone[1].set()
+        gone[2].set()
+        await asyncio.sleep(0.05)
+        release.set()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+    assert got[1] == 10 and isinstance(got[2], WithdrawnError) and got[3] == 30
+    assert calls == [[1], [3]]

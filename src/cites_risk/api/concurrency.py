@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, TypeVarTuple
 
@@ -102,8 +102,8 @@ class Coalescer(Generic[Item, Answer]):
 
     ``answer`` returns, per item in order, its answer or the exception for its request
     alone (a bad declaration fails its own request, not the others). A request cancelled
-    while queued is not scored (``POST /v1/score`` cancels its request when the client
-    leaves: ``api/disconnect.py``). No request waits forever: if the drain stops before the queue is
+    or withdrawn (its client left: ``gone``) while queued is not scored. No request waits
+    forever: if the drain stops before the queue is
     empty (cancelled at shutdown), the requests left fail.
     """
 
@@ -130,8 +130,14 @@ class Coalescer(Generic[Item, Answer]):
         self._lane: _Lane | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def submit(self, item: Item) -> Answer:
-        """The answer for ``item``, computed alone or with others queued beside it."""
+    async def submit(self, item: Item, gone: Awaitable[object] | None = None) -> Answer:
+        """The answer for ``item``, computed alone or with others queued beside it.
+
+        ``gone``: completes when the requester has left (``api/disconnect.py``). If it
+        does while the item still waits, the item is withdrawn unanswered and
+        :class:`WithdrawnError` raised; an item whose call has begun is answered anyway,
+        so what was stored and audited for it is what its request returns.
+        """
         waiting: _Waiting[Item, Answer] = _Waiting(item)
         with self._lock:
             self._queue.append(waiting)
@@ -144,13 +150,27 @@ class Coalescer(Generic[Item, Answer]):
             # A callback, not a ``finally``: it runs even for a task cancelled before its
             # first step.
             task.add_done_callback(lambda done: self._drain_ended(lane, done))
+        answer = asyncio.wrap_future(waiting.answer)
         try:
-            return await asyncio.wrap_future(waiting.answer)
+            if gone is not None and await _left_first(answer, gone) and self._withdraw(waiting):
+                raise WithdrawnError
+            return await answer
         except BaseException:
             # Cancelled while queued: nobody waits for the answer, so nobody scores it.
             with self._lock, contextlib.suppress(ValueError):
                 self._queue.remove(waiting)
+            answer.cancel()
             raise
+
+    def _withdraw(self, waiting: _Waiting[Item, Answer]) -> bool:
+        """Take ``waiting`` out of the queue; False once a call has taken it."""
+        with self._lock:
+            try:
+                self._queue.remove(waiting)
+            except ValueError:
+                return False
+        waiting.answer.cancel()
+        return True
 
     async def _drain(self, lane: _Lane) -> None:
         while await self.pool.run(self._call, lane):
@@ -222,6 +242,20 @@ class Coalescer(Generic[Item, Answer]):
                 w.answer.set_exception(answer)
             else:
                 w.answer.set_result(answer)
+
+
+class WithdrawnError(Exception):
+    """The requester left while its item still waited: the item was not answered."""
+
+
+async def _left_first(answer: asyncio.Future[Any], gone: Awaitable[object]) -> bool:
+    """Whether ``gone`` completed before ``answer``; False if ``gone`` failed instead."""
+    watch = asyncio.ensure_future(gone)
+    try:
+        await asyncio.wait({answer, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    return not answer.done() and not watch.cancelled() and watch.exception() is None
 
 
 def _fail(left: list[_Waiting[Any, Any]]) -> None:

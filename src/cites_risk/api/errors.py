@@ -15,7 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cites_risk.api.disconnect import CLIENT_LEFT, ClientLeftError
+from cites_risk.api.concurrency import WithdrawnError
+from cites_risk.api.disconnect import CLIENT_LEFT
 from cites_risk.profiling.service import (
     ConflictError,
     FieldProblem,
@@ -112,7 +113,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _client_left(request: Request, exc: Exception) -> JSONResponse:
     # Nobody reads it; the status is what the access log and the request metrics count.
-    return problem(request, CLIENT_LEFT, "Client left", "the client left before its answer")
+    log.info("%s %s: withdrawn, the client left before its turn", request.method, request.url.path)
+    return problem(request, CLIENT_LEFT, "Client left", "the client left before its turn")
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -125,5 +127,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(ClientLeftError, _client_left)
+    app.add_exception_handler(WithdrawnError, _client_left)
     app.add_exception_handler(Exception, _unexpected)

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from cites_risk.api.deps import Coalesced, Inspector, ScoringThreads, ServiceDep, Targeting
-from cites_risk.api.disconnect import unless_client_leaves
+from cites_risk.api.disconnect import client_left
 from cites_risk.api.schemas import DeclarationIn, ScoreBatchIn, ScoreBatchOut, ScoreResult
 from cites_risk.profiling.service import extra_column
 
@@ -25,7 +25,7 @@ async def score_one(
     request: Request, declaration: DeclarationIn, actor: Inspector, coalesced: Coalesced
 ) -> ScoreResult:
     """Score one declaration: score, lane, reasons and species match."""
-    return await unless_client_leaves(request, coalesced.submit((actor, _row(declaration))))
+    return await coalesced.submit((actor, _row(declaration)), gone=client_left(request))
 
 
 @router.post("/score/batch", response_model=ScoreBatchOut)
