@@ -103,8 +103,8 @@ class Coalescer(Generic[Item, Answer]):
     ``answer`` returns, per item in order, its answer or the exception for its request
     alone (a bad declaration fails its own request, not the others). A request cancelled
     or withdrawn (its client left: ``gone``) while queued is not scored. No request waits
-    forever: if the drain stops before the queue is
-    empty (cancelled at shutdown), the requests left fail.
+    forever: if the drain stops before the queue is empty (cancelled at shutdown), the
+    requests left fail.
     """
 
     def __init__(

@@ -325,14 +325,15 @@ class Service:
             raise NotReadyError("; ".join(self.problems) or "no champion model loaded")
         return loaded
 
-    def _weighted_profiles(self, engine: Engine) -> list[Profile]:
+    def _weighted_profiles(self, engine: Engine, stamps: Stamps | None = None) -> list[Profile]:
         """Enabled profiles with the weights they earned on the champion's history.
 
         Kept until a profile is saved, by this process or another (the store's profiles
-        counter, read first), or another model scores: reading and parsing them took ~4 ms
-        of every scoring call.
+        counter in ``stamps``, read before the profiles; read here when not given), or
+        another model scores: reading and parsing them took ~4 ms of every scoring call.
         """
-        key = (counter(self.store.stamps(), Topic.PROFILES), engine.model_version)
+        stamps = stamps if stamps is not None else self.store.stamps()
+        key = (counter(stamps, Topic.PROFILES), engine.model_version)
         cached = self._weighted
         if cached is None or cached[0] != key:
             cached = self._weighted = (
@@ -418,7 +419,7 @@ class Service:
         snapshot = self._snapshot(actor.organisation, extras, stamps)
         history = self._history(snapshot, frame, extras, lodge=True)
         role = Role(actor.role)
-        results = self._decided(actor.organisation, frame, history, loaded, [role])[role]
+        results = self._decided(actor.organisation, frame, history, loaded, stamps, [role])[role]
         self.store.audit.record(
             actor,
             "score.one" if len(results) == 1 else "score.many",
@@ -497,7 +498,13 @@ class Service:
                 try:
                     answers = list(
                         self._score_group(
-                            organisation, frame[group], snapshot, actors, loaded, lodge=lodge
+                            organisation,
+                            frame[group],
+                            snapshot,
+                            actors,
+                            loaded,
+                            stamps,
+                            lodge=lodge,
                         )
                     )
                 except Exception as exc:
@@ -512,13 +519,14 @@ class Service:
         snapshot: _Snapshot,
         actors: Sequence[Actor],
         loaded: _Loaded,
+        stamps: Stamps,
         *,
         lodge: bool,
     ) -> list[ScoreResult]:
         """``part`` scored against ``snapshot``, stored, and audited a score per request."""
         history = self._history(snapshot, part, loaded.engine.model.extras, lodge=lodge)
         rendered = self._decided(
-            organisation, part, history, loaded, [Role(a.role) for a in actors]
+            organisation, part, history, loaded, stamps, [Role(a.role) for a in actors]
         )
         results = [rendered[Role(a.role)][j] for j, a in enumerate(actors)]
         self.store.audit.record_many(
@@ -535,6 +543,7 @@ class Service:
         frame: pl.DataFrame,
         history: History,
         loaded: _Loaded,
+        stamps: Stamps,
         roles: Sequence[Role],
     ) -> dict[Role, list[ScoreResult]]:
         """``frame`` scored, decided and rendered for each of ``roles``; stored as rendered
@@ -542,7 +551,7 @@ class Service:
         shows a rationale its role may not read."""
         # With every declared column beside the features (``declared_view``).
         full = loaded.engine.score(frame, history)
-        profiles = self._weighted_profiles(loaded.engine)
+        profiles = self._weighted_profiles(loaded.engine, stamps)
         index = self.watchlist.index()
         rendered = {
             role: self._results(full, profiles, index, loaded, role)
