@@ -137,3 +137,32 @@ def test_a_crashed_job_resumes_in_a_new_app_without_duplicates(
     for name, mtime in before.items():
         assert (out / name).stat().st_mtime_ns == mtime
     assert len(list(out.glob("part-*.parquet"))) == 10
+
+
+@pytest.mark.parametrize(
+    "mapping",
+    [str(Path(__file__).resolve().parents[2] / "README.md"), "../../pyproject", "/etc/hostname"],
+)
+def test_a_job_mapping_is_a_shipped_name_never_a_server_path(
+    trained: Trained, home: Path, mapping: str
+) -> None:
+    settings = copy_home(trained, home / f"path-{abs(hash(mapping))}")
+    service = Service.start(settings)
+    keys = issue_keys(service.store)
+    headers = {"Authorization": f"Bearer {keys[('US-FWS', Role.TARGETING)]}"}
+    with TestClient(create_app(settings, service)) as client:
+        response = client.post(
+            "/v1/jobs",
+            files={"file": ("day.csv", _lemis_subset(5, 0), "text/csv")},
+            data={"mapping": mapping},
+            headers=headers,
+        )
+        assert response.status_code == 422, response.text
+        body = response.json()
+        assert [e["field"] for e in body["errors"]] == ["mapping"]
+        # The answer lists the choices; it never opened, let alone quoted, the file named.
+        assert body["detail"].startswith(f"no mapping {mapping!r}: choose one of ")
+        assert "lemis" in body["detail"]
+        incoming = Path(settings.home) / "jobs" / "_incoming"
+        assert not any(incoming.glob("*")), "the refused upload was left behind"
+    service.close()

@@ -40,12 +40,13 @@ from cites_risk.profiling.batch import DECISIONS, score_stream
 from cites_risk.profiling.engine import REASONS
 from cites_risk.profiling.selection import FINAL_RISK
 from cites_risk.profiling.service import (
+    FieldProblem,
     InvalidInputError,
     NotFoundError,
     NotReadyError,
     Service,
 )
-from cites_risk.profiling.sources import InputError, load_mapping
+from cites_risk.profiling.sources import InputError, shipped_mapping
 from cites_risk.profiling.store import Actor, Job, JobStatus
 
 KIND = "score"
@@ -164,10 +165,10 @@ class JobRunner:
     def submit(self, actor: Actor, upload: Path, filename: str, mapping: str) -> tuple[Job, bool]:
         """A job for the uploaded file (moved into the job's folder); (job, created)."""
         try:
-            load_mapping(mapping)
+            shipped_mapping(mapping)
         except InputError as exc:
             upload.unlink(missing_ok=True)
-            raise InvalidInputError(str(exc), []) from None
+            raise InvalidInputError(str(exc), [FieldProblem(None, "mapping", str(exc))]) from None
         sha = _sha256(upload)
         suffix = _suffix(filename)
         fp = fingerprint(sha, {"mapping": mapping, "suffix": suffix})
@@ -324,7 +325,7 @@ class JobRunner:
                 self.service.reference,
                 engine,
                 Path(str(job.input_path)),
-                load_mapping(str(job.params["mapping"])),
+                shipped_mapping(str(job.params["mapping"])),
                 actor,
                 Path(str(job.output_path)),
                 chunk_rows=int(job.params.get("chunk_rows", self.chunk_rows)),

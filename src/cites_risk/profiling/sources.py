@@ -84,6 +84,18 @@ def available_mappings() -> list[str]:
     return sorted(p.stem for p in MAPPINGS_DIR.glob("*.yaml"))
 
 
+def shipped_mapping(name: str) -> SourceMapping:
+    """A mapping shipped with the project, by name only.
+
+    What a remote caller may choose: a path there would let any API key probe the server's
+    files and read fragments of them back in the error.
+    """
+    names = available_mappings()
+    if name not in names:
+        raise InputError(f"no mapping {name!r}: choose one of {', '.join(names)}")
+    return load_mapping(name)
+
+
 def load_mapping(name_or_path: str | Path) -> SourceMapping:
     """A shipped mapping by name (``lemis``) or a mapping file an administration brings."""
     path = Path(name_or_path)
