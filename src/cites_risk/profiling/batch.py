@@ -16,7 +16,9 @@ Two passes over the source, both in fixed chunks of ``chunk_rows`` source rows:
 
 Chunk k always holds source rows ``k * chunk_rows + 1 .. (k + 1) * chunk_rows``, and a part
 is written under a temporary name and renamed when complete. A rerun after a crash
-therefore skips the parts that exist and never writes a row twice.
+therefore skips the parts that exist and never writes a row twice. The chunk size is
+recorded when the first pass ends, and a rerun keeps it whatever it is asked for: parts
+cut at another size would skip or repeat rows.
 """
 
 from __future__ import annotations
@@ -25,16 +27,19 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import polars as pl
 
 from cites_risk.features.adapters import SourceMapping
 from cites_risk.features.carry import HistoryWalk
 from cites_risk.features.contract import DECLARATION, D, schema_of
+from cites_risk.features.history import History
 from cites_risk.features.reference import Reference
 from cites_risk.features.validation import REJECT_SCHEMA, validate
+from cites_risk.models.risk_model import RiskModel
 from cites_risk.profiling.config import Settings
-from cites_risk.profiling.engine import REASONS, SCORE, SPECIES, Engine, decide
+from cites_risk.profiling.engine import REASONS, SCORE, SPECIES, decide
 from cites_risk.profiling.history_store import DeclarationHistory, history_for
 from cites_risk.profiling.profiles.model import Profile
 from cites_risk.profiling.profiles.watchlist import WatchlistIndex
@@ -72,6 +77,17 @@ _LODGED = "_lodged.json"
 
 
 DECISIONS = "decisions.parquet"
+
+
+class Scorer(Protocol):
+    """What scores a chunk: an :class:`~cites_risk.profiling.engine.Engine` (reasons for
+    every row) or a :class:`~cites_risk.profiling.fast_score.FastEngine` (reasons for the
+    top rows only)."""
+
+    @property
+    def model(self) -> RiskModel: ...
+
+    def score(self, declarations: pl.DataFrame, history: History) -> pl.DataFrame: ...
 
 
 @dataclass(frozen=True)
@@ -179,7 +195,7 @@ def score_stream(
     settings: Settings,
     store: Store,
     reference: Reference,
-    engine: Engine,
+    engine: Scorer,
     source: Path,
     mapping: SourceMapping,
     actor: Actor,
@@ -188,10 +204,13 @@ def score_stream(
     chunk_rows: int = 200_000,
     progress: Progress | None = None,
     deciding: Deciding | None = None,
+    lodging: Progress | None = None,
 ) -> BatchResult:
     """Score ``source`` into ``out_dir/part-*.parquet``; rerunning resumes where it stopped.
 
     With ``deciding``, also select within capacity over the whole batch (``decisions``).
+    ``progress`` hears (rows scored, rows in the source) after each part, ``lodging``
+    (rows lodged, None) after each chunk of the first pass.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     rejects_dir = out_dir / "_rejects"
@@ -202,7 +221,9 @@ def score_stream(
 
     marker = out_dir / _LODGED
     if marker.exists():
-        total = int(json.loads(marker.read_text())["rows"])
+        lodged = json.loads(marker.read_text())
+        total = int(lodged["rows"])
+        chunk_rows = int(lodged.get("chunk_rows", chunk_rows))
     else:
         total = 0
         for k, chunk in source_chunks(source, mapping, chunk_rows):
@@ -210,7 +231,13 @@ def score_stream(
             history_files.append(accepted, f"{batch_name}-{k:05d}")
             _atomic_parquet(rejects, rejects_dir / f"part-{k:05d}.parquet")
             total += chunk.height
-        marker.write_text(json.dumps({"rows": total, "source": str(source)}))
+            if lodging:
+                lodging(total, None)
+        # Atomic as the parts are: a marker cut short by a crash would block every rerun.
+        text = json.dumps({"rows": total, "source": str(source), "chunk_rows": chunk_rows})
+        tmp = marker.with_name(f".{marker.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(marker)
     result.rows_read = total
 
     records = _StoredRecords(store, history_files, actor.organisation, engine.model.extras)
@@ -242,11 +269,13 @@ def score_stream(
     return result
 
 
-def _decide(out_dir: Path, deciding: Deciding) -> tuple[Path, SelectionReport | None]:
+def _decide(out_dir: Path, deciding: Deciding) -> tuple[Path | None, SelectionReport | None]:
     """Selection over every part at once; the slim columns of 10 M rows fit in memory."""
     path = out_dir / DECISIONS
     if path.exists():
         return path, None
+    if not any(out_dir.glob("part-*.parquet")):
+        return None, None  # a source without rows (a header only): nothing to select
     needed = {D.ID, D.OFFICE, D.DECLARED_AT, SCORE, REASONS, SPECIES} | deciding.columns()
     scored = read_parts(out_dir)
     frame = scored.select(c for c in schema_of(scored).names() if c in needed).collect()

@@ -29,6 +29,7 @@ from cites_risk.features.contract import D
 from cites_risk.features.history import History
 from cites_risk.models.compiled import Predictor
 from cites_risk.models.explain import explain
+from cites_risk.models.risk_model import RiskModel
 from cites_risk.profiling.engine import (
     REASONS,
     SCORE,
@@ -67,6 +68,10 @@ class FastEngine:
     @property
     def model_version(self) -> str:
         return self.engine.model_version
+
+    @property
+    def model(self) -> RiskModel:
+        return self.engine.model
 
     def predict_proba(self, features: pl.DataFrame, matrix: np.ndarray | None = None) -> np.ndarray:
         return self.engine.predict_proba(features, matrix)

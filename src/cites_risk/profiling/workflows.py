@@ -29,6 +29,7 @@ from cites_risk.models.tracking import (
     log_model_run,
 )
 from cites_risk.models.training import LABEL, Split, label_frame, train_and_evaluate
+from cites_risk.profiling.batch import BatchResult, Deciding, score_stream
 from cites_risk.profiling.config import Settings
 from cites_risk.profiling.engine import (
     REASONS,
@@ -42,6 +43,7 @@ from cites_risk.profiling.engine import (
     labels_for,
     rank,
 )
+from cites_risk.profiling.fast_score import FastEngine
 from cites_risk.profiling.history_store import DeclarationHistory, history_for
 from cites_risk.profiling.profile_evidence import (
     INFO_KEY,
@@ -70,6 +72,8 @@ from cites_risk.profiling.sources import Loaded, load_mapping, load_records, wri
 from cites_risk.profiling.store import Actor, Store, Topic
 
 Progress = Callable[[str], None]
+#: Rows done and rows in all (None while unknown), as ``profiling/batch.py`` reports them.
+RowsProgress = Callable[[int, int | None], None]
 
 
 def _quiet(_: str) -> None:
@@ -364,6 +368,78 @@ def score_file(
         decisions.report,
         comparison,
     )
+
+
+@dataclass
+class StreamOutcome:
+    """What a streamed score wrote and found."""
+
+    result: BatchResult
+    model_version: str
+    lanes: dict[str, int]
+
+
+def score_file_in_chunks(
+    settings: Settings,
+    store: Store,
+    reference: Reference,
+    source: Path,
+    mapping_name: str,
+    actor: Actor,
+    *,
+    out_dir: Path,
+    chunk_rows: int,
+    model_ref: str = "champion",
+    selection: SelectionConfig | None = None,
+    progress: RowsProgress | None = None,
+    lodging: RowsProgress | None = None,
+) -> StreamOutcome:
+    """Score a file of any size in chunks of ``chunk_rows`` (``profiling/batch.py``).
+
+    Bounded memory, partitioned Parquet in ``out_dir``, selection over the whole batch in
+    ``decisions.parquet``; rerun with the same ``out_dir`` to resume after a crash. Model
+    reasons are given to the top ``DEFAULT_EXPLAIN_SHARE`` of each chunk
+    (``profiling/fast_score.py``); every selected row still has its selection reasons.
+    """
+    mapping = load_mapping(mapping_name)
+    model, version = load_model(tracking_for(settings), model_ref)
+    # Model reasons for the red lane's share only: on millions of rows, explaining every
+    # row would cost more than the features and the trees together.
+    engine = FastEngine(engine_for(settings, model, version, reference))
+    deciding = Deciding(
+        weighted(ProfileRepository(store).enabled(), from_info(model.info)),
+        selection or SelectionConfig(capacity_share=0.05),
+        role=Role(actor.role),
+        watchlist=WatchlistRepository(store).index(),
+    )
+    result = score_stream(
+        settings,
+        store,
+        reference,
+        engine,
+        source,
+        mapping,
+        actor,
+        out_dir,
+        chunk_rows=chunk_rows,
+        progress=progress,
+        deciding=deciding,
+        lodging=lodging,
+    )
+    lanes: dict[str, int] = {}
+    if result.decisions_path is not None:
+        counts = pl.scan_parquet(result.decisions_path).group_by(LANE).len().collect()
+        lanes = dict(counts.iter_rows())
+    store.audit.record(
+        actor,
+        "score.batch",
+        str(source),
+        rows=result.rows_scored,
+        model_version=version,
+        output=str(out_dir),
+        lanes=lanes,
+    )
+    return StreamOutcome(result, version, lanes)
 
 
 def install_starter_profiles(store: Store, actor: Actor) -> int:

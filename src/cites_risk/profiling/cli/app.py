@@ -26,6 +26,7 @@ from cites_risk.profiling import workflows
 from cites_risk.profiling.cli.context import console, fail, open_context
 from cites_risk.profiling.cli.models_cmd import models_app
 from cites_risk.profiling.cli.profiles_cmd import profiles_app, watchlist_app
+from cites_risk.profiling.cli.progress import rows_progress
 from cites_risk.profiling.cli.scale_cmd import score_dask_cmd, train_dask_cmd
 from cites_risk.profiling.cli.synth_cmd import synth
 from cites_risk.profiling.cli.users_cmd import users_app
@@ -225,6 +226,15 @@ def score(
     random_share: Annotated[
         float, typer.Option(help="Share of traffic inspected at random (recorded as random).")
     ] = 0.02,
+    chunk_rows: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Stream the file in chunks of this many rows, in bounded memory, into a "
+            "folder of part-*.parquet and decisions.parquet (--out, default <output dir>/"
+            "scored); rerun the same command to resume after a crash.",
+        ),
+    ] = None,
 ) -> None:
     """Score a batch: final risk, lane (red / yellow / green), selection within capacity.
 
@@ -232,6 +242,7 @@ def score(
     its reasons (profiles hit, the model's main contributions, the species match). Where
     inspection results of the scored declarations are known, also prints precision and
     recall at 1, 2, 5 and 10 % capacity and what model, profiles and both would have found.
+    With --chunk-rows, a file larger than memory is scored in chunks instead (see there).
     """
     try:
         config = SelectionConfig.model_validate(
@@ -239,6 +250,11 @@ def score(
         )
     except ValueError as exc:
         raise fail(f"invalid selection settings: {exc}") from exc
+    if chunk_rows is not None:
+        if start or end:
+            raise fail("--start and --end filter a batch held in memory: not with --chunk-rows")
+        _score_in_chunks(source, mapping, out, model, config, chunk_rows)
+        return
     with open_context() as ctx, _progress("score") as step:
         try:
             outcome = workflows.score_file(
@@ -289,6 +305,58 @@ def score(
                 f"{r.recall:.3f}",
             )
         console.print(table)
+
+
+def _score_in_chunks(
+    source: Path,
+    mapping: str,
+    out: Path | None,
+    model: str,
+    config: SelectionConfig,
+    chunk_rows: int,
+) -> None:
+    with open_context() as ctx, rows_progress(console) as bars:
+        out_dir = out or ctx.settings.output_dir / "scored"
+        lodge = bars.add_task("lodge", total=None)
+        score = bars.add_task("score", total=None, start=False)
+
+        def lodged(done: int, _: int | None) -> None:
+            bars.update(lodge, completed=done)
+
+        def scored(done: int, total: int | None) -> None:
+            if not bars.tasks[score].started:
+                bars.update(lodge, total=total, completed=total)
+                bars.start_task(score)
+            bars.update(score, completed=done, total=total)
+
+        try:
+            outcome = workflows.score_file_in_chunks(
+                ctx.settings,
+                ctx.store,
+                ctx.reference,
+                source,
+                mapping,
+                ctx.actor,
+                out_dir=out_dir,
+                chunk_rows=chunk_rows,
+                model_ref=model,
+                selection=config,
+                progress=scored,
+                lodging=lodged,
+            )
+        except (InputError, RuntimeError) as exc:
+            raise fail(str(exc)) from exc
+    result = outcome.result
+    console.print(
+        f"scored {result.rows_scored:,} declarations with model v{outcome.model_version} in "
+        f"{len(result.parts)} parts; {result.rows_rejected} rows rejected"
+    )
+    console.print(f"  parts: {result.out_dir}/part-*.parquet")
+    for what, path in (("decisions", result.decisions_path), ("rejects", result.rejects_path)):
+        if path is not None:
+            console.print(f"  {what}: {path}")
+    lanes = ", ".join(f"{lane} {n:,}" for lane, n in sorted(outcome.lanes.items()))
+    console.print(f"lanes: {lanes or 'none (no rows)'}")
 
 
 @app.command()

@@ -8,30 +8,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
-from rich.text import Text
 
 from cites_risk.features.reference import load_reference
+from cites_risk.profiling.cli.progress import rows_progress
 from cites_risk.profiling.synth import write_scenario
-
-
-class RowsPerSecond(ProgressColumn):
-    """Throughput in declarations per second (rich's speed column speaks bytes)."""
-
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        label = "? rows/s" if speed is None else f"{speed:,.0f} rows/s"
-        return Text(label, style="progress.data.speed")
 
 
 def _parse_start(text: str) -> date:
@@ -41,19 +22,6 @@ def _parse_start(text: str) -> date:
         raise typer.BadParameter(
             f"not a date (YYYY-MM-DD): {text!r}", param_hint="--start"
         ) from exc
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]synth[/bold]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RowsPerSecond(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-    )
 
 
 def synth(
@@ -96,7 +64,7 @@ def synth(
     first_day = _parse_start(start)
     console = Console(stderr=True)
     reference = load_reference()
-    with _progress(console) as progress:
+    with rows_progress(console) as progress:
         task = progress.add_task("synth", total=rows)
 
         def advance(done: int, total: int) -> None:
