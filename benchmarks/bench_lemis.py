@@ -26,6 +26,8 @@ RAW_DROP = (
     "cleaning_notes",
     "shipment_date",
 )
+#: Validation from, test from, test until: the benchmark's test period 2020-2021.
+TEST_SPLIT = ("2019-07-01", "2020-01-01", "2022-01-01")
 
 
 def main() -> None:
@@ -35,7 +37,7 @@ def main() -> None:
     parser.add_argument(
         "--split",
         nargs=3,
-        default=["2019-07-01", "2020-01-01", "2022-01-01"],
+        default=list(TEST_SPLIT),
         metavar=("VALID_FROM", "TEST_FROM", "TEST_UNTIL"),
         help="another period, e.g. the backtest fold 2019-H2: 2019-01-01 2019-07-01 2020-01-01",
     )
