@@ -4,13 +4,18 @@ stored scores or the audit log. The provider, and whoever it shares with, can.""
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 from typing import Any
 
+import polars as pl
 import pytest
 
 from cites_risk.profiling.roles import Role
+from cites_risk.profiling.sources import LEMIS_SAMPLE
 from tests.api.conftest import ORG, OTHER, Api, declaration
+from tests.api.test_jobs import _wait
 
 IMPORTER = "Shadow Reptile Traders"
 PROFILE = {
@@ -163,3 +168,91 @@ def test_revoked_consent_is_never_served_from_a_cached_history(api: Api, offence
     assert IMPORTER not in json.dumps(revoked["reasons"]) or "offence" not in json.dumps(
         revoked["reasons"]
     )
+
+
+def test_a_score_stored_while_shared_is_not_served_once_consent_is_withdrawn(
+    api: Api, offence: str
+) -> None:
+    provider = api.auth(Role.ANALYST, ORG)
+    reader = api.auth(Role.INSPECTOR, OTHER)
+    api.client.patch(
+        f"/v1/offences/{offence}/consent", json={"shared_with": [OTHER]}, headers=provider
+    )
+    try:
+        assert PROFILE["id"] in _score(api, OTHER, "W-shared")["profile_hits"]
+        stored = api.client.get("/v1/scores/W-shared", headers=reader)
+        assert stored.status_code == 200 and PROFILE["id"] in stored.json()["profile_hits"]
+        _score(api, ORG, "W-own")
+    finally:
+        api.client.patch(
+            f"/v1/offences/{offence}/consent", json={"shared_with": []}, headers=provider
+        )
+    gone = api.client.get("/v1/scores/W-shared", headers=reader)
+    assert gone.status_code == 404, gone.text
+    assert IMPORTER not in gone.text and "score it again" in gone.json()["detail"]
+    # Scored again after the withdrawal: stored and served, without the record.
+    assert PROFILE["id"] not in _score(api, OTHER, "W-shared")["profile_hits"]
+    again = api.client.get("/v1/scores/W-shared", headers=reader)
+    assert again.status_code == 200 and PROFILE["id"] not in again.json()["profile_hits"]
+    # The provider's own stored scores are untouched by its sharing decisions.
+    assert api.client.get("/v1/scores/W-own", headers=api.auth(Role.INSPECTOR)).status_code == 200
+
+
+def _hits(api: Api, job_id: str, headers: dict[str, str]) -> int:
+    results = api.client.get(f"/v1/jobs/{job_id}/results", headers=headers)
+    assert results.status_code == 200, results.text
+    frame = pl.read_parquet(io.BytesIO(results.content))
+    return int(frame["profile_hits"].list.contains(PROFILE["id"]).sum())
+
+
+def test_a_job_scored_while_shared_is_scored_again_once_consent_is_withdrawn(
+    api: Api, offence: str
+) -> None:
+    provider = api.auth(Role.ANALYST, ORG)
+    other = api.auth(Role.TARGETING, OTHER)
+    text = gzip.decompress(LEMIS_SAMPLE.read_bytes()).decode()
+    lines = pl.read_csv(io.StringIO(text), infer_schema=False).tail(30)
+    upload = lines.with_columns(pl.lit(IMPORTER).alias("us_co")).write_csv().encode()
+    api.client.patch(
+        f"/v1/offences/{offence}/consent", json={"shared_with": [OTHER]}, headers=provider
+    )
+    try:
+        submitted = api.client.post(
+            "/v1/jobs",
+            files={"file": ("shared.csv", upload, "text/csv")},
+            data={"mapping": "lemis"},
+            headers=other,
+        )
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["job_id"]
+        assert _wait(api.client, job_id, other, {"done", "failed"})["status"] == "done"
+        assert _hits(api, job_id, other) > 0
+    finally:
+        api.client.patch(
+            f"/v1/offences/{offence}/consent", json={"shared_with": []}, headers=provider
+        )
+    withheld = api.client.get(f"/v1/jobs/{job_id}/results", headers=other)
+    assert withheld.status_code == 503 and "withdrawn" in withheld.json()["detail"]
+    assert _wait(api.client, job_id, other, {"done", "failed"})["status"] == "done"
+    assert _hits(api, job_id, other) == 0
+
+
+def test_a_recipient_is_not_told_who_else_a_record_is_shared_with(api: Api, offence: str) -> None:
+    provider = api.auth(Role.ANALYST, ORG)
+    api.client.patch(
+        f"/v1/offences/{offence}/consent",
+        json={"shared_with": [OTHER, "THIRD-ORG"]},
+        headers=provider,
+    )
+    try:
+        other = api.auth(Role.ANALYST, OTHER)
+        seen = api.client.get(f"/v1/offences/{offence}", headers=other).json()
+        assert seen["shared_with"] == [OTHER]
+        listed = api.client.get("/v1/offences", params={"limit": 1000}, headers=other).json()
+        assert [r["shared_with"] for r in listed if r["offence_id"] == offence] == [[OTHER]]
+        own = api.client.get(f"/v1/offences/{offence}", headers=provider).json()
+        assert own["shared_with"] == sorted([OTHER, "THIRD-ORG"])
+    finally:
+        api.client.patch(
+            f"/v1/offences/{offence}/consent", json={"shared_with": []}, headers=provider
+        )

@@ -166,3 +166,35 @@ def test_a_job_mapping_is_a_shipped_name_never_a_server_path(
         incoming = Path(settings.home) / "jobs" / "_incoming"
         assert not any(incoming.glob("*")), "the refused upload was left behind"
     service.close()
+
+
+def test_a_job_an_admin_submits_shows_no_secret_rationale_to_a_targeting_reader(
+    trained: Trained, home: Path
+) -> None:
+    settings = copy_home(trained, home / "secret")
+    service = Service.start(settings)
+    keys = issue_keys(service.store)
+    admin = {"Authorization": f"Bearer {keys[('US-FWS', Role.ADMIN)]}"}
+    reader = {"Authorization": f"Bearer {keys[('US-FWS', Role.TARGETING)]}"}
+    secret = {
+        "id": "every-line",
+        "title": "Every line",
+        "owner": "jobs-test",
+        "rationale": "Informant tip-off, case 42.",
+        "source": "test",
+        "criteria": {"all": [{"field": "consignment_lines", "range": {"min": 1}}]},
+        "weight": 0.5,
+        "lane": "red",
+        "confidentiality": "secret",
+    }
+    with TestClient(create_app(settings, service, job_chunk_rows=250)) as client:
+        saved = client.put(f"/v1/profiles/{secret['id']}", json=secret, headers=admin)
+        assert saved.status_code == 200, saved.text
+        job_id = _submit(client, "admin.csv", _lemis_subset(40, 100), admin).json()["job_id"]
+        assert _wait(client, job_id, admin, {"done", "failed"})["status"] == "done"
+        results = client.get(f"/v1/jobs/{job_id}/results", headers=reader)
+        assert results.status_code == 200
+        reasons = pl.read_parquet(io.BytesIO(results.content))["reasons"].explode()
+        assert not reasons.str.contains("case 42").any()
+        assert (reasons == "Selected by a restricted profile").any()
+    service.close()

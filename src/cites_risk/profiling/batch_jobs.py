@@ -28,7 +28,8 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from datetime import timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from cites_risk.features.contract import D
 from cites_risk.features.validation import REJECT_SCHEMA
 from cites_risk.profiling.batch import DECISIONS, score_stream
 from cites_risk.profiling.engine import REASONS
+from cites_risk.profiling.roles import Role
 from cites_risk.profiling.selection import FINAL_RISK
 from cites_risk.profiling.service import (
     FieldProblem,
@@ -48,7 +50,10 @@ from cites_risk.profiling.service import (
 )
 from cites_risk.profiling.sources import InputError, shipped_mapping
 from cites_risk.profiling.store import Actor, Job, JobStatus
+from cites_risk.profiling.store.core import utcnow
 
+#: The lowest role that may download a job's results (``api/routes/jobs.py``).
+RESULTS_READER = Role.TARGETING.value
 KIND = "score"
 FORMATS = ("parquet", "csv")
 _SUFFIXES = (".csv", ".parquet", ".gz", ".txt", ".tsv")
@@ -241,7 +246,23 @@ class JobRunner:
         job = self.get(actor, job_id)
         if job.status != JobStatus.DONE:
             raise NotReadyError(f"job {job_id} is {job.status.value}; poll until it is done")
+        if self.service.store.offences.withdrawn_since(job.organisation, _scored_from(job)):
+            self._score_again(actor, job)
+            raise NotReadyError(
+                f"job {job_id} was scored with an offence record since withdrawn from your "
+                "organisation; it is being scored again: poll until it is done"
+            )
         return job
+
+    def _score_again(self, actor: Actor, job: Job) -> None:
+        """Its results are dropped and the job queued again, under today's consent."""
+        shutil.rmtree(Path(str(job.output_path)), ignore_errors=True)
+        params = dict(job.params or {}) | {"scored_from": utcnow().isoformat()}
+        self.service.store.jobs.update(
+            job.job_id, status=JobStatus.QUEUED, rows_done=0, rows_total=None, params=params
+        )
+        self.service.store.audit.record(actor, "job.rescore", job.job_id, reason="consent")
+        self._enqueue(job.job_id)
 
     # -- the worker --------------------------------------------------------------------
 
@@ -330,7 +351,9 @@ class JobRunner:
                 Path(str(job.output_path)),
                 chunk_rows=int(job.params.get("chunk_rows", self.chunk_rows)),
                 progress=progress,
-                deciding=self.service.batch_deciding(actor),
+                # Rationales as the least trusted role that may read the results sees them:
+                # a targeting user must not read an admin's job for secret profiles.
+                deciding=self.service.batch_deciding(replace(actor, role=RESULTS_READER)),
             )
         except (_InterruptedError, _LostClaimError):
             raise
@@ -365,6 +388,13 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _scored_from(job: Job) -> datetime:
+    """When the job's current results began to be scored: no consent change before it
+    touches them."""
+    again = (job.params or {}).get("scored_from")
+    return datetime.fromisoformat(str(again)) if again else job.created_at
 
 
 def _scored(out: Path) -> pl.DataFrame:

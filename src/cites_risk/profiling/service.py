@@ -724,17 +724,35 @@ class Service:
             upsert(conn, scores, rows, ["declaration_id", "organisation"])
 
     def stored_score(self, actor: Actor, declaration_id: str) -> ScoreResult:
-        """The last result scored for the actor's organisation (not re-scored)."""
+        """The last result scored for the actor's organisation (not re-scored).
+
+        Not once an offence record was withdrawn from the organisation after it was scored:
+        its reasons and lane may rest on that record (MoU clause 10).
+        """
         with self.store.db.begin() as conn:
             row = conn.execute(
-                sa.select(scores.c.result).where(
+                sa.select(scores.c.result, scores.c.scored_at).where(
                     scores.c.declaration_id == declaration_id,
                     scores.c.organisation == actor.organisation,
                 )
             ).first()
-        self.store.audit.record(actor, "score.lookup", declaration_id, found=row is not None)
+        withdrawn = row is not None and self.store.offences.withdrawn_since(
+            actor.organisation, row.scored_at
+        )
+        self.store.audit.record(
+            actor,
+            "score.lookup",
+            declaration_id,
+            found=row is not None and not withdrawn,
+            **({"withdrawn": True} if withdrawn else {}),
+        )
         if row is None:
             raise NotFoundError(f"no stored score for declaration {declaration_id!r}")
+        if withdrawn:
+            raise NotFoundError(
+                f"the stored score of declaration {declaration_id!r} is withheld: an offence "
+                "record was withdrawn from your organisation after it was scored; score it again"
+            )
         return ScoreResult.model_validate(row.result)
 
     # -- feedback ----------------------------------------------------------------------
@@ -766,7 +784,8 @@ class Service:
         row[O.SHARED_WITH] = sorted(set(row.get(O.SHARED_WITH) or []))
         frame = self._validated(OFFENCE, [row])
         self.store.offences.add(frame)
-        self.store.audit.record(actor, "offence.create", offence_id)
+        # Whom it is shared with is a sharing decision, audited as a consent change is.
+        self.store.audit.record(actor, "offence.create", offence_id, shared_with=row[O.SHARED_WITH])
         return self._offence(actor, offence_id)
 
     def _offence(self, actor: Actor, offence_id: str) -> dict[str, Any]:

@@ -167,9 +167,23 @@ changes = sa.Table(
     sa.Column("changed_at", TS, nullable=False),
 )
 
+#: Who lost sight of an offence record, and when (consent narrowed). Results computed
+#: before that (stored scores, batch jobs) may carry the record and are not served again.
+consent_withdrawals = sa.Table(
+    "consent_withdrawals",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("offence_id", sa.String, nullable=False),
+    # An organisation, or "*": every organisation except those in ``kept``.
+    sa.Column("organisation", sa.String, nullable=False, index=True),
+    sa.Column("kept", sa.JSON, nullable=False),
+    sa.Column("withdrawn_at", TS, nullable=False),
+)
+
 _V1 = (schema_info, offences, inspections, profiles, audit_events, jobs)
 _V2 = (api_keys, watchlist, profile_versions, scores)
 _V3 = (changes,)
+_V4 = (consent_withdrawals,)
 
 
 def _append_only_audit(conn: Connection) -> None:
@@ -211,5 +225,9 @@ def _v3(conn: Connection) -> None:
             conn.exec_driver_sql(f"ALTER TABLE {jobs.name} ADD COLUMN {column.name} {kind}")
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3}
+def _v4(conn: Connection) -> None:
+    metadata.create_all(conn, tables=list(_V4))
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
 LATEST = max(MIGRATIONS)
