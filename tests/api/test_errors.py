@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -122,3 +123,23 @@ def test_every_answer_carries_the_security_headers(api: Api, path: str) -> None:
     assert response.headers["x-content-type-options"] == "nosniff"
     assert response.headers["referrer-policy"] == "no-referrer"
     assert response.headers["cache-control"] == "no-store"
+
+
+def test_an_offset_beyond_any_list_is_a_422_naming_it(api: Api) -> None:
+    response = api.client.get(
+        "/v1/offences", params={"offset": 2**63}, headers=api.auth(Role.TARGETING)
+    )
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == ["offset"]
+
+
+def test_an_infinite_quantity_is_a_422_naming_it(api: Api) -> None:
+    body = json.dumps(declaration("INF-1")).replace('"quantity": 120', '"quantity": 1e999')
+    assert "1e999" in body
+    response = api.client.post(
+        "/v1/score",
+        content=body,
+        headers=api.auth(Role.INSPECTOR) | {"Content-Type": "application/json"},
+    )
+    assert response.status_code == 422, response.text
+    assert "quantity" in [e["field"] for e in response.json()["errors"]]

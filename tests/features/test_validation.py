@@ -45,6 +45,8 @@ def _load(tmp_path: Path, reference: Reference, rows: list[str], header: str = H
         ("b1,2024-01-05,JFK,-3,NG,0106", "quantity", "must not be negative"),
         ("b1,2024-01-05,JFK,1,QQ,0106", "country_origin", "unknown country code"),
         ("b1,2024-01-05,JFK,lots,NG,0106", "quantity", "cannot parse a number"),
+        ("b1,2024-01-05,JFK,inf,NG,0106", "quantity", "not a finite number"),
+        ("b1,2024-01-05,JFK,NaN,NG,0106", "quantity", "not a finite number"),
         ("b1,2024-01-05,,1,NG,0106", "office", "required value is missing"),
         ("b1,2024-01-05,JFK,1,NG,01-06x", "hs_code", "not an HS code (2 to 10 digits)"),
     ],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import polars as pl
 import pytest
@@ -131,6 +131,28 @@ def test_only_the_provider_changes_consent(any_store: Store) -> None:
     assert any_store.offences.get("o3", "US-FWS") is not None
 
 
+def test_a_narrowed_consent_is_a_withdrawal_from_who_lost_sight_only(any_store: Store) -> None:
+    offences = any_store.offences
+    offences.add(_offences())
+    start = datetime.now(UTC)
+    assert not offences.withdrawn_since("US-FWS", start)  # new records withdraw nothing
+    # Loaded again with less sharing (o2 no longer to US-FWS) is a withdrawal as well.
+    offences.add(
+        _offences().with_columns(pl.lit([], dtype=pl.List(pl.String)).alias("shared_with"))
+    )
+    assert offences.withdrawn_since("US-FWS", start)
+    # o4 was shared with everyone, now only with NL-CUSTOMS: all others lost it.
+    mark = datetime.now(UTC)
+    assert offences.set_consent("o4", "WCO", ["*"])
+    assert offences.set_consent("o4", "WCO", ["NL-CUSTOMS"])
+    assert offences.withdrawn_since("KR-KCS", mark) and offences.withdrawn_since("ANY", mark)
+    assert not offences.withdrawn_since("NL-CUSTOMS", mark)
+    assert not offences.withdrawn_since("WCO", mark)  # the provider always sees its own
+    later = datetime.now(UTC)
+    assert offences.set_consent("o4", "WCO", ["NL-CUSTOMS", "KR-KCS"])  # widened
+    assert not offences.withdrawn_since("KR-KCS", later)
+
+
 def test_rerun_does_not_duplicate(any_store: Store) -> None:
     any_store.offences.add(_offences())
     any_store.offences.add(_offences())
@@ -146,6 +168,17 @@ def test_audit_is_append_only(any_store: Store) -> None:
     with pytest.raises(sa.exc.DatabaseError, match="append-only"), any_store.db.begin() as conn:
         conn.exec_driver_sql("UPDATE audit_events SET actor = 'someone else'")
     assert len(any_store.audit.query()) == 1
+
+
+def test_audit_since_is_an_instant_whatever_its_time_zone(any_store: Store) -> None:
+    any_store.audit.record(ADMIN, "offence.read", "o1")
+    at = any_store.audit.query()[0]["at"]
+    east, west = timezone(timedelta(hours=5)), timezone(timedelta(hours=-5))
+    for zone in (UTC, east, west):
+        before = (at - timedelta(minutes=30)).astimezone(zone)
+        after = (at + timedelta(minutes=30)).astimezone(zone)
+        assert len(any_store.audit.query(since=before)) == 1, zone
+        assert any_store.audit.query(since=after) == [], zone
 
 
 def test_jobs_are_found_by_fingerprint(any_store: Store) -> None:

@@ -97,6 +97,9 @@ def _checks(f: Field, raw: pl.Expr, parsed: pl.Expr, vocab: Vocabulary) -> list[
         checks.append(
             _error(f, raw.is_not_null() & parsed.is_null(), raw, f"cannot parse a {kind}")
         )
+    if f.dtype == pl.Float64:
+        # "inf" and "NaN" parse as numbers, and would pass every comparison below.
+        checks.append(_error(f, parsed.is_finite().not_(), raw, "not a finite number"))
     if f.non_negative:
         checks.append(_error(f, parsed < 0, raw, "must not be negative"))
     if f.country and vocab.countries:

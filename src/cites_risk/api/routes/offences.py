@@ -23,7 +23,7 @@ def list_visible(
     actor: Targeting,
     service: ServiceDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> list[dict[str, Any]]:
     """Offence records your organisation may see, newest first."""
     return service.list_offences(actor, limit=limit, offset=offset)

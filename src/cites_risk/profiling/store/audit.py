@@ -78,7 +78,8 @@ class AuditLog:
         if organisation:
             stmt = stmt.where(audit_events.c.organisation == organisation)
         if since:
-            stmt = stmt.where(audit_events.c.at >= since)
+            # Stored as UTC clock time: a bound in another zone must be the same instant.
+            stmt = stmt.where(audit_events.c.at >= as_utc(since))
         with self.db.begin() as conn:
             rows = conn.execute(stmt).all()
         return [dict(r._mapping) | {"at": as_utc(r.at)} for r in rows]
