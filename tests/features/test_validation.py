@@ -119,3 +119,39 @@ def test_accepted_rows_have_contract_dtypes(tmp_path: Path, reference: Reference
     assert schema["declared_at"] == pl.Datetime("us", "UTC")
     assert schema["quantity"] == pl.Float64
     assert loaded.accepted.get_column("hs_code").to_list() == ["010690", "0508", None]
+
+
+def test_a_stray_byte_in_a_lossy_source_costs_one_field_not_the_batch(
+    tmp_path: Path, reference: Reference
+) -> None:
+    src = tmp_path / "decl.csv"
+    rows = [*GOOD[:2], "b\xff1,2024-01-05,JFK,1,NG,0106", GOOD[2]]
+    src.write_bytes((HEADER + "\n".join(rows) + "\n").encode("latin-1"))
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(MAPPING)
+    with pytest.raises(InputError, match="cannot read"):
+        load_records(src, load_mapping(strict), "declaration", reference)
+    lossy = tmp_path / "lossy.yaml"
+    lossy.write_text(MAPPING + "read:\n  encoding: utf8-lossy\n")
+    loaded = load_records(src, load_mapping(lossy), "declaration", reference)
+    ids = loaded.accepted.get_column("declaration_id").to_list()
+    assert ids == ["a1", "a2", "b\ufffd1", "a3"] and loaded.rejects.is_empty()
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Seoul", None])
+def test_a_parquet_source_with_typed_times_is_read_as_its_instants(
+    tmp_path: Path, reference: Reference, zone: str | None
+) -> None:
+    src = tmp_path / "decl.parquet"
+    when = pl.Series("date", ["2024-01-02T10:00:00", "2024-01-03T23:30:00.5"]).str.to_datetime()
+    pl.DataFrame(
+        {"id": ["p1", "p2"], "office": ["JFK", "JFK"], "qty": [1.0, 2.0], "origin": ["NG", "CN"]}
+    ).with_columns(
+        when.dt.replace_time_zone(zone) if zone else when, pl.lit("0106").alias("hs")
+    ).write_parquet(src)
+    mapping_file = tmp_path / "mapping.yaml"
+    mapping_file.write_text(MAPPING)
+    loaded = load_records(src, load_mapping(mapping_file), "declaration", reference)
+    assert loaded.rejects.is_empty(), loaded.rejects
+    expected = when.dt.replace_time_zone(zone or "UTC").dt.convert_time_zone("UTC")
+    assert loaded.accepted.get_column("declared_at").to_list() == expected.to_list()

@@ -120,15 +120,18 @@ def read_source(path: Path, mapping: SourceMapping) -> pl.LazyFrame:
     try:
         if path.suffix == ".parquet" or mapping.format == "parquet":
             frame = pl.scan_parquet(path)
-            frame = frame.select(pl.all().cast(pl.String))
-        elif mapping.encoding.lower().replace("-", "") in ("utf8", "utf8lossy") and not str(
-            path
-        ).endswith(".gz"):
+            frame = frame.select(_as_text(n, t) for n, t in schema_of(frame).items())
+        elif (encoding := mapping.encoding.lower().replace("-", "")) in (
+            "utf8",
+            "utf8lossy",
+        ) and not str(path).endswith(".gz"):
             frame = pl.scan_csv(
                 path,
                 infer_schema=False,
                 separator=mapping.separator,
                 null_values=list(mapping.null_values),
+                # Lossy: a stray byte becomes U+FFFD in its field, not a failed batch.
+                encoding="utf8-lossy" if encoding == "utf8lossy" else "utf8",
             )
         else:
             frame = _read_small_csv(path, mapping).lazy()
@@ -137,6 +140,15 @@ def read_source(path: Path, mapping: SourceMapping) -> pl.LazyFrame:
         raise InputError(f"cannot read {path}: {exc}") from exc
     renamed = {n: n.strip() for n in names if n != n.strip()}
     return frame.rename(renamed).with_row_index(ROW, offset=1)
+
+
+def _as_text(name: str, dtype: pl.DataType) -> pl.Expr:
+    """A typed Parquet column as the text a CSV would hold: times in ISO 8601, which the
+    validation parses (a plain cast writes "2021-12-30 00:00:00.000000", which it does not)."""
+    if isinstance(dtype, pl.Datetime):
+        zone = "%:z" if dtype.time_zone else ""
+        return pl.col(name).dt.to_string(f"%Y-%m-%dT%H:%M:%S%.f{zone}")
+    return pl.col(name).cast(pl.String)
 
 
 def _read_small_csv(path: Path, mapping: SourceMapping) -> pl.DataFrame:
