@@ -143,3 +143,18 @@ def test_an_infinite_quantity_is_a_422_naming_it(api: Api) -> None:
     )
     assert response.status_code == 422, response.text
     assert "quantity" in [e["field"] for e in response.json()["errors"]]
+
+
+@pytest.mark.parametrize(
+    ("name", "reason", "field"), [(" ", "tip-off", "name"), ("ACME", " ", "reason")]
+)
+def test_a_blank_watchlist_field_is_a_422_naming_that_field(
+    api: Api, name: str, reason: str, field: str
+) -> None:
+    response = api.client.post(
+        "/v1/watchlist",
+        json={"kind": "importer", "name": name, "reason": reason},
+        headers=api.auth(Role.ANALYST),
+    )
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == [field]

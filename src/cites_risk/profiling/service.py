@@ -59,7 +59,7 @@ from cites_risk.profiling.history_store import DeclarationHistory, history_for
 from cites_risk.profiling.profile_evidence import from_info, weighted
 from cites_risk.profiling.profiles.model import EntityKind, Profile, ProfileError, parse_profile
 from cites_risk.profiling.profiles.repository import ProfileConflictError, ProfileRepository
-from cites_risk.profiling.profiles.watchlist import WatchlistRepository
+from cites_risk.profiling.profiles.watchlist import WatchlistEntryError, WatchlistRepository
 from cites_risk.profiling.roles import Role, at_least, may_read_rationale
 from cites_risk.profiling.selection import (
     DEFAULT_CAPACITY_SHARE,
@@ -863,8 +863,8 @@ class Service:
     ) -> dict[str, Any]:
         try:
             return self.watchlist.add(kind, name, reason, actor, expires_at).as_dict()
-        except ValueError as exc:
-            raise InvalidInputError(str(exc), [FieldProblem(None, "name", str(exc))]) from None
+        except WatchlistEntryError as exc:
+            raise InvalidInputError(str(exc), [FieldProblem(None, exc.field, str(exc))]) from None
 
     def remove_watchlist(self, actor: Actor, entry_id: str) -> None:
         if not self.watchlist.remove(entry_id, actor):

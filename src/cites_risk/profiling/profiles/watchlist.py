@@ -191,6 +191,14 @@ def _entry(row: Any) -> WatchlistEntry:
     )
 
 
+class WatchlistEntryError(ValueError):
+    """A watch-list entry refused, and the field that made it so."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class WatchlistRepository:
     """Audited add / remove / list of watch-list entries in the store."""
 
@@ -207,9 +215,9 @@ class WatchlistRepository:
     ) -> WatchlistEntry:
         kind = EntityKind(kind)
         if not name.strip():
-            raise ValueError("a watch-list entry needs a name")
+            raise WatchlistEntryError("name", "a watch-list entry needs a name")
         if not reason.strip():
-            raise ValueError("a watch-list entry needs a reason")
+            raise WatchlistEntryError("reason", "a watch-list entry needs a reason")
         entry = WatchlistEntry(
             entry_id=uuid.uuid4().hex[:16],
             kind=kind,
