@@ -30,7 +30,7 @@ from cites_risk.profiling.cli.progress import rows_progress
 from cites_risk.profiling.cli.scale_cmd import score_dask_cmd, train_dask_cmd
 from cites_risk.profiling.cli.synth_cmd import synth
 from cites_risk.profiling.cli.users_cmd import users_app
-from cites_risk.profiling.selection import SelectionConfig
+from cites_risk.profiling.selection import SelectionConfig, SelectionReport
 from cites_risk.profiling.sources import LEMIS_SAMPLE, InputError, available_mappings
 
 app = typer.Typer(
@@ -283,11 +283,7 @@ def score(
         console.print(f"  {kind}: {path}")
     lanes = ", ".join(f"{lane} {n:,}" for lane, n in sorted(outcome.lanes.items()))
     console.print(f"lanes: {lanes}")
-    for s in outcome.report.suspended:
-        console.print(
-            f"[yellow]profile {s.profile_id} suspended[/]: hit {s.hits:,} declarations "
-            f"({s.share:.1%} of traffic), above the runaway limit"
-        )
+    _print_suspended(outcome.report)
     if outcome.metrics:
         console.print(_capacity_table(outcome.metrics, f"{outcome.rows:,} scored declarations"))
     if outcome.comparison:
@@ -357,6 +353,16 @@ def _score_in_chunks(
             console.print(f"  {what}: {path}")
     lanes = ", ".join(f"{lane} {n:,}" for lane, n in sorted(outcome.lanes.items()))
     console.print(f"lanes: {lanes or 'none (no rows)'}")
+    if result.report is not None:
+        _print_suspended(result.report)
+
+
+def _print_suspended(report: SelectionReport) -> None:
+    for s in report.suspended:
+        console.print(
+            f"[yellow]profile {s.profile_id} suspended[/]: hit {s.hits:,} declarations "
+            f"({s.share:.1%} of traffic), above the runaway limit"
+        )
 
 
 @app.command()
