@@ -158,3 +158,19 @@ def test_a_blank_watchlist_field_is_a_422_naming_that_field(
     )
     assert response.status_code == 422, response.text
     assert [e["field"] for e in response.json()["errors"]] == [field]
+
+
+def test_a_batch_score_and_a_job_lookup_are_audited_with_what_they_touched(api: Api) -> None:
+    ids = ["AUD-1", "AUD-2", "AUD-3"]
+    batch = {"declarations": [declaration(i) for i in ids]}
+    scored = api.client.post("/v1/score/batch", json=batch, headers=api.auth(Role.TARGETING))
+    assert scored.status_code == 200, scored.text
+    probe = api.client.get("/v1/jobs/not-a-job-of-yours", headers=api.auth(Role.TARGETING))
+    assert probe.status_code == 404
+    admin = api.auth(Role.ADMIN)
+    many = api.client.get("/v1/audit", params={"action": "score.many"}, headers=admin).json()
+    assert any(e["detail"].get("declarations") == ids for e in many)
+    looked = api.client.get("/v1/audit", params={"action": "job.get"}, headers=admin).json()
+    assert any(
+        e["target"] == "not-a-job-of-yours" and e["detail"] == {"found": False} for e in looked
+    )

@@ -216,6 +216,16 @@ class JobRunner:
             raise NotFoundError(f"no job {job_id!r}")
         return job
 
+    def poll(self, actor: Actor, job_id: str) -> Job:
+        """:meth:`get`, audited: a lookup, and ids of other organisations' jobs probed."""
+        try:
+            job = self.get(actor, job_id)
+        except NotFoundError:
+            self.service.store.audit.record(actor, "job.get", job_id, found=False)
+            raise
+        self.service.store.audit.record(actor, "job.get", job_id, found=True)
+        return job
+
     def results(self, actor: Actor, job_id: str, fmt: str) -> Path:
         """The scored rows as one file (built once, when first asked for)."""
         job = self._finished(actor, job_id)

@@ -964,12 +964,16 @@ def _rounds(ids: Sequence[object]) -> list[list[int]]:
 
 
 def _score_detail(loaded: _Loaded, results: Sequence[ScoreResult]) -> dict[str, Any]:
-    """What the audit log keeps of a score: how many, by which model, how many red."""
-    return {
+    """What the audit log keeps of a score: how many, by which model, how many red, and
+    which declarations when there are several (one is the event's target)."""
+    detail: dict[str, Any] = {
         "rows": len(results),
         "model_version": loaded.engine.model_version,
         "red": sum(r.lane == "red" for r in results),
     }
+    if len(results) > 1:
+        detail["declarations"] = [r.declaration_id for r in results]
+    return detail
 
 
 def _plain(value: Any) -> float | str | bool | None:

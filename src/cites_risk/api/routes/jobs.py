@@ -61,7 +61,7 @@ def submit(
 @router.get("/{job_id}", response_model=JobOut)
 def poll(job_id: str, actor: Targeting, jobs: JobsDep) -> JobOut:
     """Status and progress of a job of your organisation."""
-    return _out(jobs.get(actor, job_id))
+    return _out(jobs.poll(actor, job_id))
 
 
 @router.get("/{job_id}/results", response_class=FileResponse)
