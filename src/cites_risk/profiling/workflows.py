@@ -21,6 +21,7 @@ from cites_risk.features.pipeline import build_features, collect_features
 from cites_risk.features.reference import Reference
 from cites_risk.models.evaluation import CAPACITIES, ScoreReport, evaluate, evaluate_scores
 from cites_risk.models.report import write_run_report
+from cites_risk.models.risk_model import RiskModel
 from cites_risk.models.tracking import (
     CHAMPION,
     Tracking,
@@ -330,11 +331,12 @@ def score_file(
     engine = engine_for(settings, model, version, reference)
     progress(f"scoring {declarations.height:,} declarations with model v{version}")
     scored = engine.score(declarations, history)
-    # Weights earned on past inspections (measured at training time) replace the guesses.
-    profiles = weighted(ProfileRepository(store).enabled(), from_info(model.info))
-    watchlist = WatchlistRepository(store).index()
+    deciding = batch_deciding(store, model, actor, selection)
+    profiles = deciding.profiles
     progress(f"selecting with {len(profiles)} profiles within capacity")
-    decisions = decide(scored, profiles, selection, role=Role(actor.role), watchlist=watchlist)
+    decisions = decide(
+        scored, profiles, selection, role=deciding.role, watchlist=deciding.watchlist
+    )
     ranked = rank(decisions.frame)
     metrics, comparison = None, None
     y = labels_for(ranked, store.inspections.all())
@@ -349,15 +351,7 @@ def score_file(
         pl.col(REASONS).list.join(" | "), pl.col(PROFILE_HITS).list.join(";")
     ).write_csv(csv)
     lanes = dict(ranked.get_column(LANE).value_counts().iter_rows())
-    store.audit.record(
-        actor,
-        "score.batch",
-        str(source),
-        rows=ranked.height,
-        model_version=version,
-        output=str(parquet),
-        lanes=lanes,
-    )
+    _audit_batch(store, actor, source, ranked.height, version, parquet, lanes)
     return ScoreOutcome(
         {"parquet": parquet, "csv": csv},
         ranked.height,
@@ -406,11 +400,8 @@ def score_file_in_chunks(
     # Model reasons for the red lane's share only: on millions of rows, explaining every
     # row would cost more than the features and the trees together.
     engine = FastEngine(engine_for(settings, model, version, reference))
-    deciding = Deciding(
-        weighted(ProfileRepository(store).enabled(), from_info(model.info)),
-        selection or SelectionConfig(capacity_share=0.05),
-        role=Role(actor.role),
-        watchlist=WatchlistRepository(store).index(),
+    deciding = batch_deciding(
+        store, model, actor, selection or SelectionConfig(capacity_share=0.05)
     )
     result = score_stream(
         settings,
@@ -430,16 +421,42 @@ def score_file_in_chunks(
     if result.decisions_path is not None:
         counts = pl.scan_parquet(result.decisions_path).group_by(LANE).len().collect()
         lanes = dict(counts.iter_rows())
+    _audit_batch(store, actor, source, result.rows_scored, version, out_dir, lanes)
+    return StreamOutcome(result, version, lanes)
+
+
+def batch_deciding(
+    store: Store, model: RiskModel, actor: Actor, selection: SelectionConfig
+) -> Deciding:
+    """How a scored file is selected: the enabled profiles, with the weights earned on
+    past inspections (measured at training time) in place of the guesses, the watch-lists
+    and the caller's role."""
+    return Deciding(
+        weighted(ProfileRepository(store).enabled(), from_info(model.info)),
+        selection,
+        role=Role(actor.role),
+        watchlist=WatchlistRepository(store).index(),
+    )
+
+
+def _audit_batch(
+    store: Store,
+    actor: Actor,
+    source: Path,
+    rows: int,
+    version: str,
+    output: Path,
+    lanes: dict[str, int],
+) -> None:
     store.audit.record(
         actor,
         "score.batch",
         str(source),
-        rows=result.rows_scored,
+        rows=rows,
         model_version=version,
-        output=str(out_dir),
+        output=str(output),
         lanes=lanes,
     )
-    return StreamOutcome(result, version, lanes)
 
 
 def install_starter_profiles(store: Store, actor: Actor) -> int:
