@@ -147,10 +147,16 @@ def _validated(
     return accepted, rejects
 
 
-def _atomic_parquet(frame: pl.DataFrame, path: Path) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """``write`` to a temporary name beside ``path``, then rename: a crash leaves the
+    file whole or absent, never cut short (what lets a rerun trust what it finds)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    frame.write_parquet(tmp)
+    write(tmp)
     tmp.replace(path)
+
+
+def atomic_parquet(frame: pl.DataFrame, path: Path) -> None:
+    atomic_write(path, frame.write_parquet)
 
 
 class _StoredRecords:
@@ -229,15 +235,12 @@ def score_stream(
         for k, chunk in source_chunks(source, mapping, chunk_rows):
             accepted, rejects = _validated(chunk, mapping, reference)
             history_files.append(accepted, f"{batch_name}-{k:05d}")
-            _atomic_parquet(rejects, rejects_dir / f"part-{k:05d}.parquet")
+            atomic_parquet(rejects, rejects_dir / f"part-{k:05d}.parquet")
             total += chunk.height
             if lodging:
                 lodging(total, None)
-        # Atomic as the parts are: a marker cut short by a crash would block every rerun.
         text = json.dumps({"rows": total, "source": str(source), "chunk_rows": chunk_rows})
-        tmp = marker.with_name(f".{marker.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(marker)
+        atomic_write(marker, lambda tmp: tmp.write_text(text))
     result.rows_read = total
 
     records = _StoredRecords(store, history_files, actor.organisation, engine.model.extras)
@@ -248,7 +251,7 @@ def score_stream(
             accepted, _ = _validated(chunk, mapping, reference)
             keep = set(OUTPUT_COLUMNS) | (deciding.columns() if deciding else set())
             scored = engine.score(accepted, records.walk().for_batch(accepted))
-            _atomic_parquet(scored.select(c for c in scored.columns if c in keep), part)
+            atomic_parquet(scored.select(c for c in scored.columns if c in keep), part)
         result.parts.append(part)
         done += chunk.height
         if progress:
@@ -287,7 +290,7 @@ def _decide(out_dir: Path, deciding: Deciding) -> tuple[Path | None, SelectionRe
         watchlist=deciding.watchlist,
     )
     columns = [D.ID, FINAL_RISK, LANE, SELECTED, SELECTED_BY, PROFILE_HITS, REASONS]
-    _atomic_parquet(decisions.frame.select(columns), path)
+    atomic_parquet(decisions.frame.select(columns), path)
     return path, decisions.report
 
 

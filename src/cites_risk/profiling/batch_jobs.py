@@ -37,7 +37,7 @@ import polars as pl
 
 from cites_risk.features.contract import D
 from cites_risk.features.validation import REJECT_SCHEMA
-from cites_risk.profiling.batch import DECISIONS, score_stream
+from cites_risk.profiling.batch import DECISIONS, atomic_write, score_stream
 from cites_risk.profiling.engine import REASONS
 from cites_risk.profiling.roles import Role
 from cites_risk.profiling.selection import FINAL_RISK
@@ -233,13 +233,10 @@ class JobRunner:
         path = out / f"results.{fmt}"
         if not path.exists():
             frame = _scored(out)
-            tmp = path.with_name(f".{path.name}.tmp")
             if fmt == "csv":
                 lists = [c for c, t in frame.schema.items() if isinstance(t, pl.List)]
-                frame.with_columns(pl.col(c).list.join(" | ") for c in lists).write_csv(tmp)
-            else:
-                frame.write_parquet(tmp)
-            tmp.replace(path)
+                frame = frame.with_columns(pl.col(c).list.join(" | ") for c in lists)
+            atomic_write(path, frame.write_csv if fmt == "csv" else frame.write_parquet)
         self.service.store.audit.record(actor, "job.results", job_id, format=fmt)
         return path
 

@@ -49,7 +49,7 @@ from cites_risk.models.risk_model import (
     model_columns,
 )
 from cites_risk.models.training import LABEL, RANDOM, label_frame, random_weight
-from cites_risk.profiling.batch import OUTPUT_COLUMNS
+from cites_risk.profiling.batch import OUTPUT_COLUMNS, atomic_parquet
 from cites_risk.profiling.engine import Engine
 from cites_risk.profiling.fast_score import DEFAULT_EXPLAIN_SHARE, FastEngine
 
@@ -141,7 +141,7 @@ class HistoryFiles:
             ("inspections", history.inspections),
         ):
             path = folder / f"{name}.parquet"
-            _atomic_parquet(frame.collect(), path)
+            atomic_parquet(frame.collect(), path)
             paths[name] = (path,)
         return cls(paths["declarations"], paths["offences"], paths["inspections"])
 
@@ -196,12 +196,6 @@ def _history(files: HistoryFiles) -> History:
     return History(declarations.lazy(), offences.lazy(), inspections.lazy())
 
 
-def _atomic_parquet(frame: pl.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.write_parquet(tmp)
-    tmp.replace(path)
-
-
 def score_partition(job: ScoreJob, part: Partition) -> tuple[int, int]:
     """Score one partition into ``job.out_dir``; returns (partition index, rows written)."""
     path = job.out_dir / part.name
@@ -215,7 +209,7 @@ def score_partition(job: ScoreJob, part: Partition) -> tuple[int, int]:
             out = scored.select(c for c in OUTPUT_COLUMNS if c in scored.columns)
         else:
             out = pl.DataFrame()
-        _atomic_parquet(out, path)
+        atomic_parquet(out, path)
     return part.index, pl.scan_parquet(path).select(pl.len()).collect().item()
 
 
@@ -319,7 +313,7 @@ def labelled_partition(job: TrainJob, part: Partition) -> tuple[int, int, int, i
         features = build_features(inspected, history, load_reference(), dict(job.extras))
         labelled = label_frame(collect_features(features), inspections)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_parquet(labelled, path)
+        atomic_parquet(labelled, path)
     frame = pl.read_parquet(path, columns=[D.DECLARED_AT, RANDOM])
     before = int((frame.get_column(D.DECLARED_AT) < job.valid_from).sum())
     return part.index, frame.height, int(frame.get_column(RANDOM).sum()), before

@@ -281,9 +281,7 @@ def score(
     )
     for kind, path in outcome.output.items():
         console.print(f"  {kind}: {path}")
-    lanes = ", ".join(f"{lane} {n:,}" for lane, n in sorted(outcome.lanes.items()))
-    console.print(f"lanes: {lanes}")
-    _print_suspended(outcome.report)
+    _print_lanes(outcome.lanes, outcome.report)
     if outcome.metrics:
         console.print(_capacity_table(outcome.metrics, f"{outcome.rows:,} scored declarations"))
     if outcome.comparison:
@@ -351,14 +349,14 @@ def _score_in_chunks(
     for what, path in (("decisions", result.decisions_path), ("rejects", result.rejects_path)):
         if path is not None:
             console.print(f"  {what}: {path}")
-    lanes = ", ".join(f"{lane} {n:,}" for lane, n in sorted(outcome.lanes.items()))
-    console.print(f"lanes: {lanes or 'none (no rows)'}")
-    if result.report is not None:
-        _print_suspended(result.report)
+    _print_lanes(outcome.lanes, result.report)
 
 
-def _print_suspended(report: SelectionReport) -> None:
-    for s in report.suspended:
+def _print_lanes(lanes: dict[str, int], report: SelectionReport | None) -> None:
+    """How many declarations each lane got, and the profiles suspended as runaway."""
+    counts = ", ".join(f"{lane} {n:,}" for lane, n in sorted(lanes.items()))
+    console.print(f"lanes: {counts or 'none (no rows)'}")
+    for s in report.suspended if report is not None else ():
         console.print(
             f"[yellow]profile {s.profile_id} suspended[/]: hit {s.hits:,} declarations "
             f"({s.share:.1%} of traffic), above the runaway limit"
