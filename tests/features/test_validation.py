@@ -155,3 +155,49 @@ def test_a_parquet_source_with_typed_times_is_read_as_its_instants(
     assert loaded.rejects.is_empty(), loaded.rejects
     expected = when.dt.replace_time_zone(zone or "UTC").dt.convert_time_zone("UTC")
     assert loaded.accepted.get_column("declared_at").to_list() == expected.to_list()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+def test_a_line_with_more_fields_than_the_header_is_rejected_alone(
+    tmp_path: Path, reference: Reference, suffix: str
+) -> None:
+    """An unquoted comma in a value shifts every field after it: the line is reported once,
+    by row, and the lines around it are read as they are."""
+    import gzip
+
+    ragged, short = "b1,2024-01-05,JFK,1,NG,0106,dried, salted", "c1,2024-01-06,JFK,1,NG"
+    rows = [GOOD[0], ragged, *GOOD[1:], short]
+    text = (HEADER + "\n".join(rows) + "\n").encode()
+    src = tmp_path / f"decl{suffix}"
+    src.write_bytes(gzip.compress(text) if suffix.endswith(".gz") else text)
+    mapping_file = tmp_path / "mapping.yaml"
+    mapping_file.write_text(MAPPING)
+    loaded = load_records(src, load_mapping(mapping_file), "declaration", reference)
+    assert loaded.accepted.get_column("declaration_id").to_list() == ["a1", "a2", "a3", "c1"]
+    # A short line keeps what it has: the missing hs code is an absent optional value.
+    assert loaded.accepted.get_column("hs_code").to_list()[-1] is None
+    assert loaded.rejects.select("row", "field", "value").rows() == [(2, "(line)", "dried")]
+    assert "more fields than the header" in loaded.rejects.get_column("reason")[0]
+    assert loaded.rows_read == 5
+
+
+def test_a_misread_line_does_not_displace_the_declaration_whose_id_it_shows(
+    tmp_path: Path, reference: Reference
+) -> None:
+    rows = ["a1,2024-01-05,JFK,1,NG,0106,surplus", *GOOD]
+    loaded = _load(tmp_path, reference, rows)
+    assert loaded.accepted.get_column("declaration_id").to_list() == ["a1", "a2", "a3"]
+    assert loaded.rejects.select("row", "field").rows() == [(1, "(line)")]
+
+
+def test_a_source_in_another_encoding_reports_its_ragged_lines_too(
+    tmp_path: Path, reference: Reference
+) -> None:
+    src = tmp_path / "decl.csv"
+    rows = [*GOOD[:2], "b1,2024-01-05,Müller,1,NG,0106,x", GOOD[2]]
+    src.write_bytes((HEADER + "\n".join(rows) + "\n").encode("latin-1"))
+    mapping_file = tmp_path / "mapping.yaml"
+    mapping_file.write_text(MAPPING + "read:\n  encoding: latin-1\n")
+    loaded = load_records(src, load_mapping(mapping_file), "declaration", reference)
+    assert loaded.accepted.get_column("declaration_id").to_list() == ["a1", "a2", "a3"]
+    assert loaded.rejects.select("row", "field", "value").rows() == [(3, "(line)", "x")]

@@ -33,6 +33,9 @@ import polars as pl
 from cites_risk.features.contract import RECORDS, STR_LIST, Record, schema_of
 
 ROW = "__row"
+#: What a CSV line holds beyond its header's fields (null on a well-formed line): a
+#: separator in an unquoted value shifts every field after it, so such a line is rejected.
+SURPLUS = "__surplus"
 ROW_TOKEN = "$row"
 _KNOWN_KEYS = {
     "column",
@@ -289,6 +292,8 @@ class SourceMapping:
         for column, allowed in self.keep_rows.items():
             frame = frame.filter(_clean(pl.col(column)).is_in(list(allowed)))
         exprs = [pl.col(ROW)]
+        if SURPLUS in present:
+            exprs.append(pl.col(SURPLUS))
         for f in record.fields:
             if f.name in rules:
                 exprs.append(rules[f.name].expr(f.name, f.dtype, lookups))

@@ -12,13 +12,17 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from cites_risk.features.adapters import ROW
+from cites_risk.features.adapters import ROW, SURPLUS
 from cites_risk.features.contract import STR_LIST, TIMESTAMP, Field, Record, schema_of
 
 REJECT_SCHEMA = pl.Schema(
     {"row": pl.Int64, "field": pl.String, "value": pl.String, "reason": pl.String}
 )
 _ERRORS = "__errors"
+RAGGED = (
+    "more fields than the header: a separator inside an unquoted value? "
+    "The line cannot be read safely"
+)
 _ERROR = pl.Struct({"field": pl.String, "value": pl.String, "reason": pl.String})
 # Formats tried, in order, when a mapping names none: ISO 8601 in its common spellings.
 _ISO_FORMATS = (
@@ -45,6 +49,8 @@ class Vocabulary:
 class Validated:
     accepted: pl.LazyFrame
     rejects: pl.LazyFrame
+    #: The source row and key of each accepted record, in order (``__row``, the key).
+    keys: pl.LazyFrame
 
 
 def parse_time(text: pl.Expr, fmt: str | None) -> pl.Expr:
@@ -154,11 +160,24 @@ def validate(
             parsed_cols.append(parsed.alias(name))
         else:
             parsed_cols.append(raw.alias(name))
-    duplicate = pl.col(record.key).is_first_distinct().not_() & pl.col(record.key).is_not_null()
+    key = pl.col(record.key)
+    if SURPLUS in present:  # a misread line's id is no id: it must not displace a real one
+        key = pl.when(pl.col(SURPLUS).is_null()).then(key)
+    duplicate = key.is_first_distinct().not_() & key.is_not_null()
     checks.append(
         _error(record.field(record.key), duplicate, pl.col(record.key), "duplicate id in batch")
     )
-    errors = pl.concat_list([c.cast(_ERROR) for c in checks]).list.drop_nulls().alias(_ERRORS)
+    errors = pl.concat_list([c.cast(_ERROR) for c in checks]).list.drop_nulls()
+    if SURPLUS in present:
+        # Its fields may be shifted: report the line once, not each field it seems to break.
+        ragged = pl.struct(
+            pl.lit("(line)").alias("field"),
+            pl.col(SURPLUS).alias("value"),
+            pl.lit(RAGGED).alias("reason"),
+        )
+        misread = pl.col(SURPLUS).is_not_null()
+        errors = pl.when(misread).then(pl.concat_list(ragged)).otherwise(errors)
+    errors = errors.alias(_ERRORS)
     checked = mapped.select(pl.col(ROW), *parsed_cols, errors)
     ok = pl.col(_ERRORS).list.len() == 0
     accepted = checked.filter(ok).select(*record.names, *(extras or {}))
@@ -170,4 +189,5 @@ def validate(
         .select(REJECT_SCHEMA.names())
         .cast(REJECT_SCHEMA)
     )
-    return Validated(accepted=accepted, rejects=rejects)
+    keys = checked.filter(ok).select(pl.col(ROW), pl.col(record.key))
+    return Validated(accepted=accepted, rejects=rejects, keys=keys)

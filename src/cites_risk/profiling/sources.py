@@ -6,6 +6,7 @@ Structural problems (unreadable file, unknown mapping, a required column missing
 
 from __future__ import annotations
 
+import gzip
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import polars as pl
 import yaml
 
-from cites_risk.features.adapters import ROW, MappingError, SourceMapping
+from cites_risk.features.adapters import ROW, SURPLUS, MappingError, SourceMapping
 from cites_risk.features.contract import RECORDS, schema_of
 from cites_risk.features.reference import Reference
 from cites_risk.features.validation import REJECT_SCHEMA, Vocabulary, validate
@@ -114,32 +115,58 @@ def load_mapping(name_or_path: str | Path) -> SourceMapping:
 
 
 def read_source(path: Path, mapping: SourceMapping) -> pl.LazyFrame:
-    """The raw source as text columns with header names trimmed, plus ``__row`` (1-based)."""
+    """The raw source as text columns with header names trimmed, plus ``__row`` (1-based).
+
+    A CSV line with more fields than its header keeps the surplus in ``__surplus``
+    (validation rejects the line); a line with fewer has nulls in the fields it lacks.
+    """
     if not path.is_file():
         raise InputError(f"cannot read {path}: no such file")
     try:
         if path.suffix == ".parquet" or mapping.format == "parquet":
             frame = pl.scan_parquet(path)
             frame = frame.select(_as_text(n, t) for n, t in schema_of(frame).items())
-        elif (encoding := mapping.encoding.lower().replace("-", "")) in (
-            "utf8",
-            "utf8lossy",
-        ) and not str(path).endswith(".gz"):
-            frame = pl.scan_csv(
-                path,
-                infer_schema=False,
-                separator=mapping.separator,
-                null_values=list(mapping.null_values),
-                # Lossy: a stray byte becomes U+FFFD in its field, not a failed batch.
-                encoding="utf8-lossy" if encoding == "utf8lossy" else "utf8",
-            )
+        elif (encoding := mapping.encoding.lower().replace("-", "")) in ("utf8", "utf8lossy"):
+            # Lossy: a stray byte becomes U+FFFD in its field, not a failed batch.
+            frame = _scan_csv(path, mapping, "utf8-lossy" if encoding == "utf8lossy" else "utf8")
         else:
-            frame = _read_small_csv(path, mapping).lazy()
+            frame = _scan_csv(_as_utf8(path, mapping), mapping, "utf8")
         names = schema_of(frame).names()
-    except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
+    except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError, LookupError) as exc:
         raise InputError(f"cannot read {path}: {exc}") from exc
     renamed = {n: n.strip() for n in names if n != n.strip()}
     return frame.rename(renamed).with_row_index(ROW, offset=1)
+
+
+def _scan_csv(source: Path | io.BytesIO, mapping: SourceMapping, encoding: str) -> pl.LazyFrame:
+    """Every field as text, with one spare column past the header's: a line with more
+    fields fills it (and the rest of the line is cut) instead of failing the whole file."""
+    options: dict[str, Any] = {
+        "separator": mapping.separator,
+        "null_values": list(mapping.null_values),
+        "encoding": encoding,
+    }
+    header = schema_of(pl.scan_csv(source, infer_schema=False, n_rows=0, **options)).names()
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+    schema = pl.Schema(dict.fromkeys([*header, SURPLUS], pl.String()))
+    return pl.scan_csv(
+        source,
+        has_header=False,
+        skip_rows=1,
+        schema=schema,
+        missing_columns="insert",
+        truncate_ragged_lines=True,
+        **options,
+    )
+
+
+def _as_utf8(path: Path, mapping: SourceMapping) -> io.BytesIO:
+    """A CSV in another encoding, decoded in memory (polars scans only UTF-8)."""
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        raw = gzip.decompress(raw)
+    return io.BytesIO(raw.decode(mapping.encoding).encode("utf-8"))
 
 
 def _as_text(name: str, dtype: pl.DataType) -> pl.Expr:
@@ -149,22 +176,6 @@ def _as_text(name: str, dtype: pl.DataType) -> pl.Expr:
         zone = "%:z" if dtype.time_zone else ""
         return pl.col(name).dt.to_string(f"%Y-%m-%dT%H:%M:%S%.f{zone}")
     return pl.col(name).cast(pl.String)
-
-
-def _read_small_csv(path: Path, mapping: SourceMapping) -> pl.DataFrame:
-    """Compressed or non-UTF-8 CSV, decoded in memory (polars scans only plain UTF-8)."""
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        import gzip
-
-        raw = gzip.decompress(raw)
-    text = raw.decode(mapping.encoding)
-    return pl.read_csv(
-        io.StringIO(text),
-        infer_schema=False,
-        separator=mapping.separator,
-        null_values=list(mapping.null_values),
-    )
 
 
 def country_lookup(reference: Reference) -> dict[str, str]:
