@@ -271,3 +271,72 @@ def test_a_consent_withdrawn_mid_job_reaches_the_chunks_still_to_come(
     withdrawn = offences_by_chunk(tmp_path / "withdrawn", withdraw=True)
     assert withdrawn[0] == {0, 1}  # scored while the record was shared
     assert all(seen == {0} for seen in withdrawn[1:]), withdrawn
+
+
+def test_a_misread_line_and_an_id_repeated_chunks_later_are_rejected_and_the_rest_scored(
+    settings: Settings,
+    store: Store,
+    reference: Reference,
+    lemis_model: RiskModel,
+    source: Path,
+    tmp_path: Path,
+) -> None:
+    """A streamed file goes on past a line with a stray separator, and an id accepted in one
+    chunk is a duplicate in any later one: one row scored and lodged per id, as in one batch."""
+    from cites_risk.profiling.sources import MAPPINGS_DIR
+
+    mapping_file = tmp_path / "lines.yaml"
+    mapping_file.write_text(
+        (MAPPINGS_DIR / "lemis.yaml")
+        .read_text()
+        .replace("name: lemis", "name: lines", 1)
+        .replace(
+            'declaration_id: {concat: [control_number, $row], sep: "-"}',
+            "declaration_id: line_id",
+            1,
+        )
+    )
+    raw = pl.read_csv(source, infer_schema=False)
+    ids = [f"L{i}" for i in range(1, raw.height + 1)]
+    ids[899] = ids[9]  # row 900, in the fourth chunk of 250, repeats row 10's id
+    lines = raw.with_columns(pl.Series("line_id", ids)).write_csv().splitlines()
+    lines[3] += ",dried, salted"  # row 3: one field too many
+    path = tmp_path / "lines.csv"
+    path.write_text("\n".join(lines) + "\n")
+
+    def run(out: Path):  # type: ignore[no-untyped-def]
+        return score_stream(
+            settings, store, reference, Engine(lemis_model, "test", reference), path,
+            load_mapping(mapping_file), ACTOR, out, chunk_rows=250,
+        )  # fmt: skip
+
+    result = run(tmp_path / "job")
+    assert result.rejects_path is not None
+    rejects = pl.read_csv(result.rejects_path)
+    assert rejects.filter(pl.col("row").is_in([3, 900])).select(
+        "row", "field", "reason"
+    ).rows() == [
+        (3, "(line)", rejects.filter(pl.col("row") == 3).get_column("reason")[0]),
+        (900, "declaration_id", "duplicate id in batch"),
+    ]
+    scored = read_parts(result.out_dir).collect()
+    assert scored.get_column("declaration_id").is_unique().all()
+    assert "L3" not in scored.get_column("declaration_id")
+    # The first line keeps the id, in the scores and in the history later scores read.
+    first = raw.row(9, named=True)
+    assert scored.filter(pl.col("declaration_id") == "L10").get_column("office").to_list() == [
+        first["port"]
+    ]
+    lodged = DeclarationHistory(settings.history_dir).scan().collect()
+    assert lodged.filter(pl.col("declaration_id") == "L10").height == 1
+    assert lodged.filter(pl.col("declaration_id") == "L10").get_column("quantity").to_list() == [
+        float(first["quantity"])
+    ]
+    assert result.rows_read == raw.height
+    assert result.rows_scored + result.rows_rejected == raw.height
+
+    # Resumed after the first pass, the repeat is still left out.
+    for part in (tmp_path / "job").glob("part-0000[3-4].parquet"):
+        part.unlink()
+    again = run(tmp_path / "job")
+    assert read_parts(again.out_dir).collect().equals(scored)

@@ -205,3 +205,24 @@ def test_cli_scores_on_a_local_cluster_and_resumes(
     again = runner.invoke(app, [*args, "--workers", "1"])
     assert "(3 already done)" in again.output
     assert pl.scan_parquet(out / "part-*.parquet").select(pl.len()).collect().item() == ROWS
+
+
+def test_a_rerun_cut_otherwise_keeps_the_first_cut_and_other_files_are_refused(
+    tmp_path: Path, scenario: Path, model_folder: Path, reference: Reference
+) -> None:
+    """Parts are skipped by name: rows cut at other ranges under the same names would be
+    lost or scored twice, so a rerun keeps the partitions the folder was started with."""
+    files = HistoryFiles.of_scenario(scenario)
+    job = ScoreJob(model_folder, files, tmp_path / "out", model_version="v", fast=False)
+    first = score_dask(None, partitions(files.declarations, rows_per_partition=5_000), job)
+    assert not first.kept_recorded_partitions and len(first.parts) == 6
+    scored = pl.read_parquet(first.parts)
+    first.parts[3].unlink()  # a crash lost one part
+
+    again = score_dask(None, partitions(files.declarations), job)  # one part per file now
+    assert again.kept_recorded_partitions and again.parts_skipped == 5
+    assert again.rows_scored == ROWS
+    assert_frame_equal(pl.read_parquet(again.parts), scored)
+
+    with pytest.raises(ValueError, match="other input files"):
+        score_dask(None, partitions(files.declarations[:1]), job)

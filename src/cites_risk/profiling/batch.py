@@ -3,7 +3,9 @@
 Two passes over the source, both in fixed chunks of ``chunk_rows`` source rows:
 
 1. *lodge*: each chunk's valid declarations are appended to the declaration history (so that
-   consignment siblings and earlier lines are visible to every row, wherever its chunk);
+   consignment siblings and earlier lines are visible to every row, wherever its chunk).
+   Then an id already accepted in an earlier chunk is rejected as a duplicate, as one
+   repeated within a chunk is, and taken back out of the history;
 2. *score*: each chunk is scored against the full history and written as
    ``part-NNNNN.parquet``. The history is carried from chunk to chunk
    (``features/carry.py``): chunks in time order sort only their own events. Offence records
@@ -31,13 +33,14 @@ from typing import Protocol
 
 import polars as pl
 
-from cites_risk.features.adapters import SourceMapping
+from cites_risk.features.adapters import ROW, SourceMapping
 from cites_risk.features.carry import HistoryWalk
 from cites_risk.features.contract import DECLARATION, D, schema_of
 from cites_risk.features.history import History
 from cites_risk.features.reference import Reference
 from cites_risk.features.validation import REJECT_SCHEMA, validate
 from cites_risk.models.risk_model import RiskModel
+from cites_risk.profiling.atomic_files import atomic_parquet, atomic_write
 from cites_risk.profiling.config import Settings
 from cites_risk.profiling.engine import REASONS, SCORE, SPECIES, decide
 from cites_risk.profiling.history_store import DeclarationHistory, history_for
@@ -74,6 +77,9 @@ OUTPUT_COLUMNS = (
     "sp_taxon",
 )
 _LODGED = "_lodged.json"
+#: Rejects of the ids repeated across chunks, found once every chunk is lodged.
+_REPEATED = "repeated-ids.parquet"
+_CHUNK = "__chunk"
 
 
 DECISIONS = "decisions.parquet"
@@ -139,24 +145,32 @@ def source_chunks(
 
 def _validated(
     chunk: pl.DataFrame, mapping: SourceMapping, reference: Reference
-) -> tuple[pl.DataFrame, pl.DataFrame]:
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """The chunk's accepted declarations, its rejects, and the (row, id) of the accepted."""
     mapped = mapping.apply(chunk.lazy(), DECLARATION, {"country_name": country_lookup(reference)})
     formats = {f: mapping.time_format("declaration", f) for f in DECLARATION.names}
     checked = validate(mapped, DECLARATION, vocabulary(reference), formats, mapping.extra_kinds)
-    accepted, rejects = pl.collect_all([checked.accepted, checked.rejects])
-    return accepted, rejects
+    accepted, rejects, keys = pl.collect_all([checked.accepted, checked.rejects, checked.keys])
+    return accepted, rejects, keys
 
 
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """``write`` to a temporary name beside ``path``, then rename: a crash leaves the
-    file whole or absent, never cut short (what lets a rerun trust what it finds)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    tmp.replace(path)
-
-
-def atomic_parquet(frame: pl.DataFrame, path: Path) -> None:
-    atomic_write(path, frame.write_parquet)
+def _reject_repeated_ids(
+    keys: list[pl.DataFrame], history_files: DeclarationHistory, lodged_as: Callable[[int], str]
+) -> pl.DataFrame:
+    """Rejects for the ids repeated across chunks (each chunk rejects its own repeats):
+    every line after an id's first, which is also taken back out of its chunk's lodged
+    history. ``keys``: (row, id, chunk) of each chunk's accepted lines."""
+    if not keys:
+        return pl.DataFrame(schema=REJECT_SCHEMA)
+    repeated = pl.concat(keys).filter(pl.col(D.ID).is_first_distinct().not_())
+    for (chunk,), lines in repeated.group_by(_CHUNK):
+        history_files.drop(lodged_as(int(chunk)), lines.get_column(D.ID))
+    return repeated.select(
+        pl.col(ROW).cast(pl.Int64).alias("row"),
+        pl.lit(D.ID).alias("field"),
+        pl.col(D.ID).alias("value"),
+        pl.lit("duplicate id in batch").alias("reason"),
+    ).cast(REJECT_SCHEMA)
 
 
 class _StoredRecords:
@@ -225,30 +239,44 @@ def score_stream(
     batch_name = f"{mapping.name}-{out_dir.name}"
     result = BatchResult(out_dir)
 
+    def lodged_as(k: int) -> str:
+        return f"{batch_name}-{k:05d}"
+
     marker = out_dir / _LODGED
+    repeated_path = rejects_dir / _REPEATED
     if marker.exists():
         lodged = json.loads(marker.read_text())
         total = int(lodged["rows"])
         chunk_rows = int(lodged.get("chunk_rows", chunk_rows))
     else:
         total = 0
+        keys: list[pl.DataFrame] = []
         for k, chunk in source_chunks(source, mapping, chunk_rows):
-            accepted, rejects = _validated(chunk, mapping, reference)
-            history_files.append(accepted, f"{batch_name}-{k:05d}")
+            accepted, rejects, chunk_keys = _validated(chunk, mapping, reference)
+            history_files.append(accepted, lodged_as(k))
             atomic_parquet(rejects, rejects_dir / f"part-{k:05d}.parquet")
+            keys.append(chunk_keys.with_columns(pl.lit(k, pl.UInt32).alias(_CHUNK)))
             total += chunk.height
             if lodging:
                 lodging(total, None)
+        atomic_parquet(_reject_repeated_ids(keys, history_files, lodged_as), repeated_path)
         text = json.dumps({"rows": total, "source": str(source), "chunk_rows": chunk_rows})
         atomic_write(marker, lambda tmp: tmp.write_text(text))
     result.rows_read = total
+    # Runs lodged before repeats were looked for across chunks have no such file.
+    skipped = (
+        pl.read_parquet(repeated_path).get_column("row")
+        if repeated_path.exists()
+        else pl.Series("row", [], pl.Int64)
+    )
 
     records = _StoredRecords(store, history_files, actor.organisation, engine.model.extras)
     done = 0
     for k, chunk in source_chunks(source, mapping, chunk_rows):
         part = out_dir / f"part-{k:05d}.parquet"
         if not part.exists():
-            accepted, _ = _validated(chunk, mapping, reference)
+            kept = chunk.filter(pl.col(ROW).is_in(skipped.implode()).not_())
+            accepted, _, _ = _validated(kept, mapping, reference)
             keep = set(OUTPUT_COLUMNS) | (deciding.columns() if deciding else set())
             scored = engine.score(accepted, records.walk().for_batch(accepted))
             atomic_parquet(scored.select(c for c in scored.columns if c in keep), part)
@@ -258,7 +286,7 @@ def score_stream(
             progress(done, total)
 
     rejects = pl.concat(
-        [pl.read_parquet(p) for p in sorted(rejects_dir.glob("part-*.parquet"))]
+        [pl.read_parquet(p) for p in sorted(rejects_dir.glob("*.parquet"))]
         or [pl.DataFrame(schema=REJECT_SCHEMA)]
     ).sort("row")
     result.rows_rejected = rejects.get_column("row").n_unique()

@@ -37,7 +37,8 @@ import polars as pl
 
 from cites_risk.features.contract import D
 from cites_risk.features.validation import REJECT_SCHEMA
-from cites_risk.profiling.batch import DECISIONS, atomic_write, score_stream
+from cites_risk.profiling.atomic_files import atomic_write
+from cites_risk.profiling.batch import DECISIONS, score_stream
 from cites_risk.profiling.engine import REASONS
 from cites_risk.profiling.roles import Role
 from cites_risk.profiling.selection import FINAL_RISK

@@ -5,9 +5,9 @@ The unit of work is a :class:`Partition`: one Parquet file of contract-schema de
 of one. A task builds the partition's features against the *shared* history (Parquet files
 every worker can read: :class:`HistoryFiles`), predicts, and writes
 ``out_dir/part-NNNNN.parquet`` under a temporary name renamed when complete. As with
-:func:`~cites_risk.profiling.batch.score_stream`, partition k always holds the same rows, so
-a rerun after a crash (or a lost worker) submits only the parts that are missing and never
-writes a row twice.
+:func:`~cites_risk.profiling.batch.score_stream`, partition k always holds the same rows (the
+cut is recorded in ``_partitions.json`` and kept by a rerun), so a rerun after a crash (or a
+lost worker) submits only the parts that are missing and never writes a row twice.
 
 Workers load the model from a folder (:meth:`RiskModel.save`) and the compiled trees from
 ``<model folder>/compiled`` (compiled once per CPU kind, then cached), and keep the model and
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -49,7 +50,8 @@ from cites_risk.models.risk_model import (
     model_columns,
 )
 from cites_risk.models.training import LABEL, RANDOM, label_frame, random_weight
-from cites_risk.profiling.batch import OUTPUT_COLUMNS, atomic_parquet
+from cites_risk.profiling.atomic_files import atomic_parquet, atomic_write
+from cites_risk.profiling.batch import OUTPUT_COLUMNS
 from cites_risk.profiling.engine import Engine
 from cites_risk.profiling.fast_score import DEFAULT_EXPLAIN_SHARE, FastEngine
 
@@ -81,6 +83,33 @@ class Partition:
 
     def read(self) -> pl.DataFrame:
         return self.scan().collect()
+
+
+_PARTITIONS = "_partitions.json"
+
+
+def recorded_partitions(parts: Sequence[Partition], out_dir: Path) -> tuple[list[Partition], bool]:
+    """The partitions ``out_dir`` was first scored with (``parts`` are recorded if none),
+    and whether they differ from ``parts``.
+
+    A part is skipped on a rerun because its file exists, so a rerun must cut the input as
+    the first run did: other row ranges under the same part names would lose or repeat
+    rows. The same files cut otherwise keep the recorded cut; other files are refused.
+    """
+    path = out_dir / _PARTITIONS
+    described = [{"path": str(p.path.resolve()), "offset": p.offset, "rows": p.rows} for p in parts]
+    if not path.exists():
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(described, indent=1)))
+        return list(parts), False
+    recorded = json.loads(path.read_text())
+    if recorded == described:
+        return list(parts), False
+    if {p["path"] for p in recorded} != {p["path"] for p in described}:
+        raise ValueError(
+            f"{out_dir} holds the scores of other input files: score these into a new folder"
+        )
+    kept = [Partition(i, Path(p["path"]), p["offset"], p["rows"]) for i, p in enumerate(recorded)]
+    return kept, True
 
 
 def partitions(paths: Sequence[Path], rows_per_partition: int | None = None) -> list[Partition]:
@@ -168,6 +197,8 @@ class DaskScoreResult:
     rows_scored: int = 0
     parts_skipped: int = 0
     seconds: float = 0.0
+    #: The folder was started with other partitions of the same files, and kept them.
+    kept_recorded_partitions: bool = False
 
 
 # --- worker side ---------------------------------------------------------------------------
@@ -253,6 +284,7 @@ def score_dask(
     started = time.perf_counter()
     job.out_dir.mkdir(parents=True, exist_ok=True)
     result = DaskScoreResult(job.out_dir)
+    parts, result.kept_recorded_partitions = recorded_partitions(parts, job.out_dir)
     todo = [p for p in parts if not (job.out_dir / p.name).exists()]
     result.parts_skipped = len(parts) - len(todo)
     done = result.parts_skipped

@@ -15,6 +15,7 @@ import polars as pl
 from cites_risk.features.adapters import EXTRA_PREFIX
 from cites_risk.features.contract import DECLARATION, D, conform, empty
 from cites_risk.features.history import History
+from cites_risk.profiling.atomic_files import atomic_parquet
 from cites_risk.profiling.store import Store
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -24,15 +25,22 @@ class DeclarationHistory:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
+    def path(self, batch: str) -> Path:
+        return self.folder / f"{_SAFE.sub('_', batch)}.parquet"
+
     def append(self, declarations: pl.DataFrame, batch: str) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"{_SAFE.sub('_', batch)}.parquet"
-        tmp = path.with_suffix(".tmp")
+        path = self.path(batch)
         extras = [c for c in declarations.columns if c.startswith(EXTRA_PREFIX)]
         contract = conform(declarations.lazy(), DECLARATION).collect()
-        contract.with_columns(declarations.select(extras)).write_parquet(tmp)
-        tmp.replace(path)  # atomic: a crash leaves the old file or the new, never half
+        # A crash leaves the old file or the new, never half of one.
+        atomic_parquet(contract.with_columns(declarations.select(extras)), path)
         return path
+
+    def drop(self, batch: str, ids: pl.Series) -> None:
+        """Take the declarations ``ids`` out of ``batch``'s file (rewritten whole, atomically)."""
+        path = self.path(batch)
+        atomic_parquet(pl.read_parquet(path).filter(pl.col(D.ID).is_in(ids.implode()).not_()), path)
 
     def scan(self) -> pl.LazyFrame:
         files = sorted(self.folder.glob("*.parquet"))

@@ -119,6 +119,11 @@ def score_dask_cmd(
             ctx.actor, "score.dask", str(out), rows=result.rows_scored, model_version=version
         )
     rate = result.rows_scored / max(result.seconds, 1e-9)
+    if result.kept_recorded_partitions:
+        console.print(
+            f"{out} was started with other partitions of these files: kept them "
+            f"({len(result.parts)} parts), so no row is lost or scored twice"
+        )
     console.print(
         f"scored {result.rows_scored:,} declarations in {len(result.parts)} parts "
         f"({result.parts_skipped} already done) in {result.seconds:.1f} s, {rate:,.0f} rows/s "
