@@ -43,7 +43,7 @@ from cites_risk.models.risk_model import RiskModel
 from cites_risk.profiling.atomic_files import atomic_parquet, atomic_write
 from cites_risk.profiling.config import Settings
 from cites_risk.profiling.engine import REASONS, SCORE, SPECIES, decide
-from cites_risk.profiling.history_store import DeclarationHistory, history_for
+from cites_risk.profiling.history_store import DeclarationHistory, batch_name, history_for
 from cites_risk.profiling.profiles.model import Profile
 from cites_risk.profiling.profiles.watchlist import WatchlistIndex
 from cites_risk.profiling.roles import Role
@@ -236,11 +236,11 @@ def score_stream(
     rejects_dir = out_dir / "_rejects"
     rejects_dir.mkdir(exist_ok=True)
     history_files = DeclarationHistory(settings.history_dir)
-    batch_name = f"{mapping.name}-{out_dir.name}"
+    lodged_batch = batch_name(mapping.name, out_dir)
     result = BatchResult(out_dir)
 
     def lodged_as(k: int) -> str:
-        return f"{batch_name}-{k:05d}"
+        return f"{lodged_batch}-{k:05d}"
 
     marker = out_dir / _LODGED
     repeated_path = rejects_dir / _REPEATED

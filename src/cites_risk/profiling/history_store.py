@@ -2,11 +2,14 @@
 
 Declarations are many and read in bulk by the features, so they live beside the SQL store,
 one file per ingested batch; a batch written again replaces its file, so reruns never
-duplicate. Offences and inspections (few, consent-filtered, edited) stay in SQL.
+duplicate. A declaration lodged in several batches is the one written last: a correction
+sent later replaces what was lodged before. Offences and inspections (few, consent-filtered,
+edited) stay in SQL.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -19,6 +22,14 @@ from cites_risk.profiling.atomic_files import atomic_parquet
 from cites_risk.profiling.store import Store
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def batch_name(mapping: str, path: Path) -> str:
+    """The batch lodged from ``path`` (a source file, or a job's folder): named after it,
+    with a digest of where it is, so that the same file lodged again replaces its batch and
+    two folders' files of one name (each day's ``export.csv``) are two batches."""
+    where = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    return f"{mapping}-{path.name}-{where}"
 
 
 class DeclarationHistory:
@@ -43,7 +54,9 @@ class DeclarationHistory:
         atomic_parquet(pl.read_parquet(path).filter(pl.col(D.ID).is_in(ids.implode()).not_()), path)
 
     def scan(self) -> pl.LazyFrame:
-        files = sorted(self.folder.glob("*.parquet"))
+        # In the order written (the name breaks a tie): unique() keeps a repeated id's last.
+        # A restored backup must keep its file times (cp -p, rsync -a) to keep that order.
+        files = sorted(self.folder.glob("*.parquet"), key=lambda f: (f.stat().st_mtime_ns, f.name))
         if not files:
             return empty(DECLARATION).lazy()
         # Batches from different sources may carry different extra columns.

@@ -45,7 +45,7 @@ from cites_risk.profiling.engine import (
     rank,
 )
 from cites_risk.profiling.fast_score import FastEngine
-from cites_risk.profiling.history_store import DeclarationHistory, history_for
+from cites_risk.profiling.history_store import DeclarationHistory, batch_name, history_for
 from cites_risk.profiling.profile_evidence import (
     INFO_KEY,
     Evidence,
@@ -121,7 +121,7 @@ def ingest(
             )
         if record == "declaration":
             DeclarationHistory(settings.history_dir).append(
-                loaded.accepted, f"{mapping.name}-{source.name}"
+                loaded.accepted, batch_name(mapping.name, source)
             )
         elif record == "offence":
             store.offences.add(loaded.accepted)
@@ -325,7 +325,7 @@ def score_file(
     declarations = in_period(loaded.accepted, start, end)
     # Lodged declarations join the history first: consignment siblings see each other.
     history_files = DeclarationHistory(settings.history_dir)
-    history_files.append(loaded.accepted, f"{mapping.name}-{source.name}")
+    history_files.append(loaded.accepted, batch_name(mapping.name, source))
     history = history_for(store, history_files, actor.organisation)
     model, version = load_model(tracking_for(settings), model_ref)
     engine = engine_for(settings, model, version, reference)
