@@ -153,17 +153,25 @@ def prior_totals(
 
 
 def inspection_events(declarations: pd.DataFrame, inspections: pd.DataFrame) -> pd.DataFrame:
-    """Inspection results with their declaration's columns, known at the later of the two."""
-    hit = inspections["outcome"] == "hit"
-    results = (
-        inspections.assign(hit=hit)
-        .groupby("declaration_id")
-        .agg(inspected_at=("inspected_at", "max"), hit=("hit", "max"))
+    """Per declaration, its first result (inspected; a hit if it was one) and, when a hit
+    came only later, that hit: each known at the later of the result and the declaration."""
+    lodged = declarations.reset_index(drop=True).rename_axis("lodging").reset_index()
+    results = lodged[["lodging", "declaration_id", "t"]].merge(
+        inspections[["declaration_id", "inspected_at", "outcome"]], on="declaration_id"
     )
-    events = declarations.merge(results, left_on="declaration_id", right_index=True)
-    events["t"] = np.maximum(micros(events["inspected_at"]), events["t"])
+    results["known"] = np.maximum(micros(results["inspected_at"]), results["t"])
+    first = results.groupby("lodging")["known"].min().rename("first")
+    first_hit = (
+        results[results["outcome"] == "hit"].groupby("lodging")["known"].min().rename("first_hit")
+    )
+    times = pd.concat([first, first_hit], axis=1).reset_index()
+    once = times.assign(t=times["first"], insp=1.0, hit=(times["first_hit"] == times["first"]))
+    later = times[times["first_hit"] > times["first"]]
+    later = later.assign(t=later["first_hit"], insp=0.0, hit=True)
+    events = pd.concat([once, later])[["lodging", "t", "insp", "hit"]]
+    events = lodged.drop(columns="t").merge(events, on="lodging").drop(columns="lodging")
+    events["t"] = events["t"].astype(np.int64)
     events["hit"] = events["hit"].astype(float)
-    events["insp"] = 1.0
     events["hits_recent"] = events["hit"] * np.exp(
         (events["t"] - EPOCH_US) / US_PER_DAY / RECENT_DAYS
     )

@@ -119,18 +119,25 @@ def _frame(rows: list[dict[str, object]], schema: pl.Schema) -> pl.DataFrame:
 def _history(
     declarations: pl.DataFrame, offences: list[dict[str, object]], inspected: list[int]
 ) -> History:
+    """``inspected``: declarations by position; one named again is inspected again, three
+    days later each time, and its outcome may change (a re-inspection finds what the first
+    missed, or clears what it flagged)."""
     ids = declarations.get_column(D.ID).to_list()
     times_ = declarations.get_column(D.DECLARED_AT).to_list()
-    inspections = [
-        {
-            "declaration_id": ids[i],
-            "inspected_at": times_[i] + timedelta(days=2),
-            "outcome": "hit" if i % 3 == 0 else "clear",
-            "selected_by": "model",
-        }
-        for i in inspected
-        if i < len(ids)
-    ]
+    inspections = []
+    for k, i in enumerate(inspected):
+        if i >= len(ids):
+            continue
+        again = inspected[:k].count(i)
+        hit = i % 3 == 0 if again == 0 else (i + again) % 2 == 0
+        inspections.append(
+            {
+                "declaration_id": ids[i],
+                "inspected_at": times_[i] + timedelta(days=2 + 3 * again),
+                "outcome": "hit" if hit else "clear",
+                "selected_by": "model",
+            }
+        )
     return History(
         declarations=declarations.lazy(),
         offences=_frame(offences, OFFENCE.schema).lazy(),
@@ -402,3 +409,56 @@ def test_term_unit_plausibility(
     rows = [{D.ID: "u", D.DECLARED_AT: START, D.OFFICE: "JFK", D.TERM: term, D.UNIT: unit}]
     row = _features(_frame(rows, DECLARATION.schema), History.empty()).row(0, named=True)
     assert (row["unit_is_cites"], row["term_unit_valid"]) == (unit_is_cites, valid)
+
+
+def test_a_reinspection_adds_what_it_found_without_moving_the_first_result() -> None:
+    """A declaration cleared on a documentary check and found on a physical one later:
+    from the first result it counts as inspected, from the second as a hit. Timing the
+    declaration by its latest result hid the first one in between."""
+    base = {
+        D.OFFICE: "JFK",
+        D.IMPORTER: "ACME LTD",
+        D.HS: "0508",
+        D.ORIGIN: "NG",
+        D.EXPORT: "NG",
+    }
+    first = START
+    rows = [
+        {**base, D.ID: "inspected", D.DECLARED_AT: first},
+        {**base, D.ID: "between", D.DECLARED_AT: first + timedelta(days=5)},
+        {**base, D.ID: "after", D.DECLARED_AT: first + timedelta(days=12)},
+    ]
+    declarations = _frame(rows, DECLARATION.schema)
+    results = [
+        ("clear", first + timedelta(days=2)),
+        ("hit", first + timedelta(days=10)),
+        ("clear", first + timedelta(days=11)),  # a later clearance does not undo the find
+    ]
+    inspections = _frame(
+        [
+            {
+                "declaration_id": "inspected",
+                "inspected_at": at,
+                "outcome": o,
+                "selected_by": "model",
+            }
+            for o, at in results
+        ],
+        INSPECTION.schema,
+    )
+    history = History(
+        declarations=declarations.lazy(),
+        offences=_frame([], OFFENCE.schema).lazy(),
+        inspections=inspections.lazy(),
+    )
+    got = _features(declarations, history).select(
+        D.ID, "importer_inspected", "importer_recent_hits", "importer_hit_rate"
+    )
+    seen = {r[D.ID]: r for r in got.iter_rows(named=True)}
+    assert seen["inspected"]["importer_inspected"] == 0.0
+    assert seen["between"]["importer_inspected"] == 1.0
+    assert seen["between"]["importer_recent_hits"] == 0.0
+    assert seen["after"]["importer_inspected"] == 1.0
+    assert seen["after"]["importer_recent_hits"] > 0.0
+    # One inspected declaration, clear then found: the rate moves up, not the count.
+    assert seen["after"]["importer_hit_rate"] > seen["between"]["importer_hit_rate"]

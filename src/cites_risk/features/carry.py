@@ -17,18 +17,21 @@ from datetime import datetime
 
 import polars as pl
 
-from cites_risk.features.contract import TIMESTAMP, D, I, O, schema_of
+from cites_risk.features.contract import TIMESTAMP, D, I, O
 from cites_risk.features.history import (
     CARRIED_VALUES,
     IDX,
     KEY,
     LAST_OFFENCE,
+    LODGING,
     TIME,
     Carried,
     History,
     Lookup,
     OffenceIndex,
     inspected_declarations,
+    inspection_events,
+    lodgings,
 )
 from cites_risk.features.pipeline import (
     DECLARATION_TEXT_KEYS,
@@ -97,17 +100,30 @@ def carry(
         partner_events(keyed, side, None).filter(before).group_by(KEY).agg(pl.col("off").sum())
         for side in sides
     ]
-    columns = schema_of(history.declarations).names()
     inspected = inspected_declarations(history)
-    late = inspected.filter(pl.col(TIME) >= at, declared < at).select(columns)
-    # A result known before ``until`` is folded, and so is every earlier result of its
-    # declaration (a declaration's result is timed by its latest inspection): only the
-    # others can still reach a feature. An id also lodged at or after ``until`` (ids should
-    # be unique, but a History does not enforce it) keeps its results.
+    # Declarations lodged before ``until`` with a result event at or after it: the event is
+    # still to come, and its keys are the declaration's (an id lodged twice is two rows).
+    lodged = lodgings(history)
+    late = (
+        lodged.filter(declared < at)
+        .join(
+            inspection_events(history, lodged).filter(pl.col(TIME) >= at).select(LODGING),
+            on=LODGING,
+            how="semi",
+            maintain_order="left",
+        )
+        .drop(LODGING)
+    )
+    # The results of a declaration whose events all came before ``until`` are folded; the
+    # others are kept whole, so that its events are found again as they were (and those
+    # before ``until`` dropped: ``inspected_declarations``). An id also lodged at or after
+    # ``until`` (ids should be unique, but a History does not enforce it) keeps its results.
     as_result = pl.col(D.ID).alias(I.DECLARATION)
     still_lodged = history.declarations.filter(declared >= at).select(as_result)
     folded_results = (
-        inspected.filter(pl.col(TIME) < at)
+        inspected.group_by(D.ID)
+        .agg(pl.col(TIME).max())
+        .filter(pl.col(TIME) < at)
         .select(as_result)
         .join(still_lodged, on=I.DECLARATION, how="anti")
     )
@@ -277,7 +293,8 @@ def through(history: History, end: datetime) -> History:
 
     Nothing after a declaration's own time reaches its features (consignment lines lodged
     at the same instant do), so declarations up to ``end`` lose nothing. Inspection results
-    are kept whole: a declaration's result is timed by its latest inspection.
+    are kept whole: a declaration's events are read from all of its results
+    (``inspection_events``), and those after ``end`` reach no feature of these.
     """
     at = pl.lit(end).cast(TIMESTAMP)
     return History(

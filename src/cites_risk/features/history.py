@@ -342,22 +342,77 @@ def stack(frames: list[pl.LazyFrame]) -> pl.LazyFrame:
     )
 
 
-def inspected_declarations(history: History) -> pl.LazyFrame:
-    """Inspection results joined to their declarations, timed when the result was known.
+#: An inspection event's count of inspected declarations (1 for its first result, else 0).
+INSPECTED = "__insp"
+#: The number of a declaration row results are matched to (a repeated id has several).
+LODGING = "__lodging"
 
-    A result cannot be known before its declaration was lodged, whatever the source says,
-    so its time is the later of the two. A carried history's late results are here too.
-    """
-    latest = history.inspections.group_by(I.DECLARATION).agg(
-        pl.col(I.INSPECTED_AT).max(),
-        (pl.col(I.OUTCOME) == Outcome.HIT).any().alias("__hit"),
-    )
+
+def lodgings(history: History) -> pl.LazyFrame:
+    """The declarations inspection results belong to, each numbered (``__lodging``): the
+    history's own and, carried, those lodged before ``until`` with results still to come."""
     declarations = history.declarations
     if history.carried is not None:
         declarations = pl.concat([declarations, history.carried.late], how="diagonal_relaxed")
-    return declarations.join(latest, left_on=D.ID, right_on=I.DECLARATION, how="inner").select(
-        pl.all().exclude(I.INSPECTED_AT, "__hit"),
-        pl.max_horizontal(pl.col(I.INSPECTED_AT), pl.col(D.DECLARED_AT)).alias(TIME),
+    return declarations.with_row_index(LODGING)
+
+
+def inspection_events(history: History, lodged: pl.LazyFrame) -> pl.LazyFrame:
+    """Per declaration of ``lodged`` (``lodgings``): ``__lodging``, ``__t``, ``__insp`` and
+    whether the event is a hit (``__hit``).
+
+    A declaration counts as inspected from its first result, and as a hit from its first
+    hit: one event at the first result (``__insp`` 1, a hit if it was one), and one more if
+    a hit came only later (``__insp`` 0, a hit). Each is what was known from then on: a
+    later result never moves an earlier one. A result cannot be known before its
+    declaration was lodged, whatever the source says, so its time is at least the
+    declaration's. Of a carried history, the events before ``until`` are in its totals.
+    """
+    results = lodged.select(LODGING, D.ID, D.DECLARED_AT).join(
+        history.inspections.select(
+            I.DECLARATION,
+            I.INSPECTED_AT,
+            (pl.col(I.OUTCOME) == Outcome.HIT).alias("__hit"),
+        ),
+        left_on=D.ID,
+        right_on=I.DECLARATION,
+        how="inner",
+    )
+    known = pl.max_horizontal(pl.col(I.INSPECTED_AT), pl.col(D.DECLARED_AT))
+    firsts = results.group_by(LODGING).agg(
+        known.min().alias("__first"),
+        known.filter(pl.col("__hit")).min().alias("__first_hit"),
+    )
+    first = firsts.select(
+        LODGING,
+        pl.col("__first").alias(TIME),
+        pl.lit(1.0).alias(INSPECTED),
+        (pl.col("__first_hit") == pl.col("__first")).fill_null(False).alias("__hit"),
+    )
+    later_hit = firsts.filter(pl.col("__first_hit") > pl.col("__first")).select(
+        LODGING,
+        pl.col("__first_hit").alias(TIME),
+        pl.lit(0.0).alias(INSPECTED),
+        pl.lit(True).alias("__hit"),
+    )
+    events = pl.concat([first, later_hit], how="vertical")
+    if history.carried is not None:
+        events = events.filter(pl.col(TIME) >= history.carried.at)
+    return events
+
+
+def inspected_declarations(history: History) -> pl.LazyFrame:
+    """The inspection events (``inspection_events``) with their declaration's columns and
+    ``outcome`` (hit or clear), in the order the declarations were lodged."""
+    lodged = lodgings(history)
+    # Each declaration's first result comes before its later hit (as concatenated).
+    return lodged.join(
+        inspection_events(history, lodged),
+        on=LODGING,
+        how="inner",
+        maintain_order="left_right",
+    ).select(
+        pl.all().exclude(LODGING, "__hit"),
         pl.when(pl.col("__hit"))
         .then(pl.lit(Outcome.HIT.value))
         .otherwise(pl.lit(Outcome.CLEAR.value))

@@ -16,6 +16,7 @@ import polars as pl
 from cites_risk.features.contract import TIMESTAMP, D, O, collect_as_written, schema_of
 from cites_risk.features.history import (
     IDX,
+    INSPECTED,
     KEY,
     KID,
     LAST_OFFENCE,
@@ -564,7 +565,7 @@ def _events(history: History, key: HistoryKey) -> pl.LazyFrame:
         zero.alias("n"),
         zero.alias("off"),
         zero.alias("off_decay"),
-        pl.lit(1.0).alias("insp"),
+        pl.col(INSPECTED).alias("insp"),
         (pl.col("outcome") == "hit").cast(pl.Float64).alias("hits"),
         (
             (pl.col("outcome") == "hit").cast(pl.Float64)
@@ -641,11 +642,11 @@ def offences_since_carry(history: History) -> pl.LazyFrame:
 
 
 def overall_events(history: History) -> pl.LazyFrame:
-    """Every inspection result as one key's events (and the carried totals of them)."""
+    """Every inspection event as one key's events (and the carried totals of them)."""
     events = history.inspected.select(
         pl.lit("all").alias(KEY),
         pl.col(TIME).cast(TIMESTAMP),
-        pl.lit(1.0).alias("insp"),
+        pl.col(INSPECTED).alias("insp"),
         (pl.col("outcome") == "hit").cast(pl.Float64).alias("hits"),
     )
     if history.carried is None:
