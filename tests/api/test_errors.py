@@ -174,3 +174,18 @@ def test_a_batch_score_and_a_job_lookup_are_audited_with_what_they_touched(api: 
     assert any(
         e["target"] == "not-a-job-of-yours" and e["detail"] == {"found": False} for e in looked
     )
+
+
+def test_a_nested_extra_value_is_a_422_naming_that_extra(api: Api) -> None:
+    """Past the value at fault pydantic names the types it tried: the field was "str"."""
+    body = declaration(extras={"x_broker": {"name": "B1"}})
+    response = api.client.post("/v1/score", json=body, headers=api.auth(Role.INSPECTOR))
+    problem = _problem(response, 422)
+    assert problem["errors"] == [
+        {
+            "field": "x_broker",
+            "loc": ["body", "extras", "x_broker"],
+            "message": "Input should be a valid string or input should be a valid number",
+        }
+    ]
+    assert problem["detail"] == "invalid request: check x_broker"

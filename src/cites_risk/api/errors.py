@@ -7,7 +7,7 @@ Every error a client sees has the same shape: ``type``, ``title``, ``status``, `
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -88,19 +88,54 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     return problem(request, status, exc.title, exc.detail, errors=errors, headers=headers)
 
 
+_ABSENT = object()
+
+
+def _child(node: Any, part: str | int) -> Any:
+    """``node[part]`` in a JSON document, or ``_ABSENT``."""
+    if isinstance(node, dict):
+        return node.get(part, _ABSENT)
+    if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        return node[part]
+    return _ABSENT
+
+
+def _in_request(body: Any, err: Mapping[str, Any]) -> list[str | int]:
+    """The error's location as far as the request has it.
+
+    Past the value at fault, pydantic names the types it tried ("str", "float"): a nested
+    value in ``extras`` was reported as field "str". A missing field is named all the same.
+    """
+    loc = [p for p in err.get("loc", ()) if isinstance(p, str | int)]
+    if loc[:1] != ["body"]:
+        return loc
+    node, kept = body, loc[:1]
+    for i, part in enumerate(loc[1:], start=1):
+        node = _child(node, part)
+        if node is _ABSENT and not (err.get("type") == "missing" and i == len(loc) - 1):
+            break
+        kept.append(part)
+    return kept
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = []
+    errors: dict[tuple[str | int, ...], dict[str, Any]] = {}
     for err in exc.errors():
-        loc = [p for p in err.get("loc", ()) if isinstance(p, str | int)]
+        loc = _in_request(exc.body, err)
+        message = err.get("msg", "")
+        # Each member of a union ("str", "float") says what it wanted: one error says all.
+        same = errors.get(tuple(loc))
+        if same is not None:
+            same["message"] += f" or {message[0].lower()}{message[1:]}" if message else ""
+            continue
         # The field is the last named part of the location ("body.declarations.3.office").
         named = [p for p in loc if isinstance(p, str) and p not in ("body", "query", "path")]
-        errors.append(
-            {"field": named[-1] if named else None, "loc": loc, "message": err.get("msg", "")}
-        )
-    fields = sorted({str(e["field"]) for e in errors if e["field"]})
+        errors[tuple(loc)] = {"field": named[-1] if named else None, "loc": loc, "message": message}
+    found = list(errors.values())
+    fields = sorted({str(e["field"]) for e in found if e["field"]})
     detail = "invalid request" + (f": check {', '.join(fields)}" if fields else "")
-    return problem(request, 422, "Invalid input", detail, errors=errors)
+    return problem(request, 422, "Invalid input", detail, errors=found)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
