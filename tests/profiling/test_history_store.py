@@ -39,9 +39,14 @@ def test_each_days_export_of_one_name_is_kept(
     settings: Settings, store: Store, reference: Reference, tmp_path: Path
 ) -> None:
     """A national system exports export.csv every day: day 2 must add to day 1, not replace it."""
-    _ingest(settings, store, reference, tmp_path / "day1" / "export.csv", "a,2024-01-01,JFK,1\n")
-    _ingest(settings, store, reference, tmp_path / "day2" / "export.csv", "b,2024-01-02,JFK,2\n")
+    day1 = "a,2024-01-01,JFK,1\nbad1,2024-01-01,JFK,-1\n"
+    _ingest(settings, store, reference, tmp_path / "day1" / "export.csv", day1)
+    day2 = "b,2024-01-02,JFK,2\nbad2,2024-01-02,JFK,-2\n"
+    _ingest(settings, store, reference, tmp_path / "day2" / "export.csv", day2)
     assert _lodged(settings) == {"a": 1.0, "b": 2.0}
+    # And each day's rejects are kept for its clerk to fix.
+    rejected = sorted(settings.output_dir.glob("*.rejects.csv"))
+    assert [f.read_text().count("must not be negative") for f in rejected] == [1, 1]
     # The same file lodged again replaces its own batch: nothing doubles.
     _ingest(settings, store, reference, tmp_path / "day2" / "export.csv", "b,2024-01-02,JFK,5\n")
     assert _lodged(settings) == {"a": 1.0, "b": 5.0}

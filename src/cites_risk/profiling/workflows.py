@@ -116,8 +116,9 @@ def ingest(
         result.loaded[record] = loaded
         if loaded.rejects.height:
             folder = rejects_dir or settings.output_dir
+            # Named as its batch is: each day's export.csv keeps its own rejects.
             result.rejects_files[record] = write_rejects(
-                loaded.rejects, folder / f"{source.name}.{record}.rejects.csv"
+                loaded.rejects, folder / f"{batch_name(mapping.name, source)}.{record}.rejects.csv"
             )
         if record == "declaration":
             DeclarationHistory(settings.history_dir).append(
