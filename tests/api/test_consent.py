@@ -231,6 +231,9 @@ def test_a_job_scored_while_shared_is_scored_again_once_consent_is_withdrawn(
         api.client.patch(
             f"/v1/offences/{offence}/consent", json={"shared_with": []}, headers=provider
         )
+    # Its rejects come from validation alone: they stay, and do not make it score again.
+    assert api.client.get(f"/v1/jobs/{job_id}/rejects", headers=other).status_code == 200
+    assert api.client.get(f"/v1/jobs/{job_id}", headers=other).json()["status"] == "done"
     withheld = api.client.get(f"/v1/jobs/{job_id}/results", headers=other)
     assert withheld.status_code == 503 and "withdrawn" in withheld.json()["detail"]
     assert _wait(api.client, job_id, other, {"done", "failed"})["status"] == "done"

@@ -242,7 +242,8 @@ class JobRunner:
         return path
 
     def rejects(self, actor: Actor, job_id: str) -> Path:
-        job = self._finished(actor, job_id)
+        # Validation alone: no offence record is in them, so no withdrawal touches them.
+        job = self._finished(actor, job_id, scores=False)
         out = Path(str(job.output_path))
         path = out / "rejects.csv"
         if not path.exists():  # no rejected row: an empty file with the header
@@ -250,11 +251,15 @@ class JobRunner:
         self.service.store.audit.record(actor, "job.rejects", job_id)
         return path
 
-    def _finished(self, actor: Actor, job_id: str) -> Job:
+    def _finished(self, actor: Actor, job_id: str, *, scores: bool = True) -> Job:
+        """The finished job; with ``scores``, scored again first if an offence record was
+        withdrawn from its organisation since it was scored."""
         job = self.get(actor, job_id)
         if job.status != JobStatus.DONE:
             raise NotReadyError(f"job {job_id} is {job.status.value}; poll until it is done")
-        if self.service.store.offences.withdrawn_since(job.organisation, _scored_from(job)):
+        if scores and self.service.store.offences.withdrawn_since(
+            job.organisation, _scored_from(job)
+        ):
             self._score_again(actor, job)
             raise NotReadyError(
                 f"job {job_id} was scored with an offence record since withdrawn from your "
