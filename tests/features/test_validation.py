@@ -7,6 +7,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from cites_risk.features.adapters import SourceMapping
 from cites_risk.features.reference import Reference
 from cites_risk.profiling.sources import InputError, load_mapping, load_records
 
@@ -29,12 +30,17 @@ records:
 """
 
 
+def _mapping(tmp_path: Path, encoding: str | None = None) -> SourceMapping:
+    """The test mapping, reading sources in ``encoding`` if given."""
+    path = tmp_path / f"mapping-{encoding}.yaml"
+    path.write_text(MAPPING + (f"read:\n  encoding: {encoding}\n" if encoding else ""))
+    return load_mapping(path)
+
+
 def _load(tmp_path: Path, reference: Reference, rows: list[str], header: str = HEADER):  # type: ignore[no-untyped-def]
     src = tmp_path / "decl.csv"
     src.write_text(header + "\n".join(rows) + "\n")
-    mapping_file = tmp_path / "mapping.yaml"
-    mapping_file.write_text(MAPPING)
-    return load_records(src, load_mapping(mapping_file), "declaration", reference)
+    return load_records(src, _mapping(tmp_path), "declaration", reference)
 
 
 @pytest.mark.parametrize(
@@ -95,10 +101,8 @@ def test_missing_required_column_is_one_clear_error(tmp_path: Path, reference: R
 
 
 def test_unreadable_file_is_one_clear_error(tmp_path: Path, reference: Reference) -> None:
-    mapping_file = tmp_path / "mapping.yaml"
-    mapping_file.write_text(MAPPING)
     with pytest.raises(InputError, match="no such file"):
-        load_records(tmp_path / "absent.csv", load_mapping(mapping_file), "declaration", reference)
+        load_records(tmp_path / "absent.csv", _mapping(tmp_path), "declaration", reference)
 
 
 def test_unknown_mapping_names_the_choices() -> None:
@@ -127,13 +131,9 @@ def test_a_stray_byte_in_a_lossy_source_costs_one_field_not_the_batch(
     src = tmp_path / "decl.csv"
     rows = [*GOOD[:2], "b\xff1,2024-01-05,JFK,1,NG,0106", GOOD[2]]
     src.write_bytes((HEADER + "\n".join(rows) + "\n").encode("latin-1"))
-    strict = tmp_path / "strict.yaml"
-    strict.write_text(MAPPING)
     with pytest.raises(InputError, match="cannot read"):
-        load_records(src, load_mapping(strict), "declaration", reference)
-    lossy = tmp_path / "lossy.yaml"
-    lossy.write_text(MAPPING + "read:\n  encoding: utf8-lossy\n")
-    loaded = load_records(src, load_mapping(lossy), "declaration", reference)
+        load_records(src, _mapping(tmp_path), "declaration", reference)
+    loaded = load_records(src, _mapping(tmp_path, "utf8-lossy"), "declaration", reference)
     ids = loaded.accepted.get_column("declaration_id").to_list()
     assert ids == ["a1", "a2", "b\ufffd1", "a3"] and loaded.rejects.is_empty()
 
@@ -149,9 +149,7 @@ def test_a_parquet_source_with_typed_times_is_read_as_its_instants(
     ).with_columns(
         when.dt.replace_time_zone(zone) if zone else when, pl.lit("0106").alias("hs")
     ).write_parquet(src)
-    mapping_file = tmp_path / "mapping.yaml"
-    mapping_file.write_text(MAPPING)
-    loaded = load_records(src, load_mapping(mapping_file), "declaration", reference)
+    loaded = load_records(src, _mapping(tmp_path), "declaration", reference)
     assert loaded.rejects.is_empty(), loaded.rejects
     expected = when.dt.replace_time_zone(zone or "UTC").dt.convert_time_zone("UTC")
     assert loaded.accepted.get_column("declared_at").to_list() == expected.to_list()
@@ -170,9 +168,7 @@ def test_a_line_with_more_fields_than_the_header_is_rejected_alone(
     text = (HEADER + "\n".join(rows) + "\n").encode()
     src = tmp_path / f"decl{suffix}"
     src.write_bytes(gzip.compress(text) if suffix.endswith(".gz") else text)
-    mapping_file = tmp_path / "mapping.yaml"
-    mapping_file.write_text(MAPPING)
-    loaded = load_records(src, load_mapping(mapping_file), "declaration", reference)
+    loaded = load_records(src, _mapping(tmp_path), "declaration", reference)
     assert loaded.accepted.get_column("declaration_id").to_list() == ["a1", "a2", "a3", "c1"]
     # A short line keeps what it has: the missing hs code is an absent optional value.
     assert loaded.accepted.get_column("hs_code").to_list()[-1] is None
@@ -196,8 +192,6 @@ def test_a_source_in_another_encoding_reports_its_ragged_lines_too(
     src = tmp_path / "decl.csv"
     rows = [*GOOD[:2], "b1,2024-01-05,Müller,1,NG,0106,x", GOOD[2]]
     src.write_bytes((HEADER + "\n".join(rows) + "\n").encode("latin-1"))
-    mapping_file = tmp_path / "mapping.yaml"
-    mapping_file.write_text(MAPPING + "read:\n  encoding: latin-1\n")
-    loaded = load_records(src, load_mapping(mapping_file), "declaration", reference)
+    loaded = load_records(src, _mapping(tmp_path, "latin-1"), "declaration", reference)
     assert loaded.accepted.get_column("declaration_id").to_list() == ["a1", "a2", "a3"]
     assert loaded.rejects.select("row", "field", "value").rows() == [(3, "(line)", "x")]

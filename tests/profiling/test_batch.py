@@ -55,6 +55,7 @@ def _run(
     source: Path,
     out: Path,
     chunk_rows: int,
+    mapping: str | Path = "lemis",
     **kw: object,
 ):  # type: ignore[no-untyped-def]
     return score_stream(
@@ -63,7 +64,7 @@ def _run(
         reference,
         Engine(model, "test", reference),
         source,
-        load_mapping("lemis"),
+        load_mapping(mapping),
         ACTOR,
         out,
         chunk_rows=chunk_rows,
@@ -305,10 +306,7 @@ def test_a_misread_line_and_an_id_repeated_chunks_later_are_rejected_and_the_res
     path.write_text("\n".join(lines) + "\n")
 
     def run(out: Path):  # type: ignore[no-untyped-def]
-        return score_stream(
-            settings, store, reference, Engine(lemis_model, "test", reference), path,
-            load_mapping(mapping_file), ACTOR, out, chunk_rows=250,
-        )  # fmt: skip
+        return _run(settings, store, reference, lemis_model, path, out, 250, mapping_file)
 
     result = run(tmp_path / "job")
     assert result.rejects_path is not None
