@@ -49,8 +49,8 @@ class Vocabulary:
 class Validated:
     accepted: pl.LazyFrame
     rejects: pl.LazyFrame
-    #: The source row and key of each accepted record, in order (``__row``, the key).
-    keys: pl.LazyFrame
+    #: ``accepted`` with each record's source row (``__row``) first.
+    accepted_rows: pl.LazyFrame
 
 
 def parse_time(text: pl.Expr, fmt: str | None) -> pl.Expr:
@@ -180,7 +180,8 @@ def validate(
     errors = errors.alias(_ERRORS)
     checked = mapped.select(pl.col(ROW), *parsed_cols, errors)
     ok = pl.col(_ERRORS).list.len() == 0
-    accepted = checked.filter(ok).select(*record.names, *(extras or {}))
+    accepted_rows = checked.filter(ok).select(ROW, *record.names, *(extras or {}))
+    accepted = accepted_rows.drop(ROW)
     rejects = (
         checked.filter(ok.not_())
         .select(pl.col(ROW).cast(pl.Int64).alias("row"), pl.col(_ERRORS))
@@ -189,5 +190,4 @@ def validate(
         .select(REJECT_SCHEMA.names())
         .cast(REJECT_SCHEMA)
     )
-    keys = checked.filter(ok).select(pl.col(ROW), pl.col(record.key))
-    return Validated(accepted=accepted, rejects=rejects, keys=keys)
+    return Validated(accepted=accepted, rejects=rejects, accepted_rows=accepted_rows)

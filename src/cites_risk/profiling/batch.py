@@ -150,8 +150,10 @@ def _validated(
     mapped = mapping.apply(chunk.lazy(), DECLARATION, {"country_name": country_lookup(reference)})
     formats = {f: mapping.time_format("declaration", f) for f in DECLARATION.names}
     checked = validate(mapped, DECLARATION, vocabulary(reference), formats, mapping.extra_kinds)
-    accepted, rejects, keys = pl.collect_all([checked.accepted, checked.rejects, checked.keys])
-    return accepted, rejects, keys
+    # Two queries, not three: collect_all shares the checks between two (measured: a third
+    # for the keys made a 50 k-line chunk's validation 1.0 -> 2.0 s).
+    rows, rejects = pl.collect_all([checked.accepted_rows, checked.rejects])
+    return rows.drop(ROW), rejects, rows.select(ROW, D.ID)
 
 
 def _reject_repeated_ids(
