@@ -164,17 +164,23 @@ def test_a_line_with_more_fields_than_the_header_is_rejected_alone(
     import gzip
 
     ragged, short = "b1,2024-01-05,JFK,1,NG,0106,dried, salted", "c1,2024-01-06,JFK,1,NG"
-    rows = [GOOD[0], ragged, *GOOD[1:], short]
+    # An empty field reads as an absent one: the junk after it must still be seen.
+    after_empty, trailing = "b2,2024-01-05,JFK,1,NG,0106,,junk", "d1,2024-01-07,JFK,1,NG,0106,"
+    rows = [GOOD[0], ragged, *GOOD[1:], short, after_empty, trailing]
     text = (HEADER + "\n".join(rows) + "\n").encode()
     src = tmp_path / f"decl{suffix}"
     src.write_bytes(gzip.compress(text) if suffix.endswith(".gz") else text)
     loaded = load_records(src, _mapping(tmp_path), "declaration", reference)
-    assert loaded.accepted.get_column("declaration_id").to_list() == ["a1", "a2", "a3", "c1"]
+    # A trailing separator alone shifts nothing: that line is read.
+    assert loaded.accepted.get_column("declaration_id").to_list() == ["a1", "a2", "a3", "c1", "d1"]
     # A short line keeps what it has: the missing hs code is an absent optional value.
-    assert loaded.accepted.get_column("hs_code").to_list()[-1] is None
-    assert loaded.rejects.select("row", "field", "value").rows() == [(2, "(line)", "dried")]
+    assert loaded.accepted.get_column("hs_code").to_list()[3] is None
+    assert loaded.rejects.select("row", "field", "value").rows() == [
+        (2, "(line)", "dried"),
+        (6, "(line)", "junk"),
+    ]
     assert "more fields than the header" in loaded.rejects.get_column("reason")[0]
-    assert loaded.rows_read == 5
+    assert loaded.rows_read == 7
 
 
 def test_a_misread_line_does_not_displace_the_declaration_whose_id_it_shows(

@@ -299,7 +299,8 @@ def test_a_misread_line_and_an_id_repeated_chunks_later_are_rejected_and_the_res
     )
     raw = pl.read_csv(source, infer_schema=False)
     ids = [f"L{i}" for i in range(1, raw.height + 1)]
-    ids[899] = ids[9]  # row 900, in the fourth chunk of 250, repeats row 10's id
+    # Rows 900 and 950, in the fourth chunk of 250, repeat row 10's id.
+    ids[899] = ids[949] = ids[9]
     lines = raw.with_columns(pl.Series("line_id", ids)).write_csv().splitlines()
     lines[3] += ",dried, salted"  # row 3: one field too many
     path = tmp_path / "lines.csv"
@@ -311,11 +312,12 @@ def test_a_misread_line_and_an_id_repeated_chunks_later_are_rejected_and_the_res
     result = run(tmp_path / "job")
     assert result.rejects_path is not None
     rejects = pl.read_csv(result.rejects_path)
-    assert rejects.filter(pl.col("row").is_in([3, 900])).select(
+    assert rejects.filter(pl.col("row").is_in([3, 900, 950])).select(
         "row", "field", "reason"
     ).rows() == [
         (3, "(line)", rejects.filter(pl.col("row") == 3).get_column("reason")[0]),
         (900, "declaration_id", "duplicate id in batch"),
+        (950, "declaration_id", "duplicate id in batch"),
     ]
     scored = read_parts(result.out_dir).collect()
     assert scored.get_column("declaration_id").is_unique().all()

@@ -144,15 +144,24 @@ def source_chunks(
 
 
 def _validated(
-    chunk: pl.DataFrame, mapping: SourceMapping, reference: Reference
+    chunk: pl.DataFrame,
+    mapping: SourceMapping,
+    reference: Reference,
+    skipped: pl.Series | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """The chunk's accepted declarations, its rejects, and the (row, id) of the accepted."""
+    """The chunk's accepted declarations, its rejects, and the (row, id) of the accepted.
+
+    ``skipped``: source rows rejected since (repeats of an earlier chunk's id), left out of
+    the accepted once the chunk is validated whole, as when it was lodged: left out before,
+    a later repeat within the chunk would take their place."""
     mapped = mapping.apply(chunk.lazy(), DECLARATION, {"country_name": country_lookup(reference)})
     formats = {f: mapping.time_format("declaration", f) for f in DECLARATION.names}
     checked = validate(mapped, DECLARATION, vocabulary(reference), formats, mapping.extra_kinds)
     # Two queries, not three: collect_all shares the checks between two (measured: a third
     # for the keys made a 50 k-line chunk's validation 1.0 -> 2.0 s).
     rows, rejects = pl.collect_all([checked.accepted_rows, checked.rejects])
+    if skipped is not None:
+        rows = rows.filter(pl.col(ROW).is_in(skipped.implode()).not_())
     return rows.drop(ROW), rejects, rows.select(ROW, D.ID)
 
 
@@ -277,8 +286,7 @@ def score_stream(
     for k, chunk in source_chunks(source, mapping, chunk_rows):
         part = out_dir / f"part-{k:05d}.parquet"
         if not part.exists():
-            kept = chunk.filter(pl.col(ROW).is_in(skipped.implode()).not_())
-            accepted, _, _ = _validated(kept, mapping, reference)
+            accepted, _, _ = _validated(chunk, mapping, reference, skipped)
             keep = set(OUTPUT_COLUMNS) | (deciding.columns() if deciding else set())
             scored = engine.score(accepted, records.walk().for_batch(accepted))
             atomic_parquet(scored.select(c for c in scored.columns if c in keep), part)

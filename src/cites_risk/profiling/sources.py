@@ -138,9 +138,15 @@ def read_source(path: Path, mapping: SourceMapping) -> pl.LazyFrame:
     return frame.rename(renamed).with_row_index(ROW, offset=1)
 
 
+#: Spare columns past the header's. An empty field reads as an absent one, so a line is seen
+#: to be too long by a non-empty field among these: "a,b,c,,junk" needs two.
+SPARE_FIELDS = 4
+
+
 def _scan_csv(source: Path | io.BytesIO, mapping: SourceMapping, encoding: str) -> pl.LazyFrame:
-    """Every field as text, with one spare column past the header's: a line with more
-    fields fills it (and the rest of the line is cut) instead of failing the whole file."""
+    """Every field as text, with spare columns past the header's: a line with more fields
+    fills them (and the rest of the line is cut) instead of failing the whole file; the
+    first non-empty one is ``__surplus``. A trailing separator alone is no surplus."""
     options: dict[str, Any] = {
         "separator": mapping.separator,
         "null_values": list(mapping.null_values),
@@ -149,7 +155,8 @@ def _scan_csv(source: Path | io.BytesIO, mapping: SourceMapping, encoding: str) 
     header = schema_of(pl.scan_csv(source, infer_schema=False, n_rows=0, **options)).names()
     if isinstance(source, io.BytesIO):
         source.seek(0)
-    schema = pl.Schema(dict.fromkeys([*header, SURPLUS], pl.String()))
+    spare = [f"{SURPLUS}{i}" for i in range(SPARE_FIELDS)]
+    schema = pl.Schema(dict.fromkeys([*header, *spare], pl.String()))
     return pl.scan_csv(
         source,
         has_header=False,
@@ -158,7 +165,7 @@ def _scan_csv(source: Path | io.BytesIO, mapping: SourceMapping, encoding: str) 
         missing_columns="insert",
         truncate_ragged_lines=True,
         **options,
-    )
+    ).select(*header, pl.coalesce(spare).alias(SURPLUS))
 
 
 def _as_utf8(path: Path, mapping: SourceMapping) -> io.BytesIO:
