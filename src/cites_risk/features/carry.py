@@ -29,7 +29,6 @@ from cites_risk.features.history import (
     History,
     Lookup,
     OffenceIndex,
-    inspected_declarations,
     inspection_events,
     lodgings,
 )
@@ -100,14 +99,14 @@ def carry(
         partner_events(keyed, side, None).filter(before).group_by(KEY).agg(pl.col("off").sum())
         for side in sides
     ]
-    inspected = inspected_declarations(history)
     # Declarations lodged before ``until`` with a result event at or after it: the event is
     # still to come, and its keys are the declaration's (an id lodged twice is two rows).
-    lodged = lodgings(history)
+    lodged = lodgings(history).cache()
+    events = inspection_events(history, lodged).select(LODGING, TIME).cache()
     late = (
         lodged.filter(declared < at)
         .join(
-            inspection_events(history, lodged).filter(pl.col(TIME) >= at).select(LODGING),
+            events.filter(pl.col(TIME) >= at).select(LODGING),
             on=LODGING,
             how="semi",
             maintain_order="left",
@@ -116,12 +115,14 @@ def carry(
     )
     # The results of a declaration whose events all came before ``until`` are folded; the
     # others are kept whole, so that its events are found again as they were (and those
-    # before ``until`` dropped: ``inspected_declarations``). An id also lodged at or after
+    # before ``until`` dropped: ``inspection_events``). An id also lodged at or after
     # ``until`` (ids should be unique, but a History does not enforce it) keeps its results.
     as_result = pl.col(D.ID).alias(I.DECLARATION)
     still_lodged = history.declarations.filter(declared >= at).select(as_result)
     folded_results = (
-        inspected.group_by(D.ID)
+        lodged.select(LODGING, D.ID)
+        .join(events, on=LODGING, how="inner")
+        .group_by(D.ID)
         .agg(pl.col(TIME).max())
         .filter(pl.col(TIME) < at)
         .select(as_result)
