@@ -8,10 +8,10 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 
-from cites_risk.features.contract import OFFENCE, conform
+from cites_risk.features.contract import INSPECTION, OFFENCE, conform
 from cites_risk.profiling.store import Actor, Store
 from cites_risk.profiling.store.core import make_engine, upgrade, upsert
-from cites_risk.profiling.store.schema import LATEST, offences
+from cites_risk.profiling.store.schema import LATEST, TS, inspections, offences
 
 ADMIN = Actor("tester", "US-FWS", "admin")
 
@@ -151,6 +151,67 @@ def test_a_narrowed_consent_is_a_withdrawal_from_who_lost_sight_only(any_store: 
     later = datetime.now(UTC)
     assert offences.set_consent("o4", "WCO", ["NL-CUSTOMS", "KR-KCS"])  # widened
     assert not offences.withdrawn_since("KR-KCS", later)
+
+
+def _results(*rows: tuple[str, int, str]) -> pl.DataFrame:
+    """Inspection results of US-FWS: (declaration, day of January 2021, outcome)."""
+    return pl.DataFrame(
+        [
+            {
+                "declaration_id": d,
+                "inspected_at": datetime(2021, 1, day, tzinfo=UTC),
+                "outcome": outcome,
+                "selected_by": "rule",
+                "inspecting_org": "US-FWS",
+            }
+            for d, day, outcome in rows
+        ]
+    ).cast({"inspected_at": INSPECTION.schema["inspected_at"]})
+
+
+def _outcomes(store: Store) -> list[tuple[str, int, str]]:
+    frame = store.inspections.all().sort("declaration_id", "inspected_at")
+    return [(d, t.day, o) for d, t, o in frame.select(INSPECTION.names[:3]).iter_rows()]
+
+
+def test_a_declaration_inspected_again_keeps_both_results(any_store: Store) -> None:
+    # A documentary check clears d1 on the 4th; a physical one finds the offence on the 14th.
+    any_store.inspections.add(_results(("d1", 4, "clear"), ("d2", 4, "hit")))
+    any_store.inspections.add(_results(("d1", 14, "hit")))
+    assert _outcomes(any_store) == [("d1", 4, "clear"), ("d1", 14, "hit"), ("d2", 4, "hit")]
+    # The same result sent again (or corrected) replaces itself.
+    any_store.inspections.add(_results(("d1", 14, "hit"), ("d2", 4, "clear")))
+    assert _outcomes(any_store) == [("d1", 4, "clear"), ("d1", 14, "hit"), ("d2", 4, "clear")]
+
+
+def test_upgrade_to_version_5_keeps_every_inspection_and_keys_them_by_time(
+    store_url: str,
+) -> None:
+    engine = make_engine(url := store_url)
+    assert upgrade(engine, target=4) == 4
+    # The inspections table as versions 1 to 4 created it: one result per organisation.
+    before = sa.MetaData()
+    old = sa.Table(
+        "inspections",
+        before,
+        sa.Column("declaration_id", sa.String, primary_key=True),
+        sa.Column("inspecting_org", sa.String, primary_key=True),
+        sa.Column("inspected_at", TS, nullable=False, index=True),
+        *(sa.Column(c.name, c.type, nullable=c.nullable) for c in inspections.columns[3:]),
+    )
+    with engine.begin() as conn:
+        inspections.drop(conn)
+        old.create(conn)
+        rows = conform(_results(("d1", 4, "clear"), ("d2", 5, "hit")).lazy(), INSPECTION)
+        now = datetime.now(UTC)
+        conn.execute(old.insert(), [r | {"recorded_at": now} for r in rows.collect().to_dicts()])
+    engine.dispose()
+    store = Store(url)
+    assert store.version == LATEST >= 5
+    assert _outcomes(store) == [("d1", 4, "clear"), ("d2", 5, "hit")]
+    store.inspections.add(_results(("d1", 14, "hit")))
+    assert _outcomes(store) == [("d1", 4, "clear"), ("d1", 14, "hit"), ("d2", 5, "hit")]
+    store.close()
 
 
 def test_rerun_does_not_duplicate(any_store: Store) -> None:

@@ -205,7 +205,7 @@ class InspectionRepository:
         for row in rows:
             row[I.ORG] = row[I.ORG] or ""
         with self.db.begin() as conn:
-            upsert(conn, inspections, rows, [I.DECLARATION, I.ORG])
+            upsert(conn, inspections, rows, [I.DECLARATION, I.ORG, I.INSPECTED_AT])
             self.db.bump(conn, Topic.INSPECTIONS)
         return len(rows)
 

@@ -1,9 +1,10 @@
 """Tables of the store and the numbered migrations that build them.
 
-Migrations only ever add: a store at any version upgrades in place to the newest one
-without losing a row. Version 1 holds what the engine needs to run; later versions add
-what later features brought (keys, watch-lists, profile history, stored scores; change
-counters and job claims for several processes over one store).
+A store at any version upgrades in place to the newest one without losing a row. Version 1
+holds what the engine needs to run; later versions add what later features brought (keys,
+watch-lists, profile history, stored scores; change counters and job claims for several
+processes over one store); version 5 keys inspections by their time as well, so that a
+declaration inspected twice keeps both results.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ inspections = sa.Table(
     metadata,
     sa.Column("declaration_id", sa.String, primary_key=True),
     sa.Column("inspecting_org", sa.String, primary_key=True),
-    sa.Column("inspected_at", TS, nullable=False, index=True),
+    # Part of the key since version 5: a declaration inspected again (a documentary check,
+    # then a physical one) keeps both results; the same result sent again replaces itself.
+    sa.Column("inspected_at", TS, primary_key=True, index=True),
     sa.Column("outcome", sa.String, nullable=False),
     sa.Column("selected_by", sa.String, nullable=False),
     sa.Column("finding", sa.String),
@@ -229,5 +232,28 @@ def _v4(conn: Connection) -> None:
     metadata.create_all(conn, tables=list(_V4))
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
+def _v5(conn: Connection) -> None:
+    """Inspections keyed by (declaration, organisation, time). The table is copied aside,
+    rebuilt and filled again: neither database alters a primary key in place the same way."""
+    pk = sa.inspect(conn).get_pk_constraint(inspections.name)["constrained_columns"]
+    if "inspected_at" in pk:
+        return  # created at version 1 by this code
+    aside = f"{inspections.name}_v4"
+    columns = ", ".join(c.name for c in inspections.columns)
+    conn.exec_driver_sql(f"CREATE TABLE {aside} AS SELECT {columns} FROM {inspections.name}")
+    inspections.drop(conn)
+    inspections.create(conn)
+    conn.exec_driver_sql(
+        f"INSERT INTO {inspections.name} ({columns}) SELECT {columns} FROM {aside}"
+    )
+    conn.exec_driver_sql(f"DROP TABLE {aside}")
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: _v1,
+    2: _v2,
+    3: _v3,
+    4: _v4,
+    5: _v5,
+}
 LATEST = max(MIGRATIONS)
