@@ -201,3 +201,36 @@ def test_a_source_in_another_encoding_reports_its_ragged_lines_too(
     loaded = load_records(src, _mapping(tmp_path, "latin-1"), "declaration", reference)
     assert loaded.accepted.get_column("declaration_id").to_list() == ["a1", "a2", "a3"]
     assert loaded.rejects.select("row", "field", "value").rows() == [(3, "(line)", "x")]
+
+
+def test_a_declaration_inspected_again_is_no_duplicate_but_the_same_result_twice_is(
+    tmp_path: Path, reference: Reference
+) -> None:
+    """An inspection result is one declaration's result at one time (and organisation)."""
+    mapping = tmp_path / "results.yaml"
+    mapping.write_text(
+        "name: results\nrecords:\n  inspection:\n    declaration_id: id\n"
+        "    inspected_at: at\n    outcome: outcome\n    selected_by: {constant: rule}\n"
+        "    inspecting_org: {constant: US-FWS}\n"
+    )
+    src = tmp_path / "results.csv"
+    lines = [
+        "d1,2024-01-04,clear",  # a documentary check
+        "d1,2024-01-14,hit",  # the physical one, ten days later
+        "d2,2024-01-04,hit",
+        "d1,2024-01-14T00:00:00Z,hit",  # the physical one's result again, written otherwise
+    ]
+    src.write_text("id,at,outcome\n" + "\n".join(lines) + "\n")
+    loaded = load_records(src, load_mapping(mapping), "inspection", reference)
+    assert loaded.accepted.select("declaration_id", "outcome").rows() == [
+        ("d1", "clear"),
+        ("d1", "hit"),
+        ("d2", "hit"),
+    ]
+    assert loaded.rejects.select("row", "field", "reason").rows() == [
+        (
+            4,
+            "declaration_id",
+            "duplicate record in batch (same declaration_id, inspecting_org and inspected_at)",
+        )
+    ]

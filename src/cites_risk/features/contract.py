@@ -40,6 +40,13 @@ class Record:
     key: str
     time: str
     fields: tuple[Field, ...] = field(default_factory=tuple)
+    #: Fields that, with ``key``, tell one record from another: an inspection result is
+    #: one declaration's result by one organisation at one time (it may be inspected again).
+    also_keyed_by: tuple[str, ...] = ()
+
+    @property
+    def identity(self) -> list[str]:
+        return [self.key, *self.also_keyed_by]
 
     @property
     def names(self) -> list[str]:
@@ -199,6 +206,7 @@ INSPECTION = Record(
     name="inspection",
     key=I.DECLARATION,
     time=I.INSPECTED_AT,
+    also_keyed_by=(I.ORG, I.INSPECTED_AT),
     fields=(
         Field(I.DECLARATION, pl.String(), required=True, description="declaration inspected"),
         Field(I.INSPECTED_AT, TIMESTAMP, required=True, description="when the result was known"),

@@ -124,6 +124,13 @@ def _checks(f: Field, raw: pl.Expr, parsed: pl.Expr, vocab: Vocabulary) -> list[
     return checks
 
 
+def duplicate_reason(record: Record) -> str:
+    if not record.also_keyed_by:
+        return "duplicate id in batch"
+    *names, last = record.identity
+    return f"duplicate record in batch (same {', '.join(names)} and {last})"
+
+
 def validate(
     mapped: pl.LazyFrame,
     record: Record,
@@ -143,14 +150,16 @@ def validate(
     formats = time_formats or {}
     parsed_cols: list[pl.Expr] = []
     checks: list[pl.Expr] = []
+    typed: dict[str, pl.Expr] = {}
     for f in record.fields:
         if f.name in present:
             raw = pl.col(f.name)
             parsed = _parse(f, raw, formats.get(f.name))
             checks.extend(_checks(f, raw, parsed, vocab))
-            parsed_cols.append(parsed.cast(f.dtype).alias(f.name))
+            typed[f.name] = parsed.cast(f.dtype)
         else:
-            parsed_cols.append(pl.lit(None, f.dtype).alias(f.name))
+            typed[f.name] = pl.lit(None, f.dtype)
+        parsed_cols.append(typed[f.name].alias(f.name))
     for name, kind in (extras or {}).items():
         raw = pl.col(name)
         if kind == "number":
@@ -163,9 +172,12 @@ def validate(
     key = pl.col(record.key)
     if SURPLUS in present:  # a misread line's id is no id: it must not displace a real one
         key = pl.when(pl.col(SURPLUS).is_null()).then(key)
-    duplicate = key.is_first_distinct().not_() & key.is_not_null()
+    # Parsed, so that one instant written two ways is one record.
+    also = [typed[n].alias(f"__also{i}") for i, n in enumerate(record.also_keyed_by)]
+    first = pl.struct(key, *also).is_first_distinct() if also else key.is_first_distinct()
+    duplicate = first.not_() & key.is_not_null()
     checks.append(
-        _error(record.field(record.key), duplicate, pl.col(record.key), "duplicate id in batch")
+        _error(record.field(record.key), duplicate, pl.col(record.key), duplicate_reason(record))
     )
     errors = pl.concat_list([c.cast(_ERROR) for c in checks]).list.drop_nulls()
     if SURPLUS in present:

@@ -38,7 +38,7 @@ from cites_risk.features.carry import HistoryWalk
 from cites_risk.features.contract import DECLARATION, D, schema_of
 from cites_risk.features.history import History
 from cites_risk.features.reference import Reference
-from cites_risk.features.validation import REJECT_SCHEMA, validate
+from cites_risk.features.validation import REJECT_SCHEMA, duplicate_reason, validate
 from cites_risk.models.risk_model import RiskModel
 from cites_risk.profiling.atomic_files import atomic_parquet, atomic_write
 from cites_risk.profiling.config import Settings
@@ -180,7 +180,7 @@ def _reject_repeated_ids(
         pl.col(ROW).cast(pl.Int64).alias("row"),
         pl.lit(D.ID).alias("field"),
         pl.col(D.ID).alias("value"),
-        pl.lit("duplicate id in batch").alias("reason"),
+        pl.lit(duplicate_reason(DECLARATION)).alias("reason"),
     ).cast(REJECT_SCHEMA)
 
 
