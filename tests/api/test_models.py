@@ -52,6 +52,25 @@ def test_a_worse_challenger_needs_force_and_the_promotion_is_audited(
     service.close()
 
 
+def test_promoting_the_champion_again_changes_nothing(trained: Trained, tmp_path: Path) -> None:
+    settings = copy_home(trained, tmp_path)
+    service = Service.start(settings)
+    keys = issue_keys(service.store)
+    analyst = {"Authorization": f"Bearer {keys[('US-FWS', Role.ANALYST)]}"}
+    admin = {"Authorization": f"Bearer {keys[('US-FWS', Role.ADMIN)]}"}
+    stamps = service.store.stamps()
+    with TestClient(create_app(settings, service)) as client:
+        again = client.post("/v1/models/1/promote", json={"force": True}, headers=analyst)
+        assert again.status_code == 200, again.text
+        assert again.json()["previous"] == "1" and again.json()["forced"] is False
+        assert "already champion: nothing changed" in again.json()["reasons"][0]
+        events = client.get("/v1/audit", params={"action": "model.promote"}, headers=admin).json()
+        assert events == []
+    # Other workers are not told to reload a champion that did not change.
+    assert service.store.stamps() == stamps
+    service.close()
+
+
 def test_not_ready_without_a_champion(tmp_path: Path) -> None:
     from tests.api.conftest import settings_for
 

@@ -9,7 +9,9 @@ import polars as pl
 import pytest
 
 from cites_risk.models.evaluation import (
+    CAPACITIES,
     bootstrap,
+    capacity_count,
     capacity_metrics,
     evaluate,
     evaluate_scores,
@@ -36,6 +38,42 @@ def test_capacity_rounds_up_and_breaks_ties_by_position() -> None:
     score = np.array([0.5, 0.5, 0.5, 0.1])
     assert list(top_k(score, 0.5)) == [0, 1]
     assert len(top_k(np.zeros(101), 0.01)) == 2  # ceil(1.01)
+
+
+def test_a_whole_number_of_rows_is_not_rounded_up_by_binary_error() -> None:
+    # 0.07 * 100 is 7.000000000000001 in binary: 7 % of 100 rows is 7 rows, not 8.
+    y = np.zeros(100)
+    y[:8] = 1
+    score = np.linspace(1.0, 0.0, 100)  # the 8 positives rank first
+    assert len(top_k(score, 0.07)) == 7
+    m = capacity_metrics(y, score, (0.07,))
+    assert m["precision_at_7"] == 1.0 and m["recall_at_7"] == 7 / 8
+    assert capacity_count(0.035, 200) == 7 and capacity_count(0.05, 101) == 6
+
+
+def test_capacity_count_is_the_same_on_plain_counts_and_polars_columns() -> None:
+    # Selection counts capacity in polars, evaluation in Python: they must agree.
+    n = np.arange(0, 2001)
+    for share in (0.01, 0.035, 0.05, 0.07, 0.085, 0.1, 1 / 3, 1.0):
+        counts = pl.DataFrame({"n": n}).select(capacity_count(share, pl.col("n"))).to_series()
+        assert counts.to_list() == [capacity_count(share, int(v)) for v in n], share
+
+
+def test_every_capacity_keeps_a_metric_name_of_its_own() -> None:
+    y = np.zeros(1000)
+    y[[1, 12]] = 1
+    score = np.linspace(1.0, 0.0, 1000)
+    m = capacity_metrics(y, score, (0.005, 0.01, 0.014))
+    # 5 rows find one offence, 10 rows one, 14 rows both.
+    assert m["recall_at_0.5"] == 0.5 and m["recall_at_1"] == 0.5 and m["recall_at_1.4"] == 1.0
+    assert m["precision_at_1.4"] == 2 / 14
+    # The usual capacities keep the names reports and logged runs use.
+    assert [k for k in capacity_metrics(y, score, CAPACITIES) if k.startswith("recall")] == [
+        "recall_at_1",
+        "recall_at_2",
+        "recall_at_5",
+        "recall_at_10",
+    ]
 
 
 def test_value_weighted_recall() -> None:

@@ -150,6 +150,49 @@ def test_the_highest_risk_is_selected_and_its_method_recorded() -> None:
     assert out.get_column("lane").to_list() == ["red", "yellow", "red", "green"]
 
 
+def test_a_row_no_profile_raised_is_selected_by_the_model() -> None:
+    # Real calibrated scores, bit-exact: 1 - (1 - p) lands a few ulps above p, which made
+    # each row miss its own cut and read "profile hits raised the risk from 0.0 to 0.0".
+    scores = [
+        float.fromhex(h)
+        for h in (
+            "0x1.7645c3d59e1c9p-10",
+            "0x1.1fd7a891fcf2cp-4",
+            "0x1.cd8c25037d489p-9",
+            "0x1.93258049e7527p-10",
+        )
+    ]
+    # One row per office, so each row is its office-day's cut; the last row is also hit by
+    # a yellow-lane profile, which adds no weight: the model alone still selects it.
+    frame = _frame(scores, offices=["A", "B", "C", "D"], x_y=[False, False, False, True])
+    config = SelectionConfig(capacity_share=0.05, random_share=0.0)
+    for profiles in ([], [_profile("y", "x_y", lane="yellow")]):
+        out = select(frame, profiles, config).frame
+        assert out.get_column("selected_by").to_list() == ["model"] * 4
+        assert out.get_column("reasons").list.first().str.contains("final risk").all()
+
+
+def test_a_small_raise_by_a_profile_reads_with_the_digits_that_show_it() -> None:
+    # 0.0012 raised to 0.0042 by a weak profile: two decimals would say "0.0 to 0.0".
+    frame = _frame([0.0012, 0.003], x_w=[True, False])
+    config = SelectionConfig(capacity_count=1, random_share=0.0, max_profile_share=None)
+    out = select(frame, [_profile("w", "x_w", weight=0.003)], config).frame
+    assert out.get_column("selected_by").to_list() == ["rule", None]
+    assert out.get_column("reasons")[0][0] == (
+        "Physical inspection (red lane): profile hits raised the risk from 0.0012 to 0.0042."
+    )
+
+
+def test_a_share_of_traffic_that_is_a_whole_number_of_rows_is_not_rounded_up() -> None:
+    # 0.07 * 100 is 7.000000000000001 in binary: 7 % of 100 declarations is 7, not 8.
+    frame = _frame([i / 100 for i in range(100)])
+    config = SelectionConfig(capacity_share=0.07, random_share=0.0, yellow_share=0.07)
+    out = select(frame, [], config).frame
+    assert capacity_of(100, config) == 7
+    assert out.get_column("selected").sum() == 7
+    assert (out.get_column("lane") == "yellow").sum() == 7
+
+
 def test_random_share_is_recorded_as_random_and_reproducible_by_seed() -> None:
     n = 1000
     frame = _frame([i / n for i in range(n)], offices=["A", "B"] * (n // 2))

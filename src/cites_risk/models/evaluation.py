@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import overload
 
 import numpy as np
 import polars as pl
@@ -21,10 +23,37 @@ from sklearn.metrics import (
 
 CAPACITIES: tuple[float, ...] = (0.01, 0.02, 0.05, 0.10)
 
+#: k * N is rounded to this many decimals before the ceil: in binary 0.07 * 100 is
+#: 7.000000000000001, and ceil would inspect 8 rows of 100 at 7 %.
+_COUNT_DECIMALS = 9
+
+
+@overload
+def capacity_count(share: float, n: int) -> int: ...
+@overload
+def capacity_count(share: float, n: pl.Expr) -> pl.Expr: ...
+def capacity_count(share: float, n: int | pl.Expr) -> int | pl.Expr:
+    """ceil(share * n): the rows a capacity of ``share`` inspects among ``n``.
+
+    Every capacity count (evaluation's top k %, selection's capacity per office-day) comes
+    from here, so they agree; ``n`` a count or a polars expression of counts.
+    """
+    if isinstance(n, pl.Expr):
+        return (n.cast(pl.Float64) * share).round(_COUNT_DECIMALS).ceil().cast(pl.Int64)
+    return math.ceil(round(share * n, _COUNT_DECIMALS))
+
+
+def capacity_tag(k: float) -> str:
+    """The metric-name suffix of capacity ``k``, in percent: 0.05 -> "5", 0.014 -> "1.4".
+
+    Exact (from the shortest decimal of ``k``), so two capacities never share a name.
+    """
+    return format((Decimal(repr(float(k))) * 100).normalize(), "f")
+
 
 def top_k(score: np.ndarray, k: float) -> np.ndarray:
     """Indices of the ceil(k * N) highest scores; ties broken by position, reproducibly."""
-    n = math.ceil(k * len(score))
+    n = capacity_count(k, len(score))
     order = np.lexsort((np.arange(len(score)), -score))
     return order[:n]
 
@@ -61,9 +90,9 @@ def capacity_metrics(
     total = y.sum()
     out: dict[str, float] = {}
     for k in capacities:
-        n = math.ceil(k * len(score))
+        n = capacity_count(k, len(score))
         found = expected_found(y, score, n)
-        tag = f"{round(k * 100):g}"
+        tag = capacity_tag(k)
         out[f"precision_at_{tag}"] = float(found / max(1, n))
         out[f"recall_at_{tag}"] = float(found / total) if total else float("nan")
         if value is not None:
@@ -189,7 +218,7 @@ def capacity_curve(
     rows = []
     for k in shares:
         m = capacity_metrics(y, score, (float(k),))
-        tag = f"{round(k * 100):g}"
+        tag = capacity_tag(k)
         rows.append((float(k), m[f"precision_at_{tag}"], m[f"recall_at_{tag}"]))
     return pl.DataFrame(rows, schema=["share", "precision", "recall"], orient="row")
 

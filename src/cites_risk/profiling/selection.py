@@ -19,8 +19,8 @@ Per batch (vectorised polars, one pass of window expressions):
    c. the other slots go to the highest final risk (ties by declaration id). A row hitting
       more than ``max_unselected_hits`` profiles is ranked ahead of all others (it may not
       go unselected while capacity remains). Such a row is ``rule``-selected, and so is a
-      row whose model probability alone would not have reached the cut; otherwise
-      ``model``;
+      row a profile hit whose model probability alone would not have reached the cut;
+      otherwise ``model``;
    d. the reserved random slots are drawn from the rows still unselected with a seeded
       permutation over the declaration ids: the same batch and seed give the same draw
       whatever the row order. They are recorded as ``random`` (compliance measurement and
@@ -37,7 +37,6 @@ Per batch (vectorised polars, one pass of window expressions):
 from __future__ import annotations
 
 import functools
-import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cites_risk.features.contract import FEW_ROWS, D, SelectedBy, collect_as_written
+from cites_risk.models.evaluation import capacity_count
 from cites_risk.profiling.profiles.evaluate import (
     evaluate,
     hit_column,
@@ -59,6 +59,9 @@ from cites_risk.profiling.roles import Role, may_read_rationale
 
 HIDDEN_RATIONALE = "Selected by a restricted profile"
 DEFAULT_CAPACITY_SHARE = 0.05
+#: Final risk 1 - (1 - p) * ... lands a few ulps off p even where no profile weighed in
+#: (1 - (1 - p) != p in floating point): closer than this is the same risk.
+RISK_TOLERANCE = 1e-12
 
 FINAL_RISK = "final_risk"
 LANE = "lane"
@@ -125,9 +128,8 @@ class SelectionConfig(BaseModel):
         if self.capacity_count is not None:
             base = pl.lit(self.capacity_count, pl.Int64)
         else:
-            share = self.capacity_share or DEFAULT_CAPACITY_SHARE
-            # ceil, as the evaluation protocol's top ceil(k*N) rows
-            base = (n.cast(pl.Float64) * share).ceil().cast(pl.Int64)
+            # The evaluation protocol's top ceil(k*N) rows, counted the same way.
+            base = capacity_count(self.capacity_share or DEFAULT_CAPACITY_SHARE, n)
         if not self.office_capacity:
             return base
         override = pl.col(D.OFFICE).replace_strict(
@@ -242,9 +244,23 @@ def _fmt(expr: pl.Expr) -> pl.Expr:
     return expr.round(2).cast(pl.String)
 
 
+def _fmt_apart(low: pl.Expr, high: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+    """``low`` and ``high`` as text, to 2 decimals or as many more as they need to differ:
+    a raise from 0.0012 to 0.0041 must not read "from 0.0 to 0.0"."""
+    gap = (high - low).clip(lower_bound=RISK_TOLERANCE)
+    # 10^-d at most a tenth of the gap: rounded to d decimals, the two stay apart.
+    scale = pl.lit(10.0).pow(((-gap.log10()).ceil() + 1).clip(lower_bound=2))
+
+    def text(e: pl.Expr) -> pl.Expr:
+        return ((e * scale).round(0) / scale).cast(pl.String)
+
+    return text(low), text(high)
+
+
 def _selection_sentence(
     forced: pl.Expr, by: pl.Expr, p: pl.Expr, risk: pl.Expr, yellow_forced: pl.Expr, lane: pl.Expr
 ) -> pl.Expr:
+    from_p, to_risk = _fmt_apart(p, risk)
     return (
         pl.when(forced)
         .then(pl.lit("Physical inspection (red lane): required by a risk profile."))
@@ -256,16 +272,19 @@ def _selection_sentence(
                 pl.lit(" is within today's inspection capacity of this office."),
             )
         )
-        .when(by == SelectedBy.RULE.value)
+        .when((by == SelectedBy.RULE.value) & (risk - p > RISK_TOLERANCE))
         .then(
             pl.concat_str(
                 pl.lit("Physical inspection (red lane): profile hits raised the risk from "),
-                _fmt(p),
+                from_p,
                 pl.lit(" to "),
-                _fmt(risk),
+                to_risk,
                 pl.lit("."),
             )
         )
+        # Ranked first for its many hits, though they did not raise the risk.
+        .when(by == SelectedBy.RULE.value)
+        .then(pl.lit("Physical inspection (red lane): selected for its risk profile hits."))
         .when(by == SelectedBy.RANDOM.value)
         .then(pl.lit("Physical inspection (red lane): drawn at random for compliance measurement."))
         .when((lane == Lane.YELLOW.value) & yellow_forced)
@@ -404,13 +423,15 @@ def select(
         pl.when(pl.col("__ranked")).then(pl.col(FINAL_RISK)).min().over(group).alias("__cut"),
     )
     selected = pl.col("__forced") | pl.col("__ranked") | pl.col("__random")
+    # The profiles' doing only where one hit and the probability alone fell short of the cut.
+    raised_in = (pl.col("__n_hits") > 0) & (pl.col("__p") < pl.col("__cut") - RISK_TOLERANCE)
     by = (
         pl.when(pl.col("__forced") | (pl.col("__ranked") & (pl.col("__tier") == 1)))
         .then(pl.lit(SelectedBy.RULE.value))
-        .when(pl.col("__ranked") & (pl.col("__p") >= pl.col("__cut")))
-        .then(pl.lit(SelectedBy.MODEL.value))
-        .when(pl.col("__ranked"))
+        .when(pl.col("__ranked") & raised_in)
         .then(pl.lit(SelectedBy.RULE.value))
+        .when(pl.col("__ranked"))
+        .then(pl.lit(SelectedBy.MODEL.value))
         .when(pl.col("__random"))
         .then(pl.lit(SelectedBy.RANDOM.value))
         .otherwise(pl.lit(None, pl.String))
@@ -422,7 +443,7 @@ def select(
         .over(group)
         .alias("__yrank")
     )
-    yellow_n = (pl.col("__n").cast(pl.Float64) * config.yellow_share).ceil()
+    yellow_n = capacity_count(config.yellow_share, pl.col("__n"))
     yellow = ~pl.col(SELECTED) & (
         pl.col("__yellow_forced") | (pl.col("__yrank") <= yellow_n).fill_null(False)
     )
@@ -516,4 +537,4 @@ def capacity_of(n: int, config: SelectionConfig, office: str | None = None) -> i
         return config.office_capacity[office]
     if config.capacity_count is not None:
         return config.capacity_count
-    return math.ceil(n * (config.capacity_share or DEFAULT_CAPACITY_SHARE))
+    return capacity_count(config.capacity_share or DEFAULT_CAPACITY_SHARE, n)

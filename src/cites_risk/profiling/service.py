@@ -903,6 +903,14 @@ class Service:
             raise ConflictError(
                 f"not promoted: {decision.summary}; promote with force to override (audited)"
             )
+        if decision.unchanged:  # already champion: no promotion to audit, announce or reload
+            return PromotionResult(
+                version=found.version,
+                previous=previous,
+                forced=False,
+                reasons=decision.reasons,
+                deltas={},
+            )
         deltas = {k: v for k, v in decision.deltas.items() if not math.isnan(v)}
         self.store.audit.record(
             actor,

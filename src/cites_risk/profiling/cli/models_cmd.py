@@ -93,6 +93,9 @@ def promote_model(
             raise fail(
                 f"not promoted: {decision.summary}. Use --force to promote anyway (audited)."
             )
+        if decision.unchanged:  # already champion: no promotion to audit or announce
+            console.print(decision.summary)
+            return
         ctx.store.audit.record(
             ctx.actor,
             "model.promote",
