@@ -11,9 +11,11 @@ from typing import Any
 
 import polars as pl
 import pytest
+import sqlalchemy as sa
 
 from cites_risk.profiling.roles import Role
 from cites_risk.profiling.sources import LEMIS_SAMPLE
+from cites_risk.profiling.store import Store
 from tests.api.conftest import ORG, OTHER, Api, declaration
 from tests.api.test_jobs import _wait
 
@@ -196,6 +198,35 @@ def test_a_score_stored_while_shared_is_not_served_once_consent_is_withdrawn(
     assert again.status_code == 200 and PROFILE["id"] not in again.json()["profile_hits"]
     # The provider's own stored scores are untouched by its sharing decisions.
     assert api.client.get("/v1/scores/W-own", headers=api.auth(Role.INSPECTOR)).status_code == 200
+
+
+def test_a_withdrawal_committed_while_a_score_is_computed_withholds_the_stored_score(
+    api: Api, offence: str
+) -> None:
+    """Another process commits the provider's withdrawal just after this call read the
+    records: the answer carries the record, and the stored score must not outlive it."""
+    provider = api.auth(Role.ANALYST, ORG)
+    api.client.patch(
+        f"/v1/offences/{offence}/consent", json={"shared_with": [OTHER]}, headers=provider
+    )
+    elsewhere = Store(api.settings.store_url)  # the other process's own connection
+    withdrawn: list[bool] = []
+
+    def withdraw_once(conn: object, cursor: object, statement: str, *rest: object) -> None:
+        if not withdrawn and "FROM offences" in statement:
+            withdrawn.append(elsewhere.offences.set_consent(offence, ORG, []))
+
+    engine = api.service.store.db.engine
+    sa.event.listen(engine, "after_cursor_execute", withdraw_once)
+    try:
+        raced = _score(api, OTHER, "W-race")
+    finally:
+        sa.event.remove(engine, "after_cursor_execute", withdraw_once)
+        elsewhere.close()
+    assert withdrawn == [True]
+    assert PROFILE["id"] in raced["profile_hits"]  # scored with the record it had read
+    stored = api.client.get("/v1/scores/W-race", headers=api.auth(Role.INSPECTOR, OTHER))
+    assert stored.status_code == 404, stored.text
 
 
 def _hits(api: Api, job_id: str, headers: dict[str, str]) -> int:

@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from cites_risk.features.history import History
 from cites_risk.features.pipeline import build_features
 from cites_risk.features.reference import Reference
 from cites_risk.models.compiled import CompiledPredictor, cache_dir_for
@@ -99,6 +100,28 @@ def test_dask_scoring_equals_local_scoring_and_resumes(
     assert again.parts_skipped == 4 and again.rows_scored == ROWS
     assert [p for p in result.parts if p.stat().st_mtime_ns != stamps[p]] == result.parts[1:3]
     assert_frame_equal(pl.read_parquet(again.parts), expected)
+
+
+def test_workers_read_a_history_rewritten_in_place_again(
+    tmp_path: Path, scenario: Path, model_folder: Path, client: object
+) -> None:
+    """A rerun after a consent withdrawal writes the job's history files again, in place:
+    workers that kept the first run's history must not score with its offence records."""
+    full = HistoryFiles.of_scenario(scenario).history()
+    withdrawn = History(full.declarations, full.offences.head(0), full.inspections)
+    first_file = HistoryFiles.of_scenario(scenario).declarations[:1]
+    parts = partitions(first_file, rows_per_partition=8_000)
+
+    def scored(history: History, folder: Path, out: str) -> pl.DataFrame:
+        files = HistoryFiles.write(history, folder)
+        job = ScoreJob(model_folder, files, tmp_path / out, model_version="v", fast=False)
+        return pl.read_parquet(score_dask(client, parts, job).parts)  # type: ignore[arg-type]
+
+    shared = scored(full, tmp_path / "_history", "first")
+    again = scored(withdrawn, tmp_path / "_history", "again")
+    expected = scored(withdrawn, tmp_path / "elsewhere", "expected")
+    assert not shared.equals(expected)  # the records do move scores
+    assert_frame_equal(again, expected)
 
 
 def test_fast_path_scores_equal_and_explains_the_top(

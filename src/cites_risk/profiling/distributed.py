@@ -137,6 +137,15 @@ class HistoryFiles:
     declarations: tuple[Path, ...]
     offences: tuple[Path, ...] = ()
     inspections: tuple[Path, ...] = ()
+    #: (size, modification time) of every file when named here. Workers keep the history
+    #: they read per ``HistoryFiles`` (``_history``): files rewritten in place (a rerun after
+    #: a consent withdrawal) must make another key, or a worker would score with the old.
+    stamp: tuple[tuple[int, int], ...] = field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.stamp:
+            stats = (p.stat() for p in (*self.declarations, *self.offences, *self.inspections))
+            object.__setattr__(self, "stamp", tuple((s.st_size, s.st_mtime_ns) for s in stats))
 
     def history(self) -> History:
         empty = History.empty()

@@ -405,7 +405,7 @@ class Service:
         it and its consignment siblings (as they would in a file).
         """
         # Read once, before anything they guard: the champion and the history snapshot.
-        stamps = self.store.stamps()
+        as_of, stamps = utcnow(), self.store.stamps()
         loaded = self._require(stamps)
         if not declarations:
             return []
@@ -419,7 +419,8 @@ class Service:
         snapshot = self._snapshot(actor.organisation, extras, stamps)
         history = self._history(snapshot, frame, extras, lodge=True)
         role = Role(actor.role)
-        results = self._decided(actor.organisation, frame, history, loaded, stamps, [role])[role]
+        decided = self._decided(actor.organisation, frame, history, loaded, stamps, as_of, [role])
+        results = decided[role]
         self.store.audit.record(
             actor,
             "score.one" if len(results) == 1 else "score.many",
@@ -442,12 +443,12 @@ class Service:
         A failure fails the requests of its organisation or group alone, and what was
         stored before it was audited.
         """
-        stamps = self.store.stamps()
+        as_of, stamps = utcnow(), self.store.stamps()
         loaded = self._require(stamps)
         out: list[ScoreResult | Exception | None] = [None] * len(requests)
         for round_ in _rounds([row.get(D.ID) for _, row in requests]):
             try:
-                self._score_round(requests, round_, loaded, stamps, out)
+                self._score_round(requests, round_, loaded, stamps, as_of, out)
             except Exception as exc:  # e.g. validation itself failed: the round's requests
                 for i in round_:
                     out[i] = out[i] or exc
@@ -462,6 +463,7 @@ class Service:
         round_: list[int],
         loaded: _Loaded,
         stamps: Stamps,
+        as_of: datetime,
         out: list[ScoreResult | Exception | None],
     ) -> None:
         """Requests ``round_`` (distinct declaration ids): validated and scored together per
@@ -504,6 +506,7 @@ class Service:
                             actors,
                             loaded,
                             stamps,
+                            as_of,
                             lodge=lodge,
                         )
                     )
@@ -520,14 +523,14 @@ class Service:
         actors: Sequence[Actor],
         loaded: _Loaded,
         stamps: Stamps,
+        as_of: datetime,
         *,
         lodge: bool,
     ) -> list[ScoreResult]:
         """``part`` scored against ``snapshot``, stored, and audited a score per request."""
         history = self._history(snapshot, part, loaded.engine.model.extras, lodge=lodge)
-        rendered = self._decided(
-            organisation, part, history, loaded, stamps, [Role(a.role) for a in actors]
-        )
+        roles = [Role(a.role) for a in actors]
+        rendered = self._decided(organisation, part, history, loaded, stamps, as_of, roles)
         results = [rendered[Role(a.role)][j] for j, a in enumerate(actors)]
         self.store.audit.record_many(
             [
@@ -544,17 +547,23 @@ class Service:
         history: History,
         loaded: _Loaded,
         stamps: Stamps,
+        as_of: datetime,
         roles: Sequence[Role],
     ) -> dict[Role, list[ScoreResult]]:
         """``frame`` scored, decided and rendered for each of ``roles``; stored as rendered
         for the least privileged reader, so a lookup by anyone in the organisation never
-        shows a rationale its role may not read."""
+        shows a rationale its role may not read.
+
+        ``as_of``: when the call read the store's stamps, i.e. no later than the offence
+        records it scored with. Results are dated then, not when done: a withdrawal
+        committed while they were computed is after their date, and ``stored_score``
+        withholds them."""
         # With every declared column beside the features (``declared_view``).
         full = loaded.engine.score(frame, history)
         profiles = self._weighted_profiles(loaded.engine, stamps)
         index = self.watchlist.index()
         rendered = {
-            role: self._results(full, profiles, index, loaded, role)
+            role: self._results(full, profiles, index, loaded, role, as_of)
             for role in dict.fromkeys([*roles, Role.INSPECTOR])
         }
         self._store_results(organisation, rendered[Role.INSPECTOR])
@@ -567,6 +576,7 @@ class Service:
         index: Any,
         loaded: _Loaded,
         role: Role,
+        as_of: datetime,
     ) -> list[ScoreResult]:
         selection = select(
             full,
@@ -577,7 +587,6 @@ class Service:
             extra_reasons=["reasons", "species_match"],
         ).frame
         visible = {p.id for p in profiles if may_read_rationale(role, p.confidentiality)}
-        now = utcnow()
         out: list[ScoreResult] = []
         top = full.get_column("top_features").to_list()
         for i, (row, sel) in enumerate(
@@ -603,7 +612,7 @@ class Service:
                     species_match=row["species_match"],
                     top_features=[FeatureValue(name=k, value=_plain(v)) for k, v in values.items()],
                     model_version=loaded.engine.model_version,
-                    scored_at=now,
+                    scored_at=as_of,
                 )
             )
         return out

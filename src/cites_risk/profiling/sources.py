@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import gzip
 import io
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,30 @@ class Loaded:
     accepted: pl.DataFrame
     rejects: pl.DataFrame
     rows_read: int
+    #: The source row of each accepted record.
+    source_rows: pl.Series
+
+    def refuse(self, ids: Sequence[str], reason: str) -> Loaded:
+        """This load with the accepted records of ``ids`` (their key) moved to the rejects:
+        refused by the store, not by the contract."""
+        if not ids:
+            return self
+        key = RECORDS[self.record].key
+        refused = self.accepted.get_column(key).is_in(pl.Series(ids, dtype=pl.String).implode())
+        rejects = pl.DataFrame(
+            {
+                "row": self.source_rows.filter(refused),
+                "field": key,
+                "value": self.accepted.get_column(key).filter(refused),
+                "reason": reason,
+            }
+        ).cast(REJECT_SCHEMA)
+        return replace(
+            self,
+            accepted=self.accepted.filter(~refused),
+            rejects=pl.concat([self.rejects, rejects]).sort("row", maintain_order=True),
+            source_rows=self.source_rows.filter(~refused),
+        )
 
     @property
     def summary(self) -> str:
@@ -213,13 +238,14 @@ def load_records(
         extras = mapping.extra_kinds if record_name == "declaration" else {}
         checked = validate(mapped, record, vocabulary(reference), time_formats, extras)
         accepted, rejects, count = pl.collect_all(
-            [checked.accepted, checked.rejects, raw.select(pl.len())]
+            [checked.accepted_rows, checked.rejects, raw.select(pl.len())]
         )
     except (MappingError, ValueError) as exc:
         raise InputError(f"{path}: {exc}") from exc
     except pl.exceptions.PolarsError as exc:
         raise InputError(f"cannot read {path}: {exc}") from exc
-    return Loaded(record_name, accepted, rejects, int(count.item()))
+    rows_read = int(count.item())
+    return Loaded(record_name, accepted.drop(ROW), rejects, rows_read, accepted.get_column(ROW))
 
 
 def write_rejects(rejects: pl.DataFrame, path: Path) -> Path:

@@ -113,6 +113,15 @@ def ingest(
     for record in mapping.records:
         progress(f"reading {record} records from {source.name}")
         loaded = load_records(source, mapping, record, reference)
+        if record == "declaration":
+            DeclarationHistory(settings.history_dir).append(
+                loaded.accepted, batch_name(mapping.name, source)
+            )
+        elif record == "offence":
+            refused = store.offences.add(loaded.accepted)
+            loaded = loaded.refuse(refused, "id held by another provider's record")
+        elif record == "inspection":
+            store.inspections.add(loaded.accepted)
         result.loaded[record] = loaded
         if loaded.rejects.height:
             folder = rejects_dir or settings.output_dir
@@ -120,14 +129,6 @@ def ingest(
             result.rejects_files[record] = write_rejects(
                 loaded.rejects, folder / f"{batch_name(mapping.name, source)}.{record}.rejects.csv"
             )
-        if record == "declaration":
-            DeclarationHistory(settings.history_dir).append(
-                loaded.accepted, batch_name(mapping.name, source)
-            )
-        elif record == "offence":
-            store.offences.add(loaded.accepted)
-        elif record == "inspection":
-            store.inspections.add(loaded.accepted)
         store.audit.record(
             actor,
             f"ingest.{record}",

@@ -80,7 +80,12 @@ class OffenceRepository:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def add(self, frame: pl.DataFrame) -> int:
+    def add(self, frame: pl.DataFrame) -> list[str]:
+        """Add or replace records; returns the ids refused: held under another provider.
+
+        Only a record's provider decides what it says and whom it is shared with, so a
+        source naming another provider for an id already held (a clash of ids, or a file
+        that would re-share someone else's record) must not replace it."""
         rows = _rows(frame, OFFENCE)
         for row in rows:
             row[O.SHARED_WITH] = list(row[O.SHARED_WITH] or [])
@@ -88,6 +93,12 @@ class OffenceRepository:
         with self.db.begin() as conn:
             # A record loaded again may be shared with fewer than before.
             before = self._sharing(conn, [row[O.ID] for row in rows])
+            refused = {
+                row[O.ID]
+                for row in rows
+                if row[O.ID] in before and before[row[O.ID]][0] != row[O.PROVIDER]
+            }
+            rows = [row for row in rows if row[O.ID] not in refused]
             upsert(conn, offences, rows, [O.ID])
             for row in rows:
                 self._withdrawn(
@@ -97,7 +108,7 @@ class OffenceRepository:
                     (row[O.PROVIDER], row[O.SHARED_WITH]),
                 )
             self.db.bump(conn, Topic.OFFENCES)
-        return len(rows)
+        return sorted(refused)
 
     @staticmethod
     def _sharing(
