@@ -189,3 +189,22 @@ def test_a_nested_extra_value_is_a_422_naming_that_extra(api: Api) -> None:
         }
     ]
     assert problem["detail"] == "invalid request: check x_broker"
+
+
+def test_an_extra_the_model_does_not_read_is_a_422_naming_it(api: Api) -> None:
+    """A misspelt extra would otherwise score as if the declarant had left it out."""
+    headers = api.auth(Role.INSPECTOR)
+    misspelt = declaration("X-1", extras={"species_cod": "RACA"})
+    problem = _problem(api.client.post("/v1/score", json=misspelt, headers=headers), 422)
+    assert [(e["field"], e["value"]) for e in problem["errors"]] == [("extras.species_cod", "RACA")]
+    assert "species_code" in problem["errors"][0]["message"]
+    # In a batch, the row is named, and nothing of the batch is scored.
+    rows = [declaration("X-2", extras={"species_code": "RACA"}), misspelt]
+    batch = api.client.post(
+        "/v1/score/batch", json={"declarations": rows}, headers=api.auth(Role.TARGETING)
+    )
+    assert [(e["row"], e["field"]) for e in _problem(batch, 422)["errors"]] == [
+        (1, "extras.species_cod")
+    ]
+    spelt = declaration("X-1", extras={"species_code": "RACA"})
+    assert api.client.post("/v1/score", json=spelt, headers=headers).status_code == 200

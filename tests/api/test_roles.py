@@ -116,6 +116,14 @@ def test_public_paths_need_no_key(api: Api, path: str) -> None:
     assert api.client.get(path).status_code == 200
 
 
+def test_the_api_schema_needs_a_key_and_no_page_serves_it_without(api: Api) -> None:
+    for path in ("/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect"):
+        assert api.client.get(path).status_code == 404, path
+    assert api.client.get("/v1/openapi.json").status_code == 401
+    served = api.client.get("/v1/openapi.json", headers=api.auth(Role.INSPECTOR))
+    assert served.status_code == 200 and "/v1/score" in served.json()["paths"]
+
+
 def test_the_matrix_covers_every_route(api: Api) -> None:
     routes = {
         (method.upper(), path)

@@ -58,6 +58,11 @@ def create_app(
         version="1",
         summary="Consignment risk profiling for CITES-listed wildlife",
         lifespan=lifespan,
+        # Every route but health, readiness and the inspector page needs a key: the schema
+        # is served at /v1/openapi.json to key holders (system.py), and no keyless page.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = svc
     app.state.jobs = runner

@@ -705,16 +705,31 @@ class Service:
         extras: dict[str, str] | None = None,
     ) -> tuple[pl.DataFrame, dict[int, list[FieldProblem]]]:
         """The rows that pass, in order, and the problems of the others by row (0-based)."""
-        text = _as_text(record, rows, extras or {})
+        known = extras or {}
+        text = _as_text(record, rows, known)
         checked = validate(text.lazy(), record, self._vocabulary, None, extras)
-        accepted, rejects = pl.collect_all([checked.accepted, checked.rejects])
+        accepted, rejects = pl.collect_all([checked.accepted_rows, checked.rejects])
         problems: dict[int, list[FieldProblem]] = {}
         for r in rejects.iter_rows(named=True):
             row = int(r["row"]) - 1
             problems.setdefault(row, []).append(
                 FieldProblem(row, str(r["field"]), str(r["reason"]), r["value"])
             )
-        return accepted, problems
+        # An extra the model does not read would be dropped unseen: a misspelt one would
+        # score as if it were missing.
+        reads = ", ".join(n.removeprefix(EXTRA_PREFIX) for n in known) or "none"
+        for row, given in enumerate(rows):
+            for name in (n for n in given if n.startswith(EXTRA_PREFIX) and n not in known):
+                problems.setdefault(row, []).append(
+                    FieldProblem(
+                        row,
+                        f"extras.{name.removeprefix(EXTRA_PREFIX)}",
+                        f"not an extra the model reads (it reads: {reads})",
+                        _text(given[name]),
+                    )
+                )
+        ok = (pl.col(ROW) - 1).is_in(list(problems)).not_()
+        return accepted.filter(ok).drop(ROW), problems
 
     def _store_results(self, organisation: str, results: Sequence[ScoreResult]) -> None:
         rows = [

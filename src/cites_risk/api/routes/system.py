@@ -1,4 +1,4 @@
-"""Health, readiness, metrics and the inspector page."""
+"""Health, readiness, metrics, the API schema and the inspector page."""
 
 from __future__ import annotations
 
@@ -36,6 +36,12 @@ def metrics(request: Request, actor: CurrentActor, service: ServiceDep) -> Respo
     """Prometheus metrics; any valid API key (give the scraper its own key)."""
     registry: Metrics = request.app.state.metrics
     return Response(registry.render(), media_type=CONTENT_TYPE)
+
+
+@router.get("/v1/openapi.json", include_in_schema=False)
+def openapi(request: Request, actor: CurrentActor) -> JSONResponse:
+    """The API's OpenAPI schema; any valid API key."""
+    return JSONResponse(request.app.openapi())
 
 
 @router.get("/", include_in_schema=False)
