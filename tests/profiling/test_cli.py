@@ -95,3 +95,32 @@ def test_ingest_train_score_on_lemis(env: Path) -> None:
     store = Store(Settings().store_url)
     assert store.inspections.count() == 16_366
     store.close()
+
+
+def test_every_read_on_the_command_line_is_audited(env: Path) -> None:
+    """What the API audits when a key reads it, the command line audits as its operator."""
+    from cites_risk.profiling.config import Settings
+    from cites_risk.profiling.store import Store
+
+    assert runner.invoke(app, ["profiles", "import"]).exit_code == 0
+    added = runner.invoke(app, ["watchlist", "add", "importer", "Probe Co", "--reason", "test"])
+    assert added.exit_code == 0, added.output
+    reads = {
+        "profile.list": ["profiles", "list"],
+        "profile.get": ["profiles", "show", "listed-without-permit"],
+        "profile.export": ["profiles", "export", "--out", str(env / "profiles.yaml")],
+        "watchlist.list": ["watchlist", "list"],
+        "watchlist.match": ["watchlist", "match", "importer", "Probe Co"],
+        "key.list": ["users", "list"],
+        "model.list": ["models", "list"],
+    }
+    for command in reads.values():
+        result = runner.invoke(app, command)
+        assert result.exit_code == 0, result.output
+    store = Store(Settings().store_url)
+    try:
+        audited = [(e["action"], e["actor"]) for e in store.audit.query()]
+    finally:
+        store.close()
+    read = sorted(a for a in audited if a in {(r, "cli") for r in reads})
+    assert read == sorted((r, "cli") for r in reads)  # each once

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -28,6 +29,10 @@ class Context:
     def actor(self) -> Actor:
         # The command line is run by an operator of the organisation the settings name.
         return Actor(name="cli", organisation=self.settings.organisation, role=Role.ADMIN)
+
+    def audit(self, action: str, target: str | None = None, **detail: Any) -> None:
+        """A read by the operator, audited as the API audits the same read."""
+        self.store.audit.record(self.actor, action, target, **detail)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

@@ -28,6 +28,7 @@ def list_models() -> None:
     """Every registered version with its aliases, holdout and test metrics."""
     with open_context() as ctx:
         versions = list_versions(tracking_for(ctx.settings))
+        ctx.audit("model.list", None, rows=len(versions))
     if not versions:
         console.print("no registered models yet: run cites-risk train")
         return
@@ -55,6 +56,7 @@ def compare_models(
     with open_context() as ctx:
         tracking = tracking_for(ctx.settings)
         a, b = candidate(tracking, challenger), candidate(tracking, champion)
+        ctx.audit("model.compare", None, challenger=challenger, champion=champion)
     if a is None or b is None:
         raise fail(f"unknown model {challenger if a is None else champion!r}")
     deltas = compare(a, b, SHOWN)

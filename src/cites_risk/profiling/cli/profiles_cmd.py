@@ -100,7 +100,9 @@ def list_cmd(
     """Stored profiles with their version, effect and validity."""
     with open_context() as ctx:
         table = Table("id", "title", "ver", "on", "weight", "lane", "valid", "owner")
-        for s in ProfileRepository(ctx.store).all(enabled_only=enabled_only):
+        stored = ProfileRepository(ctx.store).all(enabled_only=enabled_only)
+        ctx.audit("profile.list", None, rows=len(stored))
+        for s in stored:
             p = s.profile
             valid = f"{p.valid_from or '…'} – {p.valid_to or '…'}"
             table.add_row(
@@ -122,6 +124,7 @@ def show_cmd(profile_id: str) -> None:
     with open_context() as ctx:
         repo = ProfileRepository(ctx.store)
         stored = repo.get(profile_id)
+        ctx.audit("profile.get", profile_id, found=stored is not None)
         if stored is None:
             raise fail(f"no profile {profile_id!r}")
         console.print(dump_profiles_yaml([stored.profile]))
@@ -136,7 +139,9 @@ def export_cmd(
 ) -> None:
     """All stored profiles as one YAML document (re-importable)."""
     with open_context() as ctx:
-        text = dump_profiles_yaml([s.profile for s in ProfileRepository(ctx.store).all()])
+        stored = ProfileRepository(ctx.store).all()
+        ctx.audit("profile.export", None, rows=len(stored))
+        text = dump_profiles_yaml([s.profile for s in stored])
     if out is None:
         console.print(text, markup=False)
     else:
@@ -207,6 +212,8 @@ def backtest_cmd(
             result = backtest(frame, chosen, watchlist=watch)
         except ProfileError as exc:
             raise fail(str(exc)) from exc
+        # It reads the consent-filtered offence records and the watch-lists.
+        ctx.audit("profile.backtest", chosen.id, source=str(source), rows=result.rows)
         _print_backtest(result)
 
 
@@ -227,6 +234,7 @@ def report_cmd(
             path = write_report(frame, profiles, out, watchlist=watch)
         except ProfileError as exc:
             raise fail(str(exc)) from exc
+        ctx.audit("profile.report", None, source=str(source), rows=frame.height, out=str(path))
         console.print(f"wrote {path}")
 
 
@@ -275,7 +283,9 @@ def watch_list(
     """Watch-list entries (active ones unless --all)."""
     with open_context() as ctx:
         table = Table("id", "kind", "name", "reason", "expires", "added by")
-        for e in WatchlistRepository(ctx.store).entries(kind, include_expired=include_expired):
+        entries = WatchlistRepository(ctx.store).entries(kind, include_expired=include_expired)
+        ctx.audit("watchlist.list", None, rows=len(entries))
+        for e in entries:
             expires = f"{e.expires_at:%Y-%m-%d}" if e.expires_at else ""
             table.add_row(e.entry_id, e.kind.value, e.name, e.reason, expires, e.added_by)
         console.print(table)
@@ -286,6 +296,7 @@ def watch_match(kind: EntityKind, name: str) -> None:
     """Which active entry a name would match, and how closely."""
     with open_context() as ctx:
         found = WatchlistRepository(ctx.store).index().match(kind, [name])
+        ctx.audit("watchlist.match", name, kind=kind.value, found=name in found)
     if name in found:
         console.print(found[name].sentence(kind))
     else:

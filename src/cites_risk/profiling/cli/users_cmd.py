@@ -37,6 +37,7 @@ def list_keys() -> None:
     """Every key: id, holder, organisation, role, created and revoked."""
     with open_context() as ctx:
         keys = KeyRepository(ctx.store).list()
+        ctx.audit("key.list", None, rows=len(keys))
     table = Table("key id", "name", "organisation", "role", "created", "revoked")
     for k in keys:
         table.add_row(
