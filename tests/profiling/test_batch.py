@@ -132,6 +132,33 @@ def test_crash_resumes_without_duplicates(
     assert not list(out.glob(".*.tmp"))
 
 
+def test_a_lodging_cut_short_and_rerun_in_other_chunks_leaves_nothing_of_itself(
+    settings: Settings,
+    store: Store,
+    reference: Reference,
+    lemis_model: RiskModel,
+    source: Path,
+    tmp_path: Path,
+) -> None:
+    clean = _run(settings, store, reference, lemis_model, source, tmp_path / "clean", 500)
+    assert clean.rejects_path is not None
+    lodged = len(list(settings.history_dir.glob("*.parquet")))
+
+    def crash_at_chunk_four(done: int, total: int | None) -> None:
+        if done >= 1000:
+            raise RuntimeError("power cut")
+
+    out = tmp_path / "job"
+    with pytest.raises(RuntimeError, match="power cut"):
+        _run(settings, store, reference, lemis_model, source, out, 250, lodging=crash_at_chunk_four)
+    assert len(list(settings.history_dir.glob("*.parquet"))) == lodged + 4
+    result = _run(settings, store, reference, lemis_model, source, out, 500)
+    assert result.rejects_path is not None
+    # Each bad line once, as in a run never cut short, and the four chunks of 250 gone.
+    assert result.rejects_path.read_text() == clean.rejects_path.read_text()
+    assert len(list(settings.history_dir.glob("*.parquet"))) == lodged + 3
+
+
 def test_batch_decisions_span_chunks(
     settings: Settings,
     store: Store,
@@ -340,3 +367,57 @@ def test_a_misread_line_and_an_id_repeated_chunks_later_are_rejected_and_the_res
         part.unlink()
     again = run(tmp_path / "job")
     assert read_parts(again.out_dir).collect().equals(scored)
+
+
+def test_every_row_ranked_into_a_lane_carries_model_reasons(
+    settings: Settings,
+    store: Store,
+    reference: Reference,
+    lemis_model: RiskModel,
+    source: Path,
+    tmp_path: Path,
+) -> None:
+    """Lanes are decided over the whole batch once its chunks are scored, and each chunk
+    explains a share of its rows only: the rows the model's risk ranks into a lane (at
+    least one per office and day) must be among them, wherever their pool's rows fall."""
+    from cites_risk.profiling.batch import BatchResult, Deciding
+    from cites_risk.profiling.engine import REASONS
+    from cites_risk.profiling.selection import SelectionConfig
+
+    fast = FastEngine(Engine(lemis_model, "test", reference), explain_share=0.01)
+    out = tmp_path / "lanes"
+
+    def crash_after_two(done: int, total: int | None) -> None:
+        if done >= 500:
+            raise RuntimeError("power cut")
+
+    def run(**progress: object) -> BatchResult:
+        deciding = Deciding([], SelectionConfig(capacity_share=0.05))
+        return score_stream(
+            settings,
+            store,
+            reference,
+            fast,
+            source,
+            load_mapping("lemis"),
+            ACTOR,
+            out,
+            chunk_rows=250,
+            deciding=deciding,
+            **progress,  # type: ignore[arg-type]
+        )
+
+    # Cut short after two chunks and resumed: the chunks scored before still count.
+    with pytest.raises(RuntimeError, match="power cut"):
+        run(progress=crash_after_two)
+    result = run()
+    assert result.decisions_path is not None
+    reasons = read_parts(out).select("declaration_id", pl.col(REASONS).alias("model")).collect()
+    decided = pl.read_parquet(result.decisions_path).join(reasons, on="declaration_id")
+    # No profiles: every row in a lane but the random draw is there by its model risk.
+    ranked = decided.filter((pl.col("lane") != "green") & (pl.col("selected_by") != "random"))
+    assert ranked.height > 0.05 * result.rows_scored  # far more than the share explained
+    unexplained = ranked.filter(pl.col("model").list.len() == 0)
+    assert unexplained.height == 0, unexplained.head(3)
+    explained = reasons.filter(pl.col("model").list.len() > 0).height
+    assert explained < 0.6 * result.rows_scored  # not every row, which would be the slow path

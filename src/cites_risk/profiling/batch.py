@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -43,6 +43,7 @@ from cites_risk.models.risk_model import RiskModel
 from cites_risk.profiling.atomic_files import atomic_parquet, atomic_write
 from cites_risk.profiling.config import Settings
 from cites_risk.profiling.engine import REASONS, SCORE, SPECIES, decide
+from cites_risk.profiling.fast_score import FastEngine
 from cites_risk.profiling.history_store import DeclarationHistory, batch_name, history_for
 from cites_risk.profiling.profiles.model import Profile
 from cites_risk.profiling.profiles.watchlist import WatchlistIndex
@@ -53,6 +54,7 @@ from cites_risk.profiling.selection import (
     PROFILE_HITS,
     SELECTED,
     SELECTED_BY,
+    LaneQuota,
     SelectionConfig,
     SelectionReport,
 )
@@ -79,6 +81,8 @@ OUTPUT_COLUMNS = (
 _LODGED = "_lodged.json"
 #: Rejects of the ids repeated across chunks, found once every chunk is lodged.
 _REPEATED = "repeated-ids.parquet"
+#: Declarations per selection pool (office and day), counted while lodging (``LaneQuota``).
+_POOLS = "_pools.parquet"
 _CHUNK = "__chunk"
 
 
@@ -251,19 +255,29 @@ def score_stream(
     result = BatchResult(out_dir)
 
     def lodged_as(k: int) -> str:
-        return f"{lodged_batch}-{k:05d}"
+        return DeclarationHistory.part(lodged_batch, k)
 
     marker = out_dir / _LODGED
     repeated_path = rejects_dir / _REPEATED
+    pools_path = out_dir / _POOLS
+    quota = LaneQuota(deciding.config) if deciding is not None else None
     if marker.exists():
         lodged = json.loads(marker.read_text())
         total = int(lodged["rows"])
         chunk_rows = int(lodged.get("chunk_rows", chunk_rows))
+        if quota is not None and pools_path.exists():
+            quota.sizes = pl.read_parquet(pools_path)
     else:
+        # A first pass cut short, maybe in chunks of another size: nothing of it may stay.
+        for stale in rejects_dir.glob("part-*.parquet"):
+            stale.unlink()
+        history_files.discard_parts(lodged_batch)
         total = 0
         keys: list[pl.DataFrame] = []
         for k, chunk in source_chunks(source, mapping, chunk_rows):
             accepted, rejects, chunk_keys = _validated(chunk, mapping, reference)
+            if quota is not None:
+                quota.counted(accepted)
             history_files.append(accepted, lodged_as(k))
             atomic_parquet(rejects, rejects_dir / f"part-{k:05d}.parquet")
             keys.append(chunk_keys.with_columns(pl.lit(k, pl.UInt32).alias(_CHUNK)))
@@ -271,6 +285,8 @@ def score_stream(
             if lodging:
                 lodging(total, None)
         atomic_parquet(_reject_repeated_ids(keys, history_files, lodged_as), repeated_path)
+        if quota is not None and quota.sizes is not None:
+            atomic_parquet(quota.sizes, pools_path)
         text = json.dumps({"rows": total, "source": str(source), "chunk_rows": chunk_rows})
         atomic_write(marker, lambda tmp: tmp.write_text(text))
     result.rows_read = total
@@ -282,10 +298,19 @@ def score_stream(
     )
 
     records = _StoredRecords(store, history_files, actor.organisation, engine.model.extras)
+    # The lanes are decided over the whole batch after its chunks: each chunk explains the
+    # rows ranking may put in a lane, from the pools' sizes counted while lodging.
+    if isinstance(engine, FastEngine) and quota is not None and quota.sizes is not None:
+        engine = replace(engine, quota=quota)
     done = 0
     for k, chunk in source_chunks(source, mapping, chunk_rows):
         part = out_dir / f"part-{k:05d}.parquet"
-        if not part.exists():
+        if part.exists():
+            if isinstance(engine, FastEngine) and engine.quota is not None:
+                engine.quota.seen(
+                    pl.read_parquet(part, columns=[D.ID, D.OFFICE, D.DECLARED_AT, SCORE])
+                )
+        else:
             accepted, _, _ = _validated(chunk, mapping, reference, skipped)
             keep = set(OUTPUT_COLUMNS) | (deciding.columns() if deciding else set())
             scored = engine.score(accepted, records.walk().for_batch(accepted))

@@ -39,6 +39,7 @@ from cites_risk.profiling.engine import (
     declared_view,
     species_sentence,
 )
+from cites_risk.profiling.selection import LaneQuota
 
 #: Share of each scored frame whose model reasons are computed: the usual inspection
 #: capacity. Exact TreeSHAP runs at ~6,000 rows/s for 300 trees on 2 cores (compiled,
@@ -57,6 +58,9 @@ class FastEngine:
     predictor: Predictor | None = None
     explain_share: float = DEFAULT_EXPLAIN_SHARE
     explain_min_score: float | None = None
+    #: Set when lanes are decided later over a batch larger than each frame scored (chunks):
+    #: the rows ranking may put in a lane are explained as well, wherever the lanes fall.
+    quota: LaneQuota | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.explain_share <= 1.0:
@@ -76,8 +80,11 @@ class FastEngine:
     def predict_proba(self, features: pl.DataFrame, matrix: np.ndarray | None = None) -> np.ndarray:
         return self.engine.predict_proba(features, matrix)
 
-    def explained_rows(self, proba: np.ndarray) -> np.ndarray:
-        """Indices (ascending) of the rows whose model reasons are worth computing."""
+    def explained_rows(
+        self, proba: np.ndarray, declarations: pl.DataFrame | None = None
+    ) -> np.ndarray:
+        """Indices (ascending) of the rows whose model reasons are worth computing
+        (``declarations``: the rows scored, for the :attr:`quota`)."""
         n = len(proba)
         if n == 0:
             return np.zeros(0, dtype=np.int64)
@@ -90,6 +97,8 @@ class FastEngine:
             mask |= proba >= threshold
         if self.explain_min_score is not None:
             mask |= proba >= self.explain_min_score
+        if self.quota is not None and declarations is not None:
+            mask |= self.quota.may_rank(declarations, proba)
         return np.flatnonzero(mask)
 
     def score(
@@ -100,7 +109,7 @@ class FastEngine:
         features = self.engine.features(declarations, history)
         matrix = model.matrix(features)
         proba = self.predict_proba(features, matrix)
-        rows = self.explained_rows(proba)
+        rows = self.explained_rows(proba, declarations)
         explained = (
             explain(model, features[pl.Series(rows)], top=top_reasons, matrix=matrix[rows])
             if len(rows)

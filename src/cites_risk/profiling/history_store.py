@@ -39,6 +39,16 @@ class DeclarationHistory:
     def path(self, batch: str) -> Path:
         return self.folder / f"{_SAFE.sub('_', batch)}.parquet"
 
+    @staticmethod
+    def part(batch: str, k: int) -> str:
+        """The ``k``-th chunk of a batch lodged in chunks, a batch of its own."""
+        return f"{batch}-{k:05d}"
+
+    def discard_parts(self, batch: str) -> None:
+        """Remove every chunk lodged for ``batch`` (a lodging started again from its start)."""
+        for path in self.folder.glob(f"{_SAFE.sub('_', batch)}-[0-9][0-9][0-9][0-9][0-9].parquet"):
+            path.unlink()
+
     def append(self, declarations: pl.DataFrame, batch: str) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.path(batch)

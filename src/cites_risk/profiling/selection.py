@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
+import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -538,3 +539,81 @@ def capacity_of(n: int, config: SelectionConfig, office: str | None = None) -> i
     if config.capacity_count is not None:
         return config.capacity_count
     return capacity_count(config.capacity_share or DEFAULT_CAPACITY_SHARE, n)
+
+
+#: Columns of :class:`LaneQuota`: a pool's size, a row's position, score and candidacy.
+_POOL_N, _AT, _SCORE, _MAY = "__pool_n", "__at", "__score", "__may"
+
+
+class LaneQuota:
+    """Which rows ranking may still put in a lane, while a batch is scored in chunks and its
+    lanes are decided only after the last (``profiling/batch.py``).
+
+    A row that ranking alone puts in a lane (red by model risk within capacity, or yellow
+    after it) has fewer than ``capacity + yellow`` rows of its pool (office and day) above
+    it by model score, ties broken by id as :func:`select` breaks them: every row above it
+    has a final risk at least its own, so it is forced red, ranked ahead or selected before
+    it. The pools' sizes are counted before scoring (:meth:`counted`); then, chunk after
+    chunk, a row is a candidate (:meth:`may_rank`) when it ranks within that many among the
+    candidates of its pool so far and the chunk's rows, who can only be outranked later.
+    Explaining the candidates gives every such row its model reasons before the lanes are
+    known; rows a profile put in a lane carry its reasons. The bound fails only where a
+    red-lane profile's hits alone exceed an office-day's capacity.
+    """
+
+    def __init__(self, config: SelectionConfig, sizes: pl.DataFrame | None = None) -> None:
+        self.config = config
+        #: Pool keys and ``__pool_n``: declarations per pool.
+        self.sizes = sizes
+        #: The candidates so far: id, pool keys and score.
+        self._leaders: pl.DataFrame | None = None
+
+    def _keys(self) -> list[pl.Expr]:
+        if self.config.pool == "office_day":
+            return [pl.col(D.OFFICE), pl.col(D.DECLARED_AT).dt.date().alias(_DAY)]
+        return [pl.lit(0).alias(_DAY)]  # one pool: the batch
+
+    def counted(self, declarations: pl.DataFrame) -> None:
+        """Add ``declarations`` to the sizes of their pools."""
+        keys = [k.meta.output_name() for k in self._keys()]
+        found = declarations.group_by(self._keys()).agg(pl.len().cast(pl.Int64).alias(_POOL_N))
+        if self.sizes is not None:
+            found = pl.concat([self.sizes, found]).group_by(keys).agg(pl.col(_POOL_N).sum())
+        self.sizes = found
+
+    def may_rank(self, declarations: pl.DataFrame, score: np.ndarray) -> np.ndarray:
+        """Whether each row is a candidate; call once per chunk, in the chunks' order (a
+        chunk scored before, on a resumed run, through :meth:`seen`)."""
+        if self.config.pool == "declaration" or self.sizes is None:
+            return np.ones(declarations.height, dtype=bool)
+        keys = [k.meta.output_name() for k in self._keys()]
+        n = pl.col(_POOL_N)
+        most = self.config.capacity_expr(n) + capacity_count(self.config.yellow_share, n)
+        # Ties break on the declaration id, as select breaks them (sorted by id, ranked in
+        # order), so a row has no more rows above it here than in its whole pool.
+        rank = pl.col(_SCORE).rank("ordinal", descending=True).over(keys)
+        # The office too where it is no key: a per-office capacity reads it.
+        office = [] if D.OFFICE in keys else [pl.col(D.OFFICE)]
+        here = declarations.select(
+            pl.int_range(pl.len(), dtype=pl.Int64).alias(_AT),
+            D.ID,
+            *self._keys(),
+            *office,
+            pl.Series(_SCORE, score, dtype=pl.Float64),
+        )
+        rows = here if self._leaders is None else pl.concat([self._leaders, here], how="diagonal")
+        ranked = (
+            rows.join(self.sizes, on=keys, how="left", nulls_equal=True)
+            .sort(D.ID, _AT)
+            .with_columns((rank <= most).fill_null(True).alias(_MAY))
+        )
+        self._leaders = (
+            ranked.filter(pl.col(_MAY))
+            .select(here.columns)
+            .with_columns(pl.lit(None, pl.Int64).alias(_AT))
+        )
+        return ranked.filter(pl.col(_AT).is_not_null()).sort(_AT).get_column(_MAY).to_numpy()
+
+    def seen(self, scored: pl.DataFrame) -> None:
+        """A chunk scored by an earlier run: its rows compete with the chunks to come."""
+        self.may_rank(scored, scored.get_column(SCORE).to_numpy())
