@@ -173,7 +173,11 @@ def test_promoting_the_champion_again_changes_nothing_and_announces_nothing(
 
 
 def test_a_model_trained_after_its_open_holdout_grew_is_not_compared_on_it(
-    labelled: pl.DataFrame, extras: dict[str, str], tracking: Tracking
+    labelled: pl.DataFrame,
+    extras: dict[str, str],
+    tracking: Tracking,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # No test_until: both holdouts read "2020-01-01..open", but the second model was
     # trained four months of data later and tested on many more rows.
@@ -189,6 +193,9 @@ def test_a_model_trained_after_its_open_holdout_grew_is_not_compared_on_it(
             metrics=result.metrics,
             example=result.test.features.head(20),
         )
+    runner, app = _cli(tracking, tmp_path, monkeypatch)
+    compared = runner.invoke(app, ["models", "compare", "2", "1"], terminal_width=200)
+    assert compared.exit_code == 0 and "not comparable: tested on" in compared.output
     for version in ("2", "1"):  # neither way round
         refused = promote(tracking, version)
         assert not refused.allowed and "not comparable: tested on" in refused.summary

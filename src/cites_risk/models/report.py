@@ -23,6 +23,7 @@ from cites_risk.models.evaluation import (
     CAPACITIES,
     ScoreReport,
     capacity_curve,
+    capacity_tag,
     pr_curve,
     reliability,
 )
@@ -124,7 +125,7 @@ _METRICS = (
     "average_precision",
     "roc_auc",
     "brier",
-    *(f"{m}_at_{round(k * 100):g}" for k in CAPACITIES for m in ("precision", "recall")),
+    *(f"{m}_at_{capacity_tag(k)}" for k in CAPACITIES for m in ("precision", "recall")),
 )
 
 

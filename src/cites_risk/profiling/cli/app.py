@@ -20,7 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cites_risk.models.evaluation import CAPACITIES
+from cites_risk.models.evaluation import CAPACITIES, capacity_count, capacity_tag
 from cites_risk.models.training import Split
 from cites_risk.profiling import workflows
 from cites_risk.profiling.cli.context import console, fail, open_context
@@ -94,10 +94,10 @@ def _capacity_table(metrics: dict[str, float], what: str) -> Table:
     table.add_column("recall", justify="right")
     n = int(metrics.get("n", 0))
     for k in CAPACITIES:
-        tag = f"{round(k * 100):g}"
+        tag = capacity_tag(k)
         table.add_row(
             f"{tag} %",
-            f"{int(-(-k * n // 1)):,}",
+            f"{capacity_count(k, n):,}",
             f"{metrics[f'precision_at_{tag}']:.3f}",
             f"{metrics[f'recall_at_{tag}']:.3f}",
         )

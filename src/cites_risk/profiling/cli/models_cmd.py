@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cites_risk.models.registry import PROMOTION_METRICS, compare
+from cites_risk.models.registry import PROMOTION_METRICS, compare, not_comparable
 from cites_risk.models.tracking import CHAMPION, RegistryError, candidate, list_versions, promote
 from cites_risk.profiling.cli.context import console, fail, open_context
 from cites_risk.profiling.store import Topic
@@ -67,10 +67,11 @@ def compare_models(
         mark = " *" if m in PROMOTION_METRICS else ""
         table.add_row(m + mark, _num(a.metrics.get(m)), _num(b.metrics.get(m)), _num(deltas[m]))
     console.print(table)
-    same = a.tags.get("holdout") == b.tags.get("holdout")
+    # The promotion gate's own test: the same tag may cover other rows (an open holdout).
+    apart = not_comparable(a, b)
     console.print(
         f"holdout: {a.tags.get('holdout', '?')} vs {b.tags.get('holdout', '?')} "
-        f"({'same' if same else 'DIFFERENT: not comparable'}); * = promotion metric"
+        f"({'; '.join(apart) if apart else 'same test rows'}); * = promotion metric"
     )
 
 
