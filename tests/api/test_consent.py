@@ -148,6 +148,8 @@ def test_sharing_makes_it_visible_and_only_the_provider_may_share(api: Api, offe
             f"/v1/offences/{offence}/consent", json={"shared_with": ["*"]}, headers=other
         )
         assert widened.status_code == 403
+        refusals = api.service.store.audit.query(action="offence.consent.refused")
+        assert [(e["target"], e["organisation"]) for e in refusals] == [(offence, OTHER)]
     finally:
         api.client.patch(
             f"/v1/offences/{offence}/consent",

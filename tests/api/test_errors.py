@@ -208,3 +208,34 @@ def test_an_extra_the_model_does_not_read_is_a_422_naming_it(api: Api) -> None:
     ]
     spelt = declaration("X-1", extras={"species_code": "RACA"})
     assert api.client.post("/v1/score", json=spelt, headers=headers).status_code == 200
+
+
+def test_a_lookup_or_change_refused_is_audited_too(api: Api) -> None:
+    """Probing ids is what an audit trail is for: a miss leaves an event as a hit does."""
+    probes = [
+        ("get", "/v1/jobs/job-probe-1/results", Role.TARGETING, "job.results"),
+        ("get", "/v1/jobs/job-probe-1/rejects", Role.TARGETING, "job.rejects"),
+        ("delete", "/v1/watchlist/entry-probe-1", Role.ANALYST, "watchlist.remove"),
+    ]
+    for method, path, role, action in probes:
+        response = getattr(api.client, method)(path, headers=api.auth(role))
+        assert response.status_code == 404, response.text
+        (event,) = [e for e in api.service.store.audit.query(action=action) if e["target"] in path]
+        assert event["detail"]["found"] is False and event["role"] == role.value
+
+
+def test_a_bad_condition_of_a_profile_is_named_by_its_place(api: Api) -> None:
+    body = {
+        "id": "p-bad",
+        "title": "t",
+        "owner": "o",
+        "rationale": "r",
+        "source": "s",
+        "weight": 0.5,
+        "criteria": {
+            "all": [{"field": "importer", "equals": "x"}, {"field": "nope", "equals": "x"}]
+        },
+    }
+    response = api.client.put("/v1/profiles/p-bad", json=body, headers=api.auth(Role.ANALYST))
+    (error,) = _problem(response, 422)["errors"]
+    assert error["field"] == "criteria.all.1" and "unknown field 'nope'" in error["message"]

@@ -30,6 +30,9 @@ def test_a_worse_challenger_needs_force_and_the_promotion_is_audited(
         refused = client.post("/v1/models/2/promote", json={}, headers=analyst)
         assert refused.status_code == 409
         assert "average_precision" in refused.json()["detail"]
+        params = {"action": "model.promote.refused"}
+        (refusal,) = client.get("/v1/audit", params=params, headers=admin).json()
+        assert refusal["target"] == "2" and refusal["detail"]["reasons"]
         assert client.get("/ready").json()["model_version"] == "1"
 
         forced = client.post("/v1/models/2/promote", json={"force": True}, headers=analyst)

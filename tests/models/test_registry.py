@@ -121,12 +121,14 @@ def test_real_registry_promotion_and_audited_cli(
     store = Store(Settings().store_url)
     try:
         events = store.audit.query(action="model.promote")
+        refusals = store.audit.query(action="model.promote.refused")
         # A running API learns of the promotion from the store on its next request.
         stamps = store.stamps()
     finally:
         store.close()
     assert stamps == (("champion", 1),)
     assert len(events) == 1  # the refused attempt changed nothing and is not a promotion
+    assert [e["target"] for e in refusals] == ["2"]  # but it is on record
     assert events[0]["target"] == "2"
     assert "forced" in str(events[0]) and "True" in str(events[0])
 

@@ -129,9 +129,14 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         if same is not None:
             same["message"] += f" or {message[0].lower()}{message[1:]}" if message else ""
             continue
-        # The field is the last named part of the location ("body.declarations.3.office").
+        # The field is the last named part of the location ("body.declarations.3.office"),
+        # or, for an item of a list ("body.criteria.all.0"), the path to it: "all" alone
+        # would not say which condition of which criteria is at fault.
         named = [p for p in loc if isinstance(p, str) and p not in ("body", "query", "path")]
-        errors[tuple(loc)] = {"field": named[-1] if named else None, "loc": loc, "message": message}
+        field = named[-1] if named else None
+        if named and isinstance(loc[-1], int):
+            field = ".".join(str(p) for p in loc[loc.index(named[0]) :])
+        errors[tuple(loc)] = {"field": field, "loc": loc, "message": message}
     found = list(errors.values())
     fields = sorted({str(e["field"]) for e in found if e["field"]})
     detail = "invalid request" + (f": check {', '.join(fields)}" if fields else "")

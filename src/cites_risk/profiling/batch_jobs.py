@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -217,19 +217,23 @@ class JobRunner:
             raise NotFoundError(f"no job {job_id!r}")
         return job
 
-    def poll(self, actor: Actor, job_id: str) -> Job:
-        """:meth:`get`, audited: a lookup, and ids of other organisations' jobs probed."""
+    def _looked_up(self, actor: Actor, action: str, job_id: str, find: Callable[[], Job]) -> Job:
+        """``find()``, a failed lookup audited too: ids of other organisations' jobs probed."""
         try:
-            job = self.get(actor, job_id)
+            return find()
         except NotFoundError:
-            self.service.store.audit.record(actor, "job.get", job_id, found=False)
+            self.service.store.audit.record(actor, action, job_id, found=False)
             raise
+
+    def poll(self, actor: Actor, job_id: str) -> Job:
+        """:meth:`get`, audited."""
+        job = self._looked_up(actor, "job.get", job_id, lambda: self.get(actor, job_id))
         self.service.store.audit.record(actor, "job.get", job_id, found=True)
         return job
 
     def results(self, actor: Actor, job_id: str, fmt: str) -> Path:
         """The scored rows as one file (built once, when first asked for)."""
-        job = self._finished(actor, job_id)
+        job = self._looked_up(actor, "job.results", job_id, lambda: self._finished(actor, job_id))
         out = Path(str(job.output_path))
         path = out / f"results.{fmt}"
         if not path.exists():
@@ -243,7 +247,9 @@ class JobRunner:
 
     def rejects(self, actor: Actor, job_id: str) -> Path:
         # Validation alone: no offence record is in them, so no withdrawal touches them.
-        job = self._finished(actor, job_id, scores=False)
+        job = self._looked_up(
+            actor, "job.rejects", job_id, lambda: self._finished(actor, job_id, scores=False)
+        )
         out = Path(str(job.output_path))
         path = out / "rejects.csv"
         if not path.exists():  # no rejected row: an empty file with the header

@@ -837,6 +837,7 @@ class Service:
         self._offence(actor, offence_id)
         changed = self.store.offences.set_consent(offence_id, actor.organisation, shared_with)
         if not changed:
+            self.store.audit.record(actor, "offence.consent.refused", offence_id)
             raise ForbiddenError("only the organisation that provided a record changes its consent")
         self.store.audit.record(
             actor, "offence.consent", offence_id, shared_with=sorted(set(shared_with))
@@ -892,6 +893,7 @@ class Service:
 
     def remove_watchlist(self, actor: Actor, entry_id: str) -> None:
         if not self.watchlist.remove(entry_id, actor):
+            self.store.audit.record(actor, "watchlist.remove", entry_id, found=False)
             raise NotFoundError(f"no watch-list entry {entry_id!r}")
 
     # -- models ------------------------------------------------------------------------
@@ -924,6 +926,9 @@ class Service:
         previous = alias_version(self.tracking, CHAMPION)
         decision = promote_version(self.tracking, found.version, force=force)
         if not decision.allowed:
+            self.store.audit.record(
+                actor, "model.promote.refused", found.version, reasons=decision.reasons
+            )
             raise ConflictError(
                 f"not promoted: {decision.summary}; promote with force to override (audited)"
             )

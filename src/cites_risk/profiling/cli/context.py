@@ -31,7 +31,7 @@ class Context:
         return Actor(name="cli", organisation=self.settings.organisation, role=Role.ADMIN)
 
     def audit(self, action: str, target: str | None = None, **detail: Any) -> None:
-        """A read by the operator, audited as the API audits the same read."""
+        """What the operator read or was refused, audited as the API audits the same."""
         self.store.audit.record(self.actor, action, target, **detail)
 
 

@@ -93,6 +93,7 @@ def promote_model(
         except RegistryError as exc:
             raise fail(str(exc)) from exc
         if not decision.allowed:
+            ctx.audit("model.promote.refused", found.version, reasons=decision.reasons)
             raise fail(
                 f"not promoted: {decision.summary}. Use --force to promote anyway (audited)."
             )
