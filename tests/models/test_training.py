@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from cites_risk.models.training import (
     MAX_RANDOM_WEIGHT,
     WEIGHT,
     TrainResult,
+    known_by,
     label_frame,
     random_weight,
     train_and_evaluate,
@@ -48,6 +50,36 @@ def test_random_rows_weigh_as_much_as_targeted_rows(labelled: pl.DataFrame) -> N
     assert weighted_rate == pytest.approx((y[r].mean() + y[~r].mean()) / 2)
     # ... which is much closer to the unbiased (random) rate than the raw inspected rate.
     assert abs(weighted_rate - y[r].mean()) < abs(y.mean() - y[r].mean())
+
+
+def test_a_model_trained_at_the_test_start_learns_no_result_recorded_later(
+    labelled: pl.DataFrame, extras: dict[str, str]
+) -> None:
+    """A LEMIS refusal can be recorded a year after the shipment: a model trained at the
+    test period's start had no such label, and its backtest must not have it either."""
+    day = [datetime(2019, m, 1, tzinfo=UTC) for m in (6, 7, 8)]
+    later = [datetime(2020, m, 1, tzinfo=UTC) for m in (2, 3, 5)]
+    features = pl.DataFrame(
+        {"declaration_id": ["a", "b", "c", "d"], "declared_at": [day[0]] * 3 + [later[0]]}
+    )
+    inspections = pl.DataFrame(
+        {
+            I.DECLARATION: ["a", "a", "b", "c", "d"],
+            I.INSPECTED_AT: [day[1], later[1], later[0], day[2], later[2]],
+            I.OUTCOME: ["clear", "hit", "hit", "hit", "hit"],
+            I.SELECTED_BY: [SelectedBy.MODEL.value] * 5,
+        }
+    )
+    cut = datetime(2020, 1, 1, tzinfo=UTC)
+    known = known_by(label_frame(features, inspections), cut)
+    # a: cleared then, found after; b: no result then; d: in the test period, found later.
+    assert dict(known.select("declaration_id", LABEL).iter_rows()) == {"a": 0.0, "c": 1.0, "d": 1.0}
+
+    result = train_and_evaluate(labelled, SPLIT, seed=0, extras=extras, params=FAST, max_rounds=40)
+    as_then = known_by(labelled, SPLIT.test_from)
+    before = pl.col("declared_at") < SPLIT.test_from
+    assert result.sizes["train"] + result.sizes["valid"] == as_then.filter(before).height
+    assert as_then.filter(before).height < labelled.filter(before).height  # LEMIS has such rows
 
 
 def test_random_weight_is_clipped() -> None:

@@ -43,6 +43,9 @@ from cites_risk.models.risk_model import (
 LABEL = "__label"
 WEIGHT = "__weight"
 RANDOM = "__random"
+#: When a labelled declaration's first result, and its first hit, were recorded.
+FIRST_RESULT = "__first_result_at"
+FIRST_HIT = "__first_hit_at"
 MAX_RANDOM_WEIGHT = 20.0
 
 #: The bounded random search: a handful of LightGBM parameters that matter on small data.
@@ -93,17 +96,43 @@ def label_frame(
 
     ``positive`` overrides what counts as a hit (e.g. ``finding == "critical"``). A
     declaration counts as random only if every inspection of it was selected at random.
+    ``__first_result_at`` and ``__first_hit_at`` say when the label became known
+    (:func:`known_by`).
     """
     hit = positive if positive is not None else pl.col(I.OUTCOME) == Outcome.HIT
+    timed = I.INSPECTED_AT in inspections.columns
     results = inspections.group_by(I.DECLARATION).agg(
         hit.any().fill_null(False).cast(pl.Float64).alias(LABEL),
         (pl.col(I.SELECTED_BY) == SelectedBy.RANDOM).all().alias(RANDOM),
+        *(
+            [
+                pl.col(I.INSPECTED_AT).min().alias(FIRST_RESULT),
+                pl.col(I.INSPECTED_AT).filter(hit.fill_null(False)).min().alias(FIRST_HIT),
+            ]
+            if timed
+            else []
+        ),
     )
     labelled = features.join(results, left_on=D.ID, right_on=I.DECLARATION, how="inner")
     w = random_weight(int(labelled.get_column(RANDOM).sum()), labelled.height)
     # A fixed row order: LightGBM's bagging depends on it, and training must be repeatable.
     return labelled.with_columns(pl.when(pl.col(RANDOM)).then(w).otherwise(1.0).alias(WEIGHT)).sort(
         D.DECLARED_AT, D.ID
+    )
+
+
+def known_by(labelled: pl.DataFrame, cut: datetime) -> pl.DataFrame:
+    """Labels as known at ``cut`` for the declarations before it, which a model trained at
+    ``cut`` learns from: a result recorded later did not exist yet, so a declaration with
+    none by then is not labelled, and one found only later is a clearance if it was cleared
+    before. Declarations from ``cut`` on keep every result: they are what the model is
+    tested on. (A LEMIS refusal can be recorded a year after the shipment.)"""
+    if FIRST_RESULT not in labelled.columns:
+        return labelled
+    before = pl.col(D.DECLARED_AT) < cut
+    as_then = (pl.col(FIRST_HIT) < cut).fill_null(False).cast(pl.Float64)
+    return labelled.filter(~before | (pl.col(FIRST_RESULT) < cut)).with_columns(
+        pl.when(before).then(as_then).otherwise(pl.col(LABEL)).alias(LABEL)
     )
 
 
@@ -262,6 +291,8 @@ def train_and_evaluate(
     """
     if bag < 1:
         raise ValueError("bag must be at least 1")
+    # Trained as at the test period's start: no label recorded after it.
+    labelled = known_by(labelled, split.test_from)
     train_mask, valid_mask, test_mask = split.masks(labelled.get_column(D.DECLARED_AT))
     train, valid, test = (_data(labelled, m) for m in (train_mask, valid_mask, test_mask))
     if train.label.sum() == 0 or valid.label.sum() == 0:

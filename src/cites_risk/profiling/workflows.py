@@ -29,7 +29,7 @@ from cites_risk.models.tracking import (
     load_model,
     log_model_run,
 )
-from cites_risk.models.training import LABEL, Split, label_frame, train_and_evaluate
+from cites_risk.models.training import LABEL, Split, known_by, label_frame, train_and_evaluate
 from cites_risk.profiling.batch import BatchResult, Deciding, score_stream
 from cites_risk.profiling.config import Settings
 from cites_risk.profiling.engine import (
@@ -194,7 +194,7 @@ def train(
         D.ID, *(c for c in schema_of(declarations).names() if c not in labelled.columns)
     ).collect()
     profiles = ProfileRepository(store).enabled()
-    past = labelled.filter(pl.col(D.DECLARED_AT) < split.test_from)
+    past = known_by(labelled, split.test_from).filter(pl.col(D.DECLARED_AT) < split.test_from)
     evidence = measure(
         past.join(contract, on=D.ID, how="left"), profiles, past.get_column(LABEL).to_numpy()
     )
