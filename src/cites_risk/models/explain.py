@@ -250,9 +250,10 @@ def _consignment_quantity(row: Row) -> str | None:
     return f"quantities declared on the consignment's lines add up to {amount}"
 
 
-def _several(column: str, many: str, single: str) -> Sentence:
-    """Distinct things in the consignment (``many`` takes the count); 0 or 1 is not a mix."""
-    return lambda r: many.format(r[column]) if (r.get(column) or 0) > 1 else single
+def _counted(column: str, some: str, none: str, *, above: float = 0) -> Sentence:
+    """A count: ``some`` (formatted with it) when above ``above``, else ``none``. One line,
+    genus or HS code is no mix: ``above=1``."""
+    return lambda r: some.format(r[column]) if (r.get(column) or 0) > above else none
 
 
 SENTENCES: dict[str, Sentence] = {
@@ -358,25 +359,26 @@ SENTENCES: dict[str, Sentence] = {
         if r.get("transit_count")
         else "no transit country declared"
     ),
-    "transit_offences_max": lambda r: (
-        f"routed through a transit country with {r['transit_offences_max']:.0f} earlier offences"
-        if r.get("transit_offences_max")
-        else "no transit country with earlier offences"
+    "transit_offences_max": _counted(
+        "transit_offences_max",
+        "routed through a transit country with {:.0f} earlier offences",
+        "no transit country with earlier offences",
     ),
-    "importer_partner_offences": lambda r: (
-        f"importer's trading partners have {r['importer_partner_offences']:.0f} earlier offences"
-        if r.get("importer_partner_offences")
-        else "importer's trading partners have no earlier offences"
+    "importer_partner_offences": _counted(
+        "importer_partner_offences",
+        "importer's trading partners have {:.0f} earlier offences",
+        "importer's trading partners have no earlier offences",
     ),
-    "exporter_partner_offences": lambda r: (
-        f"exporter's trading partners have {r['exporter_partner_offences']:.0f} earlier offences"
-        if r.get("exporter_partner_offences")
-        else "exporter's trading partners have no earlier offences"
+    "exporter_partner_offences": _counted(
+        "exporter_partner_offences",
+        "exporter's trading partners have {:.0f} earlier offences",
+        "exporter's trading partners have no earlier offences",
     ),
-    "consignment_lines": lambda r: (
-        f"consignment split into {r['consignment_lines']:.0f} declaration lines"
-        if (r.get("consignment_lines") or 0) > 1
-        else "single-line consignment"
+    "consignment_lines": _counted(
+        "consignment_lines",
+        "consignment split into {:.0f} declaration lines",
+        "single-line consignment",
+        above=1,
     ),
     "log_quantity": lambda r: (
         f"quantity {_amount(math.expm1(r['log_quantity']))} {r.get(D.UNIT) or ''}".strip()
@@ -414,13 +416,17 @@ SENTENCES: dict[str, Sentence] = {
         if r.get("taxon_genus_only")
         else "declared taxon is not just a genus"
     ),
-    "consignment_genera": _several(
-        "consignment_genera", "consignment mixes {:.0f} genera", "consignment does not mix genera"
+    "consignment_genera": _counted(
+        "consignment_genera",
+        "consignment mixes {:.0f} genera",
+        "consignment does not mix genera",
+        above=1,
     ),
-    "consignment_commodities": _several(
+    "consignment_commodities": _counted(
         "consignment_commodities",
         "consignment mixes {:.0f} HS codes",
         "consignment does not mix HS codes",
+        above=1,
     ),
     "consignment_wild_share": lambda r: (
         f"{_pct(r['consignment_wild_share'])} of the consignment's lines are wild-caught"
