@@ -19,6 +19,8 @@ REJECT_SCHEMA = pl.Schema(
     {"row": pl.Int64, "field": pl.String, "value": pl.String, "reason": pl.String}
 )
 _ERRORS = "__errors"
+#: Working columns of the duplicate check, dropped once it is made.
+_IDENTITY, _KEY, _MISREAD, _SURPLUS = "__identity", "__key", "__misread", "__surplus_text"
 RAGGED = (
     "more fields than the header: a separator inside an unquoted value? "
     "The line cannot be read safely"
@@ -170,27 +172,43 @@ def validate(
         else:
             parsed_cols.append(raw.alias(name))
     key = pl.col(record.key)
-    if SURPLUS in present:  # a misread line's id is no id: it must not displace a real one
-        key = pl.when(pl.col(SURPLUS).is_null()).then(key)
     # Parsed, so that one instant written two ways is one record.
     also = [typed[n].alias(f"__also{i}") for i, n in enumerate(record.also_keyed_by)]
-    first = pl.struct(key, *also).is_first_distinct() if also else key.is_first_distinct()
-    duplicate = first.not_() & key.is_not_null()
-    checks.append(
-        _error(record.field(record.key), duplicate, pl.col(record.key), duplicate_reason(record))
-    )
+    identity = pl.struct(key, *also) if also else key
+    misread = pl.col(SURPLUS).is_not_null() if SURPLUS in present else pl.lit(False)
+    surplus = pl.col(SURPLUS) if SURPLUS in present else pl.lit(None, pl.String)
     errors = pl.concat_list([c.cast(_ERROR) for c in checks]).list.drop_nulls()
-    if SURPLUS in present:
-        # Its fields may be shifted: report the line once, not each field it seems to break.
-        ragged = pl.struct(
-            pl.lit("(line)").alias("field"),
-            pl.col(SURPLUS).alias("value"),
-            pl.lit(RAGGED).alias("reason"),
-        )
-        misread = pl.col(SURPLUS).is_not_null()
-        errors = pl.when(misread).then(pl.concat_list(ragged)).otherwise(errors)
-    errors = errors.alias(_ERRORS)
-    checked = mapped.select(pl.col(ROW), *parsed_cols, errors)
+    checked = mapped.select(
+        pl.col(ROW),
+        *parsed_cols,
+        errors.alias(_ERRORS),
+        identity.alias(_IDENTITY),
+        key.alias(_KEY),
+        misread.alias(_MISREAD),
+        surplus.alias(_SURPLUS),
+    )
+    # Only a line valid in every other way is a record that can repeat one: an invalid line
+    # claims no id, so a valid line after it is not its duplicate. The same holds across
+    # the chunks of a source (``profiling/sources.Repeats`` remembers accepted records).
+    valid = (pl.col(_ERRORS).list.len() == 0) & pl.col(_MISREAD).not_()
+    first = pl.when(valid).then(pl.col(_IDENTITY)).is_first_distinct()
+    duplicate = valid & first.not_() & pl.col(_KEY).is_not_null()
+    duplicate_error = _error(
+        record.field(record.key), duplicate, pl.col(_KEY), duplicate_reason(record)
+    )
+    # A misread line's fields may be shifted: report it once, not each field it seems to
+    # break.
+    ragged = pl.struct(
+        pl.lit("(line)").alias("field"),
+        pl.col(_SURPLUS).alias("value"),
+        pl.lit(RAGGED).alias("reason"),
+    )
+    checked = checked.with_columns(
+        pl.when(pl.col(_MISREAD))
+        .then(pl.concat_list(ragged.cast(_ERROR)))
+        .otherwise(pl.concat_list(pl.col(_ERRORS), duplicate_error.cast(_ERROR)).list.drop_nulls())
+        .alias(_ERRORS)
+    ).drop(_IDENTITY, _KEY, _MISREAD, _SURPLUS)
     ok = pl.col(_ERRORS).list.len() == 0
     accepted_rows = checked.filter(ok).select(ROW, *record.names, *(extras or {}))
     accepted = accepted_rows.drop(ROW)

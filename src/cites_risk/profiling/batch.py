@@ -4,8 +4,8 @@ Two passes over the source, both in fixed chunks of ``chunk_rows`` source rows:
 
 1. *lodge*: each chunk's valid declarations are appended to the declaration history (so that
    consignment siblings and earlier lines are visible to every row, wherever its chunk).
-   Then an id already accepted in an earlier chunk is rejected as a duplicate, as one
-   repeated within a chunk is, and taken back out of the history;
+   An id already accepted in an earlier chunk is rejected as a duplicate, as one repeated
+   within a chunk is (``sources.Repeats``, which ``cites-risk ingest`` uses as well);
 2. *score*: each chunk is scored against the full history and written as
    ``part-NNNNN.parquet``. The history is carried from chunk to chunk
    (``features/carry.py``): chunks in time order sort only their own events. Offence records
@@ -26,7 +26,7 @@ cut at another size would skip or repeat rows.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -35,10 +35,10 @@ import polars as pl
 
 from cites_risk.features.adapters import ROW, SourceMapping
 from cites_risk.features.carry import HistoryWalk
-from cites_risk.features.contract import DECLARATION, D, schema_of
+from cites_risk.features.contract import D, schema_of
 from cites_risk.features.history import History
 from cites_risk.features.reference import Reference
-from cites_risk.features.validation import REJECT_SCHEMA, duplicate_reason, validate
+from cites_risk.features.validation import REJECT_SCHEMA
 from cites_risk.models.risk_model import RiskModel
 from cites_risk.profiling.atomic_files import atomic_parquet, atomic_write
 from cites_risk.profiling.config import Settings
@@ -58,7 +58,13 @@ from cites_risk.profiling.selection import (
     SelectionConfig,
     SelectionReport,
 )
-from cites_risk.profiling.sources import country_lookup, read_source, vocabulary, write_rejects
+from cites_risk.profiling.sources import (
+    Loaded,
+    Repeats,
+    check_records,
+    source_chunks,
+    write_rejects,
+)
 from cites_risk.profiling.store import Actor, Store, Topic, counter
 
 Progress = Callable[[int, int | None], None]
@@ -83,7 +89,6 @@ _LODGED = "_lodged.json"
 _REPEATED = "repeated-ids.parquet"
 #: Declarations per selection pool (office and day), counted while lodging (``LaneQuota``).
 _POOLS = "_pools.parquet"
-_CHUNK = "__chunk"
 
 
 DECISIONS = "decisions.parquet"
@@ -126,66 +131,21 @@ class BatchResult:
     report: SelectionReport | None = None
 
 
-def source_chunks(
-    source: Path, mapping: SourceMapping, chunk_rows: int
-) -> Iterator[tuple[int, pl.DataFrame]]:
-    """(chunk index, raw rows) in fixed row ranges, streamed from the source."""
-    raw = read_source(source, mapping)
-    buffer: list[pl.DataFrame] = []
-    buffered = 0
-    index = 0
-    for batch in raw.collect_batches(chunk_size=min(chunk_rows, 100_000), maintain_order=True):
-        buffer.append(batch)
-        buffered += batch.height
-        while buffered >= chunk_rows:
-            joined = pl.concat(buffer)
-            yield index, joined.head(chunk_rows)
-            rest = joined.slice(chunk_rows)
-            buffer, buffered = [rest], rest.height
-            index += 1
-    if buffered:
-        yield index, pl.concat(buffer)
-
-
 def _validated(
     chunk: pl.DataFrame,
     mapping: SourceMapping,
     reference: Reference,
     skipped: pl.Series | None = None,
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """The chunk's accepted declarations, its rejects, and the (row, id) of the accepted.
+) -> Loaded:
+    """The chunk's declarations checked: the accepted (with their source rows) and rejects.
 
     ``skipped``: source rows rejected since (repeats of an earlier chunk's id), left out of
     the accepted once the chunk is validated whole, as when it was lodged: left out before,
     a later repeat within the chunk would take their place."""
-    mapped = mapping.apply(chunk.lazy(), DECLARATION, {"country_name": country_lookup(reference)})
-    formats = {f: mapping.time_format("declaration", f) for f in DECLARATION.names}
-    checked = validate(mapped, DECLARATION, vocabulary(reference), formats, mapping.extra_kinds)
-    # Two queries, not three: collect_all shares the checks between two (measured: a third
-    # for the keys made a 50 k-line chunk's validation 1.0 -> 2.0 s).
-    rows, rejects = pl.collect_all([checked.accepted_rows, checked.rejects])
+    rows, rejects = check_records(chunk.lazy(), mapping, "declaration", reference)
     if skipped is not None:
         rows = rows.filter(pl.col(ROW).is_in(skipped.implode()).not_())
-    return rows.drop(ROW), rejects, rows.select(ROW, D.ID)
-
-
-def _reject_repeated_ids(
-    keys: list[pl.DataFrame], history_files: DeclarationHistory, lodged_as: Callable[[int], str]
-) -> pl.DataFrame:
-    """Rejects for the ids repeated across chunks (each chunk rejects its own repeats):
-    every line after an id's first, which is also taken back out of its chunk's lodged
-    history. ``keys``: (row, id, chunk) of each chunk's accepted lines."""
-    if not keys:
-        return pl.DataFrame(schema=REJECT_SCHEMA)
-    repeated = pl.concat(keys).filter(pl.col(D.ID).is_first_distinct().not_())
-    for (chunk,), lines in repeated.group_by(_CHUNK):
-        history_files.drop(lodged_as(int(chunk)), lines.get_column(D.ID))
-    return repeated.select(
-        pl.col(ROW).cast(pl.Int64).alias("row"),
-        pl.lit(D.ID).alias("field"),
-        pl.col(D.ID).alias("value"),
-        pl.lit(duplicate_reason(DECLARATION)).alias("reason"),
-    ).cast(REJECT_SCHEMA)
+    return Loaded.checked("declaration", rows, rejects, chunk.height)
 
 
 class _StoredRecords:
@@ -273,18 +233,23 @@ def score_stream(
             stale.unlink()
         history_files.discard_parts(lodged_batch)
         total = 0
-        keys: list[pl.DataFrame] = []
+        repeats = Repeats("declaration")
+        repeated: list[pl.DataFrame] = [pl.DataFrame(schema=REJECT_SCHEMA)]
         for k, chunk in source_chunks(source, mapping, chunk_rows):
-            accepted, rejects, chunk_keys = _validated(chunk, mapping, reference)
+            checked = _validated(chunk, mapping, reference)
+            loaded = repeats.drop_repeats(checked)
             if quota is not None:
-                quota.counted(accepted)
-            history_files.append(accepted, lodged_as(k))
-            atomic_parquet(rejects, rejects_dir / f"part-{k:05d}.parquet")
-            keys.append(chunk_keys.with_columns(pl.lit(k, pl.UInt32).alias(_CHUNK)))
+                quota.counted(loaded.accepted)
+            history_files.append(loaded.accepted, lodged_as(k))
+            atomic_parquet(checked.rejects, rejects_dir / f"part-{k:05d}.parquet")
+            # Accepted rows have no rejects of their own: the rest are repeats, which the
+            # scoring pass must skip as well.
+            before = checked.rejects.get_column("row").implode()
+            repeated.append(loaded.rejects.filter(pl.col("row").is_in(before).not_()))
             total += chunk.height
             if lodging:
                 lodging(total, None)
-        atomic_parquet(_reject_repeated_ids(keys, history_files, lodged_as), repeated_path)
+        atomic_parquet(pl.concat(repeated), repeated_path)
         if quota is not None and quota.sizes is not None:
             atomic_parquet(quota.sizes, pools_path)
         text = json.dumps({"rows": total, "source": str(source), "chunk_rows": chunk_rows})
@@ -311,7 +276,7 @@ def score_stream(
                     pl.read_parquet(part, columns=[D.ID, D.OFFICE, D.DECLARED_AT, SCORE])
                 )
         else:
-            accepted, _, _ = _validated(chunk, mapping, reference, skipped)
+            accepted = _validated(chunk, mapping, reference, skipped).accepted
             keep = set(OUTPUT_COLUMNS) | (deciding.columns() if deciding else set())
             scored = engine.score(accepted, records.walk().for_batch(accepted))
             atomic_parquet(scored.select(c for c in scored.columns if c in keep), part)

@@ -46,8 +46,39 @@ class DeclarationHistory:
 
     def discard_parts(self, batch: str) -> None:
         """Remove every chunk lodged for ``batch`` (a lodging started again from its start)."""
-        for path in self.folder.glob(f"{_SAFE.sub('_', batch)}-[0-9][0-9][0-9][0-9][0-9].parquet"):
+        for path in self.folder.glob(self._parts_pattern(batch)):
             path.unlink()
+
+    def stage(self, declarations: pl.DataFrame, batch: str, k: int) -> None:
+        """Write chunk ``k`` of ``batch`` aside: the history's readers see none of a batch
+        being loaded until ``publish``, and a load that fails leaves the batch as it was."""
+        DeclarationHistory(self._staging).append(declarations, self.part(batch, k))
+
+    def clear_staged(self, batch: str) -> None:
+        """Forget chunks of ``batch`` staged by a load that did not finish."""
+        DeclarationHistory(self._staging).discard_parts(batch)
+
+    def publish(self, batch: str) -> None:
+        """Put the staged chunks of ``batch`` in place of what it held (lodged whole or in
+        chunks). Each chunk replaces its namesake in one rename; then what the new load
+        did not write goes."""
+        staged = sorted(self._staging.glob(self._parts_pattern(batch)))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for path in staged:
+            path.replace(self.folder / path.name)
+        written = {path.name for path in staged}
+        for old in [self.path(batch), *self.folder.glob(self._parts_pattern(batch))]:
+            if old.name not in written:
+                old.unlink(missing_ok=True)
+
+    @property
+    def _staging(self) -> Path:
+        # Beside the batches, but not one of them: ``scan`` reads the folder's own files.
+        return self.folder / "_staging"
+
+    @staticmethod
+    def _parts_pattern(batch: str) -> str:
+        return f"{_SAFE.sub('_', batch)}-[0-9][0-9][0-9][0-9][0-9].parquet"
 
     def append(self, declarations: pl.DataFrame, batch: str) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -57,11 +88,6 @@ class DeclarationHistory:
         # A crash leaves the old file or the new, never half of one.
         atomic_parquet(contract.with_columns(declarations.select(extras)), path)
         return path
-
-    def drop(self, batch: str, ids: pl.Series) -> None:
-        """Take the declarations ``ids`` out of ``batch``'s file (rewritten whole, atomically)."""
-        path = self.path(batch)
-        atomic_parquet(pl.read_parquet(path).filter(pl.col(D.ID).is_in(ids.implode()).not_()), path)
 
     def scan(self) -> pl.LazyFrame:
         # In the order written (the name breaks a tie): unique() keeps a repeated id's last.

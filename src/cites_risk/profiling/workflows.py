@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from cites_risk.features.adapters import SourceMapping
 from cites_risk.features.contract import D, schema_of
 from cites_risk.features.pipeline import build_features, collect_features
 from cites_risk.features.reference import Reference
@@ -69,7 +70,18 @@ from cites_risk.profiling.selection import (
     select,
 )
 from cites_risk.profiling.selection_eval import StrategyResult, compare_strategies
-from cites_risk.profiling.sources import Loaded, load_mapping, load_records, write_rejects
+from cites_risk.profiling.sources import (
+    InputError,
+    Loaded,
+    RejectsFile,
+    Repeats,
+    check_records,
+    load_mapping,
+    load_records,
+    read_source,
+    source_chunks,
+    write_rejects,
+)
 from cites_risk.profiling.store import Actor, Store, Topic
 
 Progress = Callable[[str], None]
@@ -90,9 +102,38 @@ def tracking_for(settings: Settings) -> Tracking:
     )
 
 
+#: Source rows read, checked and stored at a time by ``ingest``: its memory is bounded by
+#: this, not by the size of the source.
+INGEST_CHUNK_ROWS = 200_000
+
+
+@dataclass
+class Tally:
+    """What one record type of a source came to."""
+
+    record: str
+    rows_read: int = 0
+    accepted: int = 0
+    rejected_rows: int = 0
+
+    def add(self, loaded: Loaded) -> None:
+        self.rows_read += loaded.rows_read
+        self.accepted += loaded.accepted.height
+        # A chunk's rows are its own: per-chunk counts add up to the source's.
+        if loaded.rejects.height:
+            self.rejected_rows += loaded.rejects.get_column("row").n_unique()
+
+    @property
+    def summary(self) -> str:
+        return (
+            f"{self.rows_read} rows read, {self.accepted} {self.record} records accepted, "
+            f"{self.rejected_rows} rows rejected"
+        )
+
+
 @dataclass
 class IngestResult:
-    loaded: dict[str, Loaded] = field(default_factory=dict)
+    tallies: dict[str, Tally] = field(default_factory=dict)
     rejects_files: dict[str, Path] = field(default_factory=dict)
 
 
@@ -105,38 +146,105 @@ def ingest(
     actor: Actor,
     *,
     rejects_dir: Path | None = None,
-    progress: Progress = _quiet,
+    progress: RowsProgress | None = None,
+    chunk_rows: int = INGEST_CHUNK_ROWS,
 ) -> IngestResult:
-    """Load every record type the mapping defines; valid rows go in, rejects to a file."""
+    """Load every record type the mapping defines; valid rows go in, rejects to a file.
+
+    The source is read once, in chunks of ``chunk_rows`` lines, each checked and stored
+    before the next is read, so a source of any size loads in bounded memory. A record
+    repeated in a later chunk is rejected as one repeated within a chunk is. Offence
+    records and inspection results are stored chunk by chunk (each chunk audited); the
+    declarations are staged and replace the source's earlier load only once every chunk
+    is read, so a load that fails leaves them as they were. Loading the same source
+    again replaces its declarations and its records (the store's keys): a load cut short
+    is rerun, never doubled. ``progress`` hears the rows read so far.
+    """
+    if chunk_rows < 1:
+        raise ValueError("chunk_rows must be at least 1")
     mapping = load_mapping(mapping_name)
-    result = IngestResult()
+    batch = batch_name(mapping.name, source)
+    folder = rejects_dir or settings.output_dir
+    history = DeclarationHistory(settings.history_dir)
+    # A header the mapping does not fit stops the load before anything is stored.
+    header = read_source(source, mapping).head(0)
     for record in mapping.records:
-        progress(f"reading {record} records from {source.name}")
-        loaded = load_records(source, mapping, record, reference)
-        if record == "declaration":
-            DeclarationHistory(settings.history_dir).append(
-                loaded.accepted, batch_name(mapping.name, source)
+        _checked(source, header, mapping, record, reference, 0)
+    result = IngestResult(tallies={record: Tally(record) for record in mapping.records})
+    repeats = {record: Repeats(record) for record in mapping.records}
+    rejects = {
+        record: RejectsFile(folder / f"{batch}.{record}.rejects.csv") for record in mapping.records
+    }
+    history.clear_staged(batch)
+    read = 0
+    for k, chunk in source_chunks(source, mapping, chunk_rows):
+        for record in mapping.records:
+            loaded = repeats[record].drop_repeats(
+                _checked(source, chunk.lazy(), mapping, record, reference, chunk.height)
             )
-        elif record == "offence":
-            refused = store.offences.add(loaded.accepted)
-            loaded = loaded.refuse(refused, "id held by another provider's record")
-        elif record == "inspection":
-            store.inspections.add(loaded.accepted)
-        result.loaded[record] = loaded
-        if loaded.rejects.height:
-            folder = rejects_dir or settings.output_dir
-            # Named as its batch is: each day's export.csv keeps its own rejects.
-            result.rejects_files[record] = write_rejects(
-                loaded.rejects, folder / f"{batch_name(mapping.name, source)}.{record}.rejects.csv"
-            )
+            if loaded.accepted.height:
+                loaded = _stored(loaded, store, history, batch, k)
+            result.tallies[record].add(loaded)
+            rejects[record].write(loaded.rejects)
+            if record != "declaration":
+                store.audit.record(
+                    actor,
+                    f"ingest.{record}",
+                    str(source),
+                    chunk=k,
+                    rows=[read + 1, read + chunk.height],
+                    accepted=loaded.accepted.height,
+                    rejected_rows=loaded.rejects.get_column("row").n_unique(),
+                )
+        read += chunk.height
+        if progress is not None:
+            progress(read, None)
+    if "declaration" in mapping.records:
+        history.publish(batch)
+        tally = result.tallies["declaration"]
         store.audit.record(
             actor,
-            f"ingest.{record}",
+            "ingest.declaration",
             str(source),
-            accepted=loaded.accepted.height,
-            rejected_rows=loaded.rejects.get_column("row").n_unique(),
+            accepted=tally.accepted,
+            rejected_rows=tally.rejected_rows,
         )
+    for record in mapping.records:
+        if (path := rejects[record].close()) is not None:
+            result.rejects_files[record] = path
     return result
+
+
+def _checked(
+    source: Path,
+    raw: pl.LazyFrame,
+    mapping: SourceMapping,
+    record: str,
+    reference: Reference,
+    rows: int,
+) -> Loaded:
+    """``raw``'s ``rows`` source lines checked as ``record``; what stops the load, said once."""
+    try:
+        accepted, rejected = check_records(raw, mapping, record, reference)
+    except InputError as exc:
+        raise InputError(f"{source}: {exc}") from exc
+    except pl.exceptions.PolarsError as exc:
+        raise InputError(f"cannot read {source}: {exc}") from exc
+    return Loaded.checked(record, accepted, rejected, rows)
+
+
+def _stored(
+    loaded: Loaded, store: Store, history: DeclarationHistory, batch: str, k: int
+) -> Loaded:
+    """``loaded``'s records stored where their type belongs; the store may refuse some."""
+    if loaded.record == "declaration":
+        history.stage(loaded.accepted, batch, k)
+    elif loaded.record == "offence":
+        refused = store.offences.add(loaded.accepted)
+        return loaded.refuse(refused, "id held by another provider's record")
+    elif loaded.record == "inspection":
+        store.inspections.add(loaded.accepted)
+    return loaded
 
 
 @dataclass(frozen=True)
@@ -327,7 +435,10 @@ def score_file(
     declarations = in_period(loaded.accepted, start, end)
     # Lodged declarations join the history first: consignment siblings see each other.
     history_files = DeclarationHistory(settings.history_dir)
-    history_files.append(loaded.accepted, batch_name(mapping.name, source))
+    lodged = batch_name(mapping.name, source)
+    # In one chunk, replacing what an ingest of the same file lodged in several.
+    history_files.stage(loaded.accepted, lodged, 0)
+    history_files.publish(lodged)
     history = history_for(store, history_files, actor.organisation)
     model, version = load_model(tracking_for(settings), model_ref)
     engine = engine_for(settings, model, version, reference)

@@ -111,14 +111,23 @@ def ingest(
     rejects_dir: Annotated[
         Path | None, typer.Option(help="Where rejects files go (default: output dir).")
     ] = None,
+    chunk_rows: Annotated[
+        int, typer.Option(min=1, help="Source lines read, checked and stored at a time.")
+    ] = workflows.INGEST_CHUNK_ROWS,
 ) -> None:
     """Load declarations, offence records and inspection results from a source.
 
     Every row is checked against the data contract; bad rows are written to a rejects CSV
-    (row, field, value, reason) and every valid row is loaded. Loading the same file again
-    replaces, never duplicates.
+    (row, field, value, reason) and every valid row is loaded. The source is read in
+    chunks, so its size is not bounded by memory. Loading the same file again replaces,
+    never duplicates: a load cut short is simply run again.
     """
-    with open_context() as ctx, _progress("ingest") as step:
+    with open_context() as ctx, rows_progress(console) as bars:
+        task = bars.add_task(f"ingest {source.name}", total=None)
+
+        def read(done: int, _: int | None) -> None:
+            bars.update(task, completed=done)
+
         try:
             result = workflows.ingest(
                 ctx.settings,
@@ -128,12 +137,14 @@ def ingest(
                 mapping,
                 ctx.actor,
                 rejects_dir=rejects_dir,
-                progress=step,
+                progress=read,
+                chunk_rows=chunk_rows,
             )
         except InputError as exc:
             raise fail(str(exc)) from exc
-    for record, loaded in result.loaded.items():
-        console.print(f"{record}: {loaded.summary}")
+        bars.update(task, total=bars.tasks[task].completed)
+    for record, tally in result.tallies.items():
+        console.print(f"{record}: {tally.summary}")
         if record in result.rejects_files:
             console.print(f"  rejects written to {result.rejects_files[record]}")
 
@@ -375,7 +386,7 @@ def demo(
     """
     started = time.perf_counter()
     console.rule("cites-risk demo: LEMIS amphibian imports")
-    ingest(LEMIS_SAMPLE, mapping="lemis", rejects_dir=None)
+    ingest(LEMIS_SAMPLE, mapping="lemis", rejects_dir=None, chunk_rows=workflows.INGEST_CHUNK_ROWS)
     with open_context() as ctx:
         changed = workflows.install_starter_profiles(ctx.store, ctx.actor)
     console.print(f"starter risk profiles: {changed} installed or updated")

@@ -1,0 +1,98 @@
+"""Reading a source in chunks: the rows and row numbers of reading it whole, in bounded memory."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from cites_risk.features.adapters import SourceMapping
+from cites_risk.profiling.sources import (
+    InputError,
+    load_mapping,
+    read_source,
+    source_chunks,
+)
+
+MAPPING = load_mapping("lemis")
+
+#: Field text with what makes CSV hard: separators, quotes, newlines inside quotes, CRLF,
+#: non-ASCII letters (several bytes each).
+FIELD = st.text(alphabet=st.sampled_from(list('ab ,"\n\r\u00e9\u6f22;')), max_size=8)
+
+
+def _chunked(
+    path: Path, mapping: SourceMapping, chunk_rows: int, block_bytes: int = 1 << 20
+) -> pl.DataFrame:
+    chunks = list(source_chunks(path, mapping, chunk_rows, block_bytes=block_bytes))
+    assert [k for k, _ in chunks] == list(range(len(chunks)))
+    assert all(c.height == chunk_rows for _, c in chunks[:-1])
+    return pl.concat([c for _, c in chunks]) if chunks else pl.DataFrame()
+
+
+@hypothesis_settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rows=st.lists(st.tuples(FIELD, FIELD, FIELD), max_size=25),
+    chunk_rows=st.integers(1, 7),
+    block_bytes=st.integers(1, 64),
+    gzipped=st.booleans(),
+)
+def test_chunks_hold_the_rows_of_the_whole_source(
+    tmp_path: Path,
+    rows: list[tuple[str, str, str]],
+    chunk_rows: int,
+    block_bytes: int,
+    gzipped: bool,
+) -> None:
+    """Cut anywhere (inside a quoted field, between the bytes of a letter), with any chunk
+    size, the chunks give the whole file's rows, in order, with its row numbers."""
+    frame = pl.DataFrame(rows, schema=["a", " b ", "c"], orient="row")
+    path = tmp_path / ("rows.csv.gz" if gzipped else "rows.csv")
+    text = frame.write_csv().encode()
+    path.write_bytes(gzip.compress(text) if gzipped else text)
+    whole = read_source(path, MAPPING).collect()
+    chunked = _chunked(path, MAPPING, chunk_rows, block_bytes)
+    assert whole.height == len(rows)
+    if rows:
+        assert chunked.equals(whole)
+    else:
+        assert chunked.height == 0
+
+
+def test_a_ragged_line_keeps_its_surplus_in_any_chunk(tmp_path: Path) -> None:
+    path = tmp_path / "ragged.csv"
+    path.write_text("a,b\n1,2\n3,4,extra\n5,6\n")
+    chunked = _chunked(path, MAPPING, 1, 3)
+    assert chunked.equals(read_source(path, MAPPING).collect())
+    assert chunked.get_column("__surplus").to_list() == [None, "extra", None]
+    assert chunked.get_column("__row").to_list() == [1, 2, 3]
+
+
+def test_parquet_is_read_in_row_blocks(tmp_path: Path) -> None:
+    path = tmp_path / "rows.parquet"
+    pl.DataFrame({"a": list(range(23)), "b": [f"x{i}" for i in range(23)]}).write_parquet(path)
+    chunked = _chunked(path, MAPPING, 4)
+    assert chunked.equals(read_source(path, MAPPING).collect())
+    assert chunked.get_column("__row").to_list() == list(range(1, 24))
+
+
+def test_another_encoding_is_read_in_chunks(tmp_path: Path) -> None:
+    path = tmp_path / "latin.csv"
+    path.write_bytes("a,b\nJos\u00e9,1\nM\u00fcller,2\n".encode("latin-1"))
+    mapping = SourceMapping.from_dict(
+        {"name": "latin", "read": {"encoding": "latin-1"}, "records": {}}
+    )
+    chunked = _chunked(path, mapping, 1, 2)
+    assert chunked.get_column("a").to_list() == ["Jos\u00e9", "M\u00fcller"]
+
+
+def test_an_unreadable_source_is_one_sentence(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such file"):
+        list(source_chunks(tmp_path / "absent.csv", MAPPING, 10))
