@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
+
+import polars as pl
+import pytest
 
 from cites_risk.features.reference import Reference
 from cites_risk.profiling.config import Settings
@@ -59,3 +63,57 @@ def test_a_correction_lodged_later_wins_whatever_its_file_is_called(
     _ingest(settings, store, reference, tmp_path / "in" / "b.csv", "x,2024-01-01,JFK,1\n")
     _ingest(settings, store, reference, tmp_path / "in" / "a.csv", "x,2024-01-01,JFK,7\n")
     assert _lodged(settings) == {"x": 7.0}
+
+
+def _frame(*ids: str) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "declaration_id": list(ids),
+            "declared_at": [datetime(2024, 1, 1, tzinfo=UTC)] * len(ids),
+            "office": ["JFK"] * len(ids),
+        }
+    )
+
+
+def _ids(history: DeclarationHistory) -> list[str]:
+    return sorted(history.scan().collect().get_column("declaration_id"))
+
+
+def test_of_two_loads_of_a_source_the_later_publish_is_the_whole_result(tmp_path: Path) -> None:
+    """A retried job and the first attempt, or a score of the file during its ingest: each
+    load stages its own chunks, and publishing one never takes in or deletes the other's."""
+    history = DeclarationHistory(tmp_path / "history")
+    history.append(_frame("old"), "src")  # the source as an earlier version lodged it, whole
+    first, second = history.loading("src"), history.loading("src")
+    first.stage(_frame("a", "b"), 0)
+    first.stage(_frame("c"), 1)
+    second.stage(_frame("x"), 0)
+    second.publish()
+    assert _ids(history) == ["x"]
+    first.publish()
+    assert _ids(history) == ["a", "b", "c"]
+    assert not list((tmp_path / "history" / "_staging").glob("*/*"))
+
+
+def test_a_load_abandoned_leaves_the_source_as_it_was(tmp_path: Path) -> None:
+    history = DeclarationHistory(tmp_path / "history")
+    history.append(_frame("old"), "src")
+    with pytest.raises(RuntimeError), history.loading("src") as loading:
+        loading.stage(_frame("a"), 0)
+        raise RuntimeError("the source broke at its second chunk")
+    assert _ids(history) == ["old"]
+    assert not list((tmp_path / "history" / "_staging").glob("*/*"))
+
+
+def test_chunk_100000_and_on_are_published(tmp_path: Path) -> None:
+    """Part names grow a sixth digit there; they are still the source's chunks."""
+    history = DeclarationHistory(tmp_path / "history")
+    with history.loading("src") as loading:
+        loading.stage(_frame("a"), 99_999)
+        loading.stage(_frame("b"), 100_000)
+        loading.publish()
+    assert _ids(history) == ["a", "b"]
+    with history.loading("src") as loading:
+        loading.stage(_frame("c"), 0)
+        loading.publish()
+    assert _ids(history) == ["c"]

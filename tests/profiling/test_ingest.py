@@ -230,6 +230,8 @@ def test_a_load_that_fails_leaves_the_earlier_load_in_place(
             chunk_rows=2,
         )
     assert _contents(settings, store)[0] == before
+    assert not list(settings.history_dir.glob("_staging/*/*"))  # nothing left to publish
+    assert not list(settings.output_dir.glob(".*.tmp"))
     _load_lines(settings, store, reference, tmp_path, 2, LINES[:2])
     assert _contents(settings, store)[0] == [("a", 1.0), ("b", 2.0)]
 

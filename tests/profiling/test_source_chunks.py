@@ -96,3 +96,33 @@ def test_another_encoding_is_read_in_chunks(tmp_path: Path) -> None:
 def test_an_unreadable_source_is_one_sentence(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no such file"):
         list(source_chunks(tmp_path / "absent.csv", MAPPING, 10))
+
+
+@pytest.mark.parametrize("name", ["rows.csv", "ROWS.CSV.GZ", "rows.csv.gz"])
+def test_gzip_is_told_by_its_bytes_not_its_name(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(b"a,b\n1,2\n3,4\n"))
+    chunked = _chunked(path, MAPPING, 1, 4)
+    assert chunked.equals(read_source(path, MAPPING).collect())
+    assert chunked.get_column("a").to_list() == ["1", "3"]
+
+
+def test_a_cut_gzip_is_one_sentence(tmp_path: Path) -> None:
+    path = tmp_path / "cut.csv.gz"
+    data = gzip.compress(b"a,b\n" + "".join(f"{i},{i * i}\n" for i in range(5000)).encode())
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="cannot read"):
+        list(source_chunks(path, MAPPING, 10))
+
+
+def test_a_line_longer_than_the_spare_columns_is_rejected_not_fatal_at_a_block_start(
+    tmp_path: Path,
+) -> None:
+    """Where the blocks are cut must not decide whether a file can be read."""
+    path = tmp_path / "long.csv"
+    path.write_text("a,b\n1,2\n" + ",".join("x" * 12) + "\n5,6\n")
+    whole = read_source(path, MAPPING).collect()
+    for block_bytes in (1, 8, 1 << 20):
+        chunked = _chunked(path, MAPPING, 2, block_bytes)
+        assert chunked.equals(whole)
+    assert whole.get_column("__surplus").to_list() == [None, "x", None]

@@ -9,9 +9,13 @@ edited) stay in SQL.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
 import re
+import shutil
 from pathlib import Path
+from uuid import uuid4
 
 import polars as pl
 
@@ -46,39 +50,26 @@ class DeclarationHistory:
 
     def discard_parts(self, batch: str) -> None:
         """Remove every chunk lodged for ``batch`` (a lodging started again from its start)."""
-        for path in self.folder.glob(self._parts_pattern(batch)):
+        for path in self._parts(self.folder, batch):
             path.unlink()
 
-    def stage(self, declarations: pl.DataFrame, batch: str, k: int) -> None:
-        """Write chunk ``k`` of ``batch`` aside: the history's readers see none of a batch
-        being loaded until ``publish``, and a load that fails leaves the batch as it was."""
-        DeclarationHistory(self._staging).append(declarations, self.part(batch, k))
-
-    def clear_staged(self, batch: str) -> None:
-        """Forget chunks of ``batch`` staged by a load that did not finish."""
-        DeclarationHistory(self._staging).discard_parts(batch)
-
-    def publish(self, batch: str) -> None:
-        """Put the staged chunks of ``batch`` in place of what it held (lodged whole or in
-        chunks). Each chunk replaces its namesake in one rename; then what the new load
-        did not write goes."""
-        staged = sorted(self._staging.glob(self._parts_pattern(batch)))
-        self.folder.mkdir(parents=True, exist_ok=True)
-        for path in staged:
-            path.replace(self.folder / path.name)
-        written = {path.name for path in staged}
-        for old in [self.path(batch), *self.folder.glob(self._parts_pattern(batch))]:
-            if old.name not in written:
-                old.unlink(missing_ok=True)
-
-    @property
-    def _staging(self) -> Path:
-        # Beside the batches, but not one of them: ``scan`` reads the folder's own files.
-        return self.folder / "_staging"
+    def loading(self, batch: str) -> Loading:
+        """A new load of ``batch``: its chunks are staged aside and replace what the batch
+        held only at ``Loading.publish``. Staging left by loads whose process is gone is
+        removed first."""
+        staging = self.folder / _STAGING
+        for stale in staging.glob(f"{_SAFE.sub('_', batch)}.*"):
+            pid = stale.name.rsplit(".", 1)[-1].split("-", 1)[0]
+            if stale.is_dir() and pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
+        return Loading(self, batch)
 
     @staticmethod
-    def _parts_pattern(batch: str) -> str:
-        return f"{_SAFE.sub('_', batch)}-[0-9][0-9][0-9][0-9][0-9].parquet"
+    def _parts(folder: Path, batch: str) -> list[Path]:
+        """The chunks of ``batch`` in ``folder``: five digits or more (chunk 100,000 on)."""
+        safe = _SAFE.sub("_", batch)
+        name = re.compile(rf"{re.escape(safe)}-[0-9]{{5,}}\.parquet")
+        return [p for p in folder.glob(f"{safe}-[0-9]*.parquet") if name.fullmatch(p.name)]
 
     def append(self, declarations: pl.DataFrame, batch: str) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -109,3 +100,72 @@ def history_for(store: Store, declarations: DeclarationHistory, organisation: st
         offences=store.offences.visible_to(organisation).lazy(),
         inspections=store.inspections.all().lazy(),
     )
+
+
+#: Where loads stage their chunks: beside the batches, but not one of them (``scan`` reads
+#: the history folder's own files only).
+_STAGING = "_staging"
+
+
+class Loading:
+    """One load of a batch, its chunks written to a folder of its own until ``publish``.
+
+    A load that fails leaves the batch as it was; two loads of one source (a retried job,
+    a score of the file during its ingest) never mix their chunks. Used as a context
+    manager, an exception abandons the load.
+    """
+
+    def __init__(self, history: DeclarationHistory, batch: str) -> None:
+        self.history = history
+        self.batch = batch
+        self.folder = (
+            history.folder / _STAGING / f"{_SAFE.sub('_', batch)}.{os.getpid()}-{uuid4().hex}"
+        )
+
+    def stage(self, declarations: pl.DataFrame, k: int) -> None:
+        DeclarationHistory(self.folder).append(declarations, DeclarationHistory.part(self.batch, k))
+
+    def publish(self) -> None:
+        """Put this load's chunks in place of what the batch held (whole or in chunks).
+
+        Under a lock per batch, so that of two loads the later publish is the whole
+        result. Each chunk replaces its namesake in one rename, then what this load did
+        not write goes: a reader at that instant may see part of the load.
+        """
+        folder = self.history.folder
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = folder / _STAGING / f"{_SAFE.sub('_', self.batch)}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with lock.open("a") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            staged = (
+                DeclarationHistory._parts(self.folder, self.batch) if self.folder.exists() else []
+            )
+            for path in staged:
+                path.replace(folder / path.name)
+            written = {path.name for path in staged}
+            old = [self.history.path(self.batch), *DeclarationHistory._parts(folder, self.batch)]
+            for path in old:
+                if path.name not in written:
+                    path.unlink(missing_ok=True)
+        self.abandon()
+
+    def abandon(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self) -> Loading:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None:
+            self.abandon()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

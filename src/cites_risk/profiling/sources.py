@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -195,6 +196,9 @@ def _scan_csv(source: Path | io.BytesIO, mapping: SourceMapping, encoding: str) 
         skip_rows=1,
         schema=schema,
         missing_columns="insert",
+        # A line longer than even the spare columns is cut, not a failed file: the spare
+        # columns already mark it (and a block may start with it).
+        extra_columns="ignore",
         truncate_ragged_lines=True,
         **options,
     ).select(*header, pl.coalesce(spare).alias(SURPLUS))
@@ -203,7 +207,7 @@ def _scan_csv(source: Path | io.BytesIO, mapping: SourceMapping, encoding: str) 
 def _as_utf8(path: Path, mapping: SourceMapping) -> io.BytesIO:
     """A CSV in another encoding, decoded in memory (polars scans only UTF-8)."""
     raw = path.read_bytes()
-    if path.suffix == ".gz":
+    if _compression(path) == "gzip":
         raw = gzip.decompress(raw)
     return io.BytesIO(raw.decode(mapping.encoding).encode("utf-8"))
 
@@ -299,7 +303,7 @@ def source_chunks(
                 rest = joined.slice(chunk_rows)
                 buffer, buffered = [rest], rest.height
                 index += 1
-    except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
+    except (pl.exceptions.PolarsError, OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read {source}: {exc}") from exc
     if buffered:
         yield index, pl.concat(buffer)
@@ -314,6 +318,10 @@ def _source_blocks(
 ) -> Iterator[pl.DataFrame]:
     """``whole``'s rows in consecutive blocks, each parsed on its own and numbered on from
     the block before."""
+    if _compression(path) == "zstd":
+        # No zstd reader in the standard library: polars decompresses it whole, in memory.
+        yield whole.collect()
+        return
     if path.suffix == ".parquet" or mapping.format == "parquet":
         # A slice reads only the row groups it needs.
         total = int(pl.scan_parquet(path).select(pl.len()).collect().item())
@@ -342,12 +350,24 @@ def _opened(path: Path, mapping: SourceMapping) -> Iterator[tuple[io.BufferedIOB
         return
     # Lossy: a stray byte becomes U+FFFD in its field, not a failed batch.
     parse_as = "utf8-lossy" if encoding == "utf8lossy" else "utf8"
-    if path.suffix == ".gz":
+    if _compression(path) == "gzip":
         with gzip.open(path, "rb") as unzipped:
             yield unzipped, parse_as
     else:
         with path.open("rb") as plain:
             yield plain, parse_as
+
+
+def _compression(path: Path) -> str | None:
+    """What the file is compressed with, told by its first bytes as polars tells it (a
+    gzip file named ``.csv`` or ``.CSV.GZ`` is still gzip)."""
+    with path.open("rb") as probe:
+        magic = probe.read(4)
+    if magic[:2] == b"\x1f\x8b":
+        return "gzip"
+    if magic == b"\x28\xb5\x2f\xfd":
+        return "zstd"
+    return None
 
 
 def _record_blocks(handle: io.BufferedIOBase, size: int) -> Iterator[bytes]:
@@ -433,6 +453,12 @@ class RejectsFile:
         else:
             header = False
         rejects.select(REJECT_SCHEMA.names()).write_csv(self._handle, include_header=header)
+
+    def abandon(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        self._tmp.unlink(missing_ok=True)
 
     def close(self) -> Path | None:
         """The file's path if any rejects were written, else None (and an older file of

@@ -7,7 +7,8 @@ callback and returns what it measured, so the CLI prints and the API reuses them
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -46,7 +47,12 @@ from cites_risk.profiling.engine import (
     rank,
 )
 from cites_risk.profiling.fast_score import FastEngine
-from cites_risk.profiling.history_store import DeclarationHistory, batch_name, history_for
+from cites_risk.profiling.history_store import (
+    DeclarationHistory,
+    Loading,
+    batch_name,
+    history_for,
+)
 from cites_risk.profiling.profile_evidence import (
     INFO_KEY,
     Evidence,
@@ -175,32 +181,33 @@ def ingest(
     rejects = {
         record: RejectsFile(folder / f"{batch}.{record}.rejects.csv") for record in mapping.records
     }
-    history.clear_staged(batch)
     read = 0
-    for k, chunk in source_chunks(source, mapping, chunk_rows):
-        for record in mapping.records:
-            loaded = repeats[record].drop_repeats(
-                _checked(source, chunk.lazy(), mapping, record, reference, chunk.height)
-            )
-            if loaded.accepted.height:
-                loaded = _stored(loaded, store, history, batch, k)
-            result.tallies[record].add(loaded)
-            rejects[record].write(loaded.rejects)
-            if record != "declaration":
-                store.audit.record(
-                    actor,
-                    f"ingest.{record}",
-                    str(source),
-                    chunk=k,
-                    rows=[read + 1, read + chunk.height],
-                    accepted=loaded.accepted.height,
-                    rejected_rows=loaded.rejects.get_column("row").n_unique(),
+    with history.loading(batch) as loading, _abandoned_on_error(rejects.values()):
+        for k, chunk in source_chunks(source, mapping, chunk_rows):
+            for record in mapping.records:
+                loaded = repeats[record].drop_repeats(
+                    _checked(source, chunk.lazy(), mapping, record, reference, chunk.height)
                 )
-        read += chunk.height
-        if progress is not None:
-            progress(read, None)
+                if loaded.accepted.height:
+                    loaded = _stored(loaded, store, loading, k)
+                result.tallies[record].add(loaded)
+                rejects[record].write(loaded.rejects)
+                if record != "declaration":
+                    store.audit.record(
+                        actor,
+                        f"ingest.{record}",
+                        str(source),
+                        chunk=k,
+                        rows=[read + 1, read + chunk.height],
+                        accepted=loaded.accepted.height,
+                        rejected_rows=loaded.rejects.get_column("row").n_unique(),
+                    )
+            read += chunk.height
+            if progress is not None:
+                progress(read, None)
+        if "declaration" in mapping.records:
+            loading.publish()
     if "declaration" in mapping.records:
-        history.publish(batch)
         tally = result.tallies["declaration"]
         store.audit.record(
             actor,
@@ -213,6 +220,17 @@ def ingest(
         if (path := rejects[record].close()) is not None:
             result.rejects_files[record] = path
     return result
+
+
+@contextmanager
+def _abandoned_on_error(files: Iterable[RejectsFile]) -> Iterator[None]:
+    """A load that fails leaves no half-written rejects behind."""
+    try:
+        yield
+    except BaseException:
+        for file in files:
+            file.abandon()
+        raise
 
 
 def _checked(
@@ -233,12 +251,10 @@ def _checked(
     return Loaded.checked(record, accepted, rejected, rows)
 
 
-def _stored(
-    loaded: Loaded, store: Store, history: DeclarationHistory, batch: str, k: int
-) -> Loaded:
+def _stored(loaded: Loaded, store: Store, loading: Loading, k: int) -> Loaded:
     """``loaded``'s records stored where their type belongs; the store may refuse some."""
     if loaded.record == "declaration":
-        history.stage(loaded.accepted, batch, k)
+        loading.stage(loaded.accepted, k)
     elif loaded.record == "offence":
         refused = store.offences.add(loaded.accepted)
         return loaded.refuse(refused, "id held by another provider's record")
@@ -437,8 +453,9 @@ def score_file(
     history_files = DeclarationHistory(settings.history_dir)
     lodged = batch_name(mapping.name, source)
     # In one chunk, replacing what an ingest of the same file lodged in several.
-    history_files.stage(loaded.accepted, lodged, 0)
-    history_files.publish(lodged)
+    with history_files.loading(lodged) as loading:
+        loading.stage(loaded.accepted, 0)
+        loading.publish()
     history = history_for(store, history_files, actor.organisation)
     model, version = load_model(tracking_for(settings), model_ref)
     engine = engine_for(settings, model, version, reference)
