@@ -117,3 +117,14 @@ def test_chunk_100000_and_on_are_published(tmp_path: Path) -> None:
         loading.stage(_frame("c"), 0)
         loading.publish()
     assert _ids(history) == ["c"]
+
+
+def test_a_load_counts_as_lodged_when_it_is_published(tmp_path: Path) -> None:
+    """Another batch lodged while a long load runs holds the same id: the load, published
+    after it, is the later word."""
+    history = DeclarationHistory(tmp_path / "history")
+    loading = history.loading("long-load")
+    loading.stage(_frame("x").with_columns(pl.lit("LOAD").alias("office")), 0)
+    history.append(_frame("x").with_columns(pl.lit("MEANWHILE").alias("office")), "other")
+    loading.publish()
+    assert history.scan().collect().get_column("office").to_list() == ["LOAD"]

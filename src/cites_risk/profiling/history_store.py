@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from uuid import uuid4
 
@@ -142,7 +143,12 @@ class Loading:
                 DeclarationHistory._parts(self.folder, self.batch) if self.folder.exists() else []
             )
             for path in staged:
-                path.replace(folder / path.name)
+                target = folder / path.name
+                path.replace(target)
+                # Dated when published, not when staged: of two batches holding an id, the
+                # one published last wins, whatever was lodged during a long load.
+                now = time.time_ns()
+                os.utime(target, ns=(now, now))
             written = {path.name for path in staged}
             old = [self.history.path(self.batch), *DeclarationHistory._parts(folder, self.batch)]
             for path in old:
