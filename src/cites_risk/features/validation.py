@@ -202,7 +202,7 @@ def validate(
     # break.
     ragged = pl.struct(
         pl.lit("(line)").alias("field"),
-        pl.col(SURPLUS if SURPLUS in present else _MISREAD).cast(pl.String).alias("value"),
+        (pl.col(SURPLUS) if SURPLUS in present else pl.lit(None, pl.String)).alias("value"),
         pl.lit(RAGGED).alias("reason"),
     )
     found = [pl.when(pl.col(name)).then(c.error) for c, name in zip(checks, flags, strict=True)]

@@ -139,9 +139,7 @@ class Loading:
         lock.parent.mkdir(parents=True, exist_ok=True)
         with lock.open("a") as held:
             fcntl.flock(held, fcntl.LOCK_EX)
-            staged = (
-                DeclarationHistory._parts(self.folder, self.batch) if self.folder.exists() else []
-            )
+            staged = DeclarationHistory._parts(self.folder, self.batch)
             for path in staged:
                 target = folder / path.name
                 path.replace(target)

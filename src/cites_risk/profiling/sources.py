@@ -78,6 +78,11 @@ class Loaded:
     #: The source row of each accepted record.
     source_rows: pl.Series
 
+    @property
+    def rejected_rows(self) -> int:
+        """Source rows with at least one reject (a row may break several rules)."""
+        return self.rejects.get_column("row").n_unique() if self.rejects.height else 0
+
     @classmethod
     def checked(
         cls, record: str, accepted: pl.DataFrame, rejects: pl.DataFrame, rows_read: int
@@ -156,12 +161,11 @@ def read_source(path: Path, mapping: SourceMapping) -> pl.LazyFrame:
     if not path.is_file():
         raise InputError(f"cannot read {path}: no such file")
     try:
-        if path.suffix == ".parquet" or mapping.format == "parquet":
+        if _is_parquet(path, mapping):
             frame = pl.scan_parquet(path)
             frame = frame.select(_as_text(n, t) for n, t in schema_of(frame).items())
-        elif (encoding := mapping.encoding.lower().replace("-", "")) in ("utf8", "utf8lossy"):
-            # Lossy: a stray byte becomes U+FFFD in its field, not a failed batch.
-            frame = _scan_csv(path, mapping, "utf8-lossy" if encoding == "utf8lossy" else "utf8")
+        elif (encoding := _polars_encoding(mapping)) is not None:
+            frame = _scan_csv(path, mapping, encoding)
         else:
             frame = _scan_csv(_as_utf8(path, mapping), mapping, "utf8")
         names = schema_of(frame).names()
@@ -169,6 +173,17 @@ def read_source(path: Path, mapping: SourceMapping) -> pl.LazyFrame:
         raise InputError(f"cannot read {path}: {exc}") from exc
     renamed = {n: n.strip() for n in names if n != n.strip()}
     return frame.rename(renamed).with_row_index(ROW, offset=1)
+
+
+def _is_parquet(path: Path, mapping: SourceMapping) -> bool:
+    return path.suffix == ".parquet" or mapping.format == "parquet"
+
+
+def _polars_encoding(mapping: SourceMapping) -> str | None:
+    """The encoding polars parses the source in, or None: it is decoded to UTF-8 first."""
+    encoding = mapping.encoding.lower().replace("-", "")
+    # Lossy: a stray byte becomes U+FFFD in its field, not a failed batch.
+    return {"utf8": "utf8", "utf8lossy": "utf8-lossy"}.get(encoding)
 
 
 #: Spare columns past the header's. An empty field reads as an absent one, so a line is seen
@@ -257,6 +272,25 @@ def check_records(
     return accepted, rejects
 
 
+def load_checked(
+    path: Path,
+    raw: pl.LazyFrame,
+    mapping: SourceMapping,
+    record_name: str,
+    reference: Reference,
+    rows_read: int,
+) -> Loaded:
+    """``check_records`` on ``rows_read`` rows of the source at ``path``; what stops the
+    load is said once, naming the file."""
+    try:
+        accepted, rejects = check_records(raw, mapping, record_name, reference)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from exc
+    except pl.exceptions.PolarsError as exc:
+        raise InputError(f"cannot read {path}: {exc}") from exc
+    return Loaded.checked(record_name, accepted, rejects, rows_read)
+
+
 def load_records(
     path: Path, mapping: SourceMapping, record_name: str, reference: Reference
 ) -> Loaded:
@@ -264,12 +298,9 @@ def load_records(
     source = read_source(path, mapping)
     try:
         raw = source.collect()
-        accepted, rejects = check_records(raw.lazy(), mapping, record_name, reference)
-    except InputError as exc:
-        raise InputError(f"{path}: {exc}") from exc
     except pl.exceptions.PolarsError as exc:
         raise InputError(f"cannot read {path}: {exc}") from exc
-    return Loaded.checked(record_name, accepted, rejects, raw.height)
+    return load_checked(path, raw.lazy(), mapping, record_name, reference, raw.height)
 
 
 #: CSV bytes parsed at a time by ``source_chunks``: with the chunk being assembled, what
@@ -286,8 +317,8 @@ def source_chunks(
 
     Not polars' own batched collect: its reader decodes ahead of the caller whatever the
     caller takes (~0.9 GiB held at the first batch of a 2 M-line CSV; for Parquet, the
-    more the more rows: pola-rs/polars#28569). Reading 4 MB blocks of that CSV here peaks
-    at 0.15 GiB.
+    more the more rows: pola-rs/polars#28569). Read here in 8 MB blocks, chunks of
+    200,000 lines of that CSV peak at 0.4 GiB.
     """
     whole = read_source(source, mapping)  # the file's problems, before any chunk
     buffer: list[pl.DataFrame] = []
@@ -322,7 +353,7 @@ def _source_blocks(
         # No zstd reader in the standard library: polars decompresses it whole, in memory.
         yield whole.collect()
         return
-    if path.suffix == ".parquet" or mapping.format == "parquet":
+    if _is_parquet(path, mapping):
         # A slice reads only the row groups it needs.
         total = int(pl.scan_parquet(path).select(pl.len()).collect().item())
         for start in range(0, total, parquet_rows):
@@ -343,13 +374,11 @@ def _source_blocks(
 @contextmanager
 def _opened(path: Path, mapping: SourceMapping) -> Iterator[tuple[io.BufferedIOBase, str]]:
     """The CSV's bytes, and the encoding polars parses them in."""
-    encoding = mapping.encoding.lower().replace("-", "")
-    if encoding not in ("utf8", "utf8lossy"):
+    parse_as = _polars_encoding(mapping)
+    if parse_as is None:
         with _as_utf8(path, mapping) as decoded:
             yield decoded, "utf8"
         return
-    # Lossy: a stray byte becomes U+FFFD in its field, not a failed batch.
-    parse_as = "utf8-lossy" if encoding == "utf8lossy" else "utf8"
     if _compression(path) == "gzip":
         with gzip.open(path, "rb") as unzipped:
             yield unzipped, parse_as

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from cites_risk.features.adapters import SourceMapping
 from cites_risk.features.contract import D, schema_of
 from cites_risk.features.pipeline import build_features, collect_features
 from cites_risk.features.reference import Reference
@@ -77,11 +76,10 @@ from cites_risk.profiling.selection import (
 )
 from cites_risk.profiling.selection_eval import StrategyResult, compare_strategies
 from cites_risk.profiling.sources import (
-    InputError,
     Loaded,
     RejectsFile,
     Repeats,
-    check_records,
+    load_checked,
     load_mapping,
     load_records,
     read_source,
@@ -126,8 +124,7 @@ class Tally:
         self.rows_read += loaded.rows_read
         self.accepted += loaded.accepted.height
         # A chunk's rows are its own: per-chunk counts add up to the source's.
-        if loaded.rejects.height:
-            self.rejected_rows += loaded.rejects.get_column("row").n_unique()
+        self.rejected_rows += loaded.rejected_rows
 
     @property
     def summary(self) -> str:
@@ -175,7 +172,7 @@ def ingest(
     # A header the mapping does not fit stops the load before anything is stored.
     header = read_source(source, mapping).head(0)
     for record in mapping.records:
-        _checked(source, header, mapping, record, reference, 0)
+        load_checked(source, header, mapping, record, reference, 0)
     result = IngestResult(tallies={record: Tally(record) for record in mapping.records})
     repeats = {record: Repeats(record) for record in mapping.records}
     rejects = {
@@ -186,7 +183,7 @@ def ingest(
         for k, chunk in source_chunks(source, mapping, chunk_rows):
             for record in mapping.records:
                 loaded = repeats[record].drop_repeats(
-                    _checked(source, chunk.lazy(), mapping, record, reference, chunk.height)
+                    load_checked(source, chunk.lazy(), mapping, record, reference, chunk.height)
                 )
                 if loaded.accepted.height:
                     loaded = _stored(loaded, store, loading, k)
@@ -200,7 +197,7 @@ def ingest(
                         chunk=k,
                         rows=[read + 1, read + chunk.height],
                         accepted=loaded.accepted.height,
-                        rejected_rows=loaded.rejects.get_column("row").n_unique(),
+                        rejected_rows=loaded.rejected_rows,
                     )
             read += chunk.height
             if progress is not None:
@@ -231,24 +228,6 @@ def _abandoned_on_error(files: Iterable[RejectsFile]) -> Iterator[None]:
         for file in files:
             file.abandon()
         raise
-
-
-def _checked(
-    source: Path,
-    raw: pl.LazyFrame,
-    mapping: SourceMapping,
-    record: str,
-    reference: Reference,
-    rows: int,
-) -> Loaded:
-    """``raw``'s ``rows`` source lines checked as ``record``; what stops the load, said once."""
-    try:
-        accepted, rejected = check_records(raw, mapping, record, reference)
-    except InputError as exc:
-        raise InputError(f"{source}: {exc}") from exc
-    except pl.exceptions.PolarsError as exc:
-        raise InputError(f"cannot read {source}: {exc}") from exc
-    return Loaded.checked(record, accepted, rejected, rows)
 
 
 def _stored(loaded: Loaded, store: Store, loading: Loading, k: int) -> Loaded:
@@ -485,7 +464,7 @@ def score_file(
     return ScoreOutcome(
         {"parquet": parquet, "csv": csv},
         ranked.height,
-        loaded.rejects.get_column("row").n_unique(),
+        loaded.rejected_rows,
         metrics,
         version,
         lanes,
