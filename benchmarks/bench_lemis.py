@@ -60,6 +60,9 @@ def main() -> None:
         raw_drop=RAW_DROP,
         raw_label=lambda raw, _: (raw.get_column("action") == "R").cast(pl.Float64).to_numpy(),
         raw_times=times,
+        # When each refusal or clearance was recorded: the plain model reads only the labels
+        # known at the test period's start, as ours does.
+        raw_known=data.raw.get_column("disposition_date").str.to_datetime(time_zone="UTC"),
         trials=args.trials,
     )
     raise SystemExit(0 if ok else 1)

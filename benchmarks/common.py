@@ -23,12 +23,21 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from cites_risk.features.contract import OFFENCE
+from cites_risk.features.contract import OFFENCE, D
 from cites_risk.features.history import History
 from cites_risk.features.pipeline import FEATURE_SET, FEATURE_VERSION, build_features
 from cites_risk.features.reference import Reference, load_reference
 from cites_risk.models.evaluation import ScoreReport, evaluate
-from cites_risk.models.training import Split, TrainResult, label_frame, train_and_evaluate
+from cites_risk.models.training import (
+    FIRST_HIT,
+    FIRST_RESULT,
+    LABEL,
+    Split,
+    TrainResult,
+    known_by,
+    label_frame,
+    train_and_evaluate,
+)
 from cites_risk.profiling.sources import load_mapping, load_records
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -81,12 +90,15 @@ def plain_lightgbm(
     split: Split,
     drop: Sequence[str],
     seed: int,
+    known: pl.Series | None = None,
 ) -> dict[str, float]:
     """LightGBM with default parameters on the source's raw columns: the reference point.
 
     Numbers that parse become numbers, everything else is label-encoded (integer codes in
     order of appearance, as a quick first model does); trained on train + valid with 100
-    rounds, no feature engineering, no history.
+    rounds, no feature engineering, no history. ``known`` says when each row's label was
+    recorded: the rows it learns from are then those ``known_by`` leaves our model at the
+    test period's start, so both read the same labels.
     """
     cols = [c for c in raw.columns if c not in drop]
     frame = raw.select(cols)
@@ -100,13 +112,32 @@ def plain_lightgbm(
             converted.append(codes.alias(c))
     x = pl.DataFrame(converted).to_numpy()
     train, valid, test = split.masks(times)
-    fit = train | valid
+    fit = np.flatnonzero(train | valid)
+    fit_label = label[fit]
+    if known is not None:
+        fit, fit_label = known_rows(fit, label, times, known, split.test_from)
     booster = lgb.train(
         {"objective": "binary", "verbose": -1, "seed": seed, "num_threads": 2},
-        lgb.Dataset(x[fit], label[fit], feature_name=cols),
+        lgb.Dataset(x[fit], fit_label, feature_name=cols),
         num_boost_round=100,
     )
     return evaluate(label[test], np.asarray(booster.predict(x[test])))
+
+
+def known_rows(
+    rows: np.ndarray, label: np.ndarray, times: pl.Series, known: pl.Series, cut: datetime
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows among ``rows`` whose label was recorded before ``cut``, and their labels."""
+    frame = pl.DataFrame(
+        {
+            "__row": rows,
+            D.DECLARED_AT: times.gather(rows),
+            LABEL: label[rows].astype(np.float64),
+            FIRST_RESULT: known.gather(rows),
+        }
+    ).with_columns(pl.when(pl.col(LABEL) > 0).then(pl.col(FIRST_RESULT)).alias(FIRST_HIT))
+    kept = known_by(frame, cut)
+    return kept.get_column("__row").to_numpy(), kept.get_column(LABEL).to_numpy()
 
 
 def mean_sd(values: Sequence[float]) -> str:
@@ -138,6 +169,7 @@ def run(
     raw_drop: Sequence[str],
     raw_label: Callable[[pl.DataFrame, str], np.ndarray],
     raw_times: pl.Series,
+    raw_known: pl.Series | None = None,
     trials: int = 0,
     params: dict[str, Any] | None = None,
 ) -> bool:
@@ -173,7 +205,13 @@ def run(
             print(f"[{task.name}] seed {seed}: {shown}  ({time.perf_counter() - t0:.1f} s)")
         plain = [
             plain_lightgbm(
-                data.raw, raw_label(data.raw, task.name), raw_times, split, raw_drop, seed
+                data.raw,
+                raw_label(data.raw, task.name),
+                raw_times,
+                split,
+                raw_drop,
+                seed,
+                known=raw_known,
             )
             for seed in seeds
         ]
