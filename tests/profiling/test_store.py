@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from cites_risk.features.contract import INSPECTION, OFFENCE, conform
+from cites_risk.profiling.profiles.watchlist import WatchlistRepository
 from cites_risk.profiling.store import Actor, Store
 from cites_risk.profiling.store.core import make_engine, upgrade, upsert
 from cites_risk.profiling.store.schema import LATEST, TS, inspections, offences
@@ -249,3 +250,50 @@ def test_jobs_are_found_by_fingerprint(any_store: Store) -> None:
     any_store.jobs.update(job.job_id, status="failed", error="boom")
     assert any_store.jobs.find("score", "abc", "US-FWS") is None
     assert [j.job_id for j in any_store.jobs.unfinished()] == []
+
+
+def test_upgrade_to_version_6_gives_each_watchlist_entry_its_adders_organisation(
+    store_url: str,
+) -> None:
+    engine = make_engine(url := store_url)
+    assert upgrade(engine, target=5) == 5
+    now = datetime.now(UTC)
+    entry = {
+        "entity_kind": "importer",
+        "reason": "case",
+        "added_by": "ana",
+        "added_at": now,
+    }
+    with engine.begin() as conn:
+        # The watch-list as versions 2 to 5 created it: no organisation.
+        conn.exec_driver_sql("DROP INDEX ix_watchlist_organisation")
+        conn.exec_driver_sql("ALTER TABLE watchlist DROP COLUMN organisation")
+        for entry_id, name in (("w1", "Acme"), ("w2", "Beta")):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO watchlist (entry_id, entity_kind, name, normalised_name, reason,"
+                    " added_by, added_at) VALUES (:id, :entity_kind, :name, :name, :reason,"
+                    " :added_by, :added_at)"
+                ),
+                entry | {"id": entry_id, "name": name},
+            )
+        # Only w1's adding is in the audit log (then a later event on it by another).
+        for org, action in (("US-FWS", "watchlist.add"), ("NG-CUSTOMS", "watchlist.remove")):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO audit_events (at, actor, organisation, role, action, target)"
+                    " VALUES (:at, 'x', :org, 'analyst', :action, 'w1')"
+                ),
+                {"at": now, "org": org, "action": action},
+            )
+    engine.dispose()
+    store = Store(url)
+    assert store.version == LATEST >= 6
+    repo = WatchlistRepository(store)
+    assert {e.entry_id: e.organisation for e in repo.entries("US-FWS")} == {
+        "w1": "US-FWS",
+        "w2": None,
+    }
+    # An entry whose organisation nobody recorded stays on every list, as it was.
+    assert [e.entry_id for e in repo.entries("NG-CUSTOMS")] == ["w2"]
+    store.close()

@@ -20,6 +20,8 @@ from cites_risk.profiling.profiles.watchlist import (
 from cites_risk.profiling.store import Actor, Store
 
 ANALYST = Actor("ana", "US-FWS", "analyst")
+OTHER = Actor("olu", "NG-CUSTOMS", "analyst")
+ORG = ANALYST.organisation
 NOW = datetime(2024, 5, 1, tzinfo=UTC)
 
 
@@ -32,7 +34,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 def _index(*names: str, kind: EntityKind = EntityKind.IMPORTER) -> WatchlistIndex:
     return WatchlistIndex(
-        WatchlistEntry(f"e{i}", kind, n, entity_key(n), "reason", None, "ana", NOW)
+        WatchlistEntry(f"e{i}", kind, n, entity_key(n), "reason", None, "ana", NOW, ORG)
         for i, n in enumerate(names)
     )
 
@@ -83,18 +85,18 @@ def test_add_list_remove_with_expiry_and_audit(store: Store) -> None:
     expired = repo.add(
         EntityKind.EXPORTER, "Old Exports SARL", "lapsed", ANALYST, NOW - timedelta(days=1)
     )
-    assert [e.entry_id for e in repo.entries(at=NOW)] == [live.entry_id]
-    assert {e.entry_id for e in repo.entries(include_expired=True)} == {
+    assert [e.entry_id for e in repo.entries(ORG, at=NOW)] == [live.entry_id]
+    assert {e.entry_id for e in repo.entries(ORG, include_expired=True)} == {
         live.entry_id,
         expired.entry_id,
     }
-    index = repo.index(at=NOW)
+    index = repo.index(ORG, at=NOW)
     assert index.match(EntityKind.EXPORTER, ["Old Exports"]) == {}
     assert "ACME TRADING" in index.match(EntityKind.IMPORTER, ["ACME TRADING"])
 
     assert repo.remove(live.entry_id, ANALYST)
     assert not repo.remove(live.entry_id, ANALYST)
-    assert repo.get(live.entry_id) is None
+    assert repo.get(live.entry_id, ORG) is None
     events = store.audit.query(limit=10)
     assert [e["action"] for e in reversed(events)] == [
         "watchlist.add",
@@ -128,9 +130,26 @@ def test_watchlist_condition_in_a_profile(store: Store) -> None:
             "importer": ["x", "y", "z"],
         }
     )
-    hits = evaluate(frame, [profile], watchlist=repo.index())
+    hits = evaluate(frame, [profile], watchlist=repo.index(ORG))
     assert hits.get_column(hit_column("wl")).to_list() == [True, False, False]
     sentence = hits.get_column(watch_column(EntityKind.DECLARANT))[0]
     assert "'FAST BROKERS'" in sentence and "'Fast Brokers GmbH'" in sentence
     # Without the watch-list, a watch-list condition matches nothing.
     assert not evaluate(frame, [profile]).get_column(hit_column("wl")).any()
+
+
+def test_each_organisation_keeps_its_own_list(store: Store) -> None:
+    repo = WatchlistRepository(store)
+    ours = repo.add("importer", "Acme Trading Co", "seizure 2023-17", ANALYST)
+    theirs = repo.add("importer", "Beta Exotics", "case NG-4", OTHER)
+    assert (ours.organisation, theirs.organisation) == ("US-FWS", "NG-CUSTOMS")
+    assert [e.entry_id for e in repo.entries(ORG)] == [ours.entry_id]
+    assert [e.entry_id for e in repo.entries(OTHER.organisation)] == [theirs.entry_id]
+    # Another organisation's entry is neither read, matched nor removed.
+    assert repo.get(theirs.entry_id, ORG) is None
+    assert repo.index(ORG).match(EntityKind.IMPORTER, ["Beta Exotics"]) == {}
+    assert "Beta Exotics" in repo.index(OTHER.organisation).match(
+        EntityKind.IMPORTER, ["Beta Exotics"]
+    )
+    assert not repo.remove(theirs.entry_id, ANALYST)
+    assert repo.get(theirs.entry_id, OTHER.organisation) is not None

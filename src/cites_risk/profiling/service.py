@@ -348,7 +348,7 @@ class Service:
             self._weighted_profiles(self.engine()),
             SelectionConfig(capacity_share=DEFAULT_CAPACITY_SHARE),
             role=Role(actor.role),
-            watchlist=self.watchlist.index(),
+            watchlist=self.watchlist.index(actor.organisation),
         )
 
     def _online_config(self, engine: Engine) -> SelectionConfig:
@@ -561,7 +561,7 @@ class Service:
         # With every declared column beside the features (``declared_view``).
         full = loaded.engine.score(frame, history)
         profiles = self._weighted_profiles(loaded.engine, stamps)
-        index = self.watchlist.index()
+        index = self.watchlist.index(organisation)
         rendered = {
             role: self._results(full, profiles, index, loaded, role, as_of)
             for role in dict.fromkeys([*roles, Role.INSPECTOR])
@@ -874,7 +874,7 @@ class Service:
         )
 
     def list_watchlist(self, actor: Actor) -> list[dict[str, Any]]:
-        entries = self.watchlist.entries(include_expired=True)
+        entries = self.watchlist.entries(actor.organisation, include_expired=True)
         self.store.audit.record(actor, "watchlist.list", None, rows=len(entries))
         return [e.as_dict() for e in entries]
 

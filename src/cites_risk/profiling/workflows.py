@@ -544,7 +544,7 @@ def batch_deciding(
         weighted(ProfileRepository(store).enabled(), from_info(model.info)),
         selection,
         role=Role(actor.role),
-        watchlist=WatchlistRepository(store).index(),
+        watchlist=WatchlistRepository(store).index(actor.organisation),
     )
 
 

@@ -207,7 +207,7 @@ def backtest_cmd(
     with open_context() as ctx:
         chosen = _resolve(ctx, profile)
         frame = _history_frame(ctx, source, mapping)
-        watch = WatchlistRepository(ctx.store).index()
+        watch = WatchlistRepository(ctx.store).index(ctx.actor.organisation)
         try:
             result = backtest(frame, chosen, watchlist=watch)
         except ProfileError as exc:
@@ -229,7 +229,7 @@ def report_cmd(
         if not profiles:
             raise fail("no stored profiles; run `cites-risk profiles import` first")
         frame = _history_frame(ctx, source, mapping)
-        watch = WatchlistRepository(ctx.store).index()
+        watch = WatchlistRepository(ctx.store).index(ctx.actor.organisation)
         try:
             path = write_report(frame, profiles, out, watchlist=watch)
         except ProfileError as exc:
@@ -283,7 +283,9 @@ def watch_list(
     """Watch-list entries (active ones unless --all)."""
     with open_context() as ctx:
         table = Table("id", "kind", "name", "reason", "expires", "added by")
-        entries = WatchlistRepository(ctx.store).entries(kind, include_expired=include_expired)
+        entries = WatchlistRepository(ctx.store).entries(
+            ctx.actor.organisation, kind, include_expired=include_expired
+        )
         ctx.audit("watchlist.list", None, rows=len(entries))
         for e in entries:
             expires = f"{e.expires_at:%Y-%m-%d}" if e.expires_at else ""
@@ -295,7 +297,7 @@ def watch_list(
 def watch_match(kind: EntityKind, name: str) -> None:
     """Which active entry a name would match, and how closely."""
     with open_context() as ctx:
-        found = WatchlistRepository(ctx.store).index().match(kind, [name])
+        found = WatchlistRepository(ctx.store).index(ctx.actor.organisation).match(kind, [name])
         ctx.audit("watchlist.match", name, kind=kind.value, found=name in found)
     if name in found:
         console.print(found[name].sentence(kind))

@@ -71,6 +71,8 @@ class WatchlistEntry:
     expires_at: datetime | None
     added_by: str
     added_at: datetime
+    #: Whose list it is on (None: every organisation's, see ``store.schema.watchlist``).
+    organisation: str | None
 
     def active(self, at: datetime) -> bool:
         return self.expires_at is None or self.expires_at > at
@@ -85,6 +87,7 @@ class WatchlistEntry:
             "expires_at": self.expires_at.isoformat() if self.expires_at else None,
             "added_by": self.added_by,
             "added_at": self.added_at.isoformat(),
+            "organisation": self.organisation,
         }
 
 
@@ -188,6 +191,7 @@ def _entry(row: Any) -> WatchlistEntry:
         expires_at=as_utc(row.expires_at),
         added_by=row.added_by,
         added_at=added_at,
+        organisation=row.organisation,
     )
 
 
@@ -200,7 +204,12 @@ class WatchlistEntryError(ValueError):
 
 
 class WatchlistRepository:
-    """Audited add / remove / list of watch-list entries in the store."""
+    """Audited add / remove / list of watch-list entries in the store.
+
+    Each organisation keeps its own list: an entry is added to the actor's organisation's,
+    and only that organisation reads, removes and matches it. A list names suspects and
+    why; like offence records, it is not another organisation's to read.
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -227,6 +236,7 @@ class WatchlistRepository:
             expires_at=as_utc(expires_at),
             added_by=actor.name,
             added_at=utcnow(),
+            organisation=actor.organisation,
         )
         with self.store.db.begin() as conn:
             conn.execute(
@@ -239,13 +249,15 @@ class WatchlistRepository:
                     expires_at=entry.expires_at,
                     added_by=entry.added_by,
                     added_at=entry.added_at,
+                    organisation=entry.organisation,
                 )
             )
         self.store.audit.record(actor, "watchlist.add", entry.entry_id, **entry.as_dict())
         return entry
 
     def remove(self, entry_id: str, actor: Actor) -> bool:
-        entry = self.get(entry_id)
+        """False if the actor's organisation has no such entry (another's is not told)."""
+        entry = self.get(entry_id, actor.organisation)
         if entry is None:
             return False
         with self.store.db.begin() as conn:
@@ -254,19 +266,26 @@ class WatchlistRepository:
         self.store.audit.record(actor, "watchlist.remove", entry_id, **entry.as_dict())
         return True
 
-    def get(self, entry_id: str) -> WatchlistEntry | None:
+    def get(self, entry_id: str, organisation: str) -> WatchlistEntry | None:
+        stmt = sa.select(watchlist).where(watchlist.c.entry_id == entry_id, _on_list(organisation))
         with self.store.db.begin() as conn:
-            row = conn.execute(sa.select(watchlist).where(watchlist.c.entry_id == entry_id)).first()
+            row = conn.execute(stmt).first()
         return _entry(row) if row else None
 
     def entries(
         self,
+        organisation: str,
         kind: EntityKind | str | None = None,
         *,
         include_expired: bool = False,
         at: datetime | None = None,
     ) -> list[WatchlistEntry]:
-        stmt = sa.select(watchlist).order_by(watchlist.c.entity_kind, watchlist.c.name)
+        """``organisation``'s entries, by kind and name."""
+        stmt = (
+            sa.select(watchlist)
+            .where(_on_list(organisation))
+            .order_by(watchlist.c.entity_kind, watchlist.c.name)
+        )
         if kind is not None:
             stmt = stmt.where(watchlist.c.entity_kind == EntityKind(kind).value)
         with self.store.db.begin() as conn:
@@ -277,7 +296,12 @@ class WatchlistRepository:
         return [e for e in entries if e.active(now)]
 
     def index(
-        self, at: datetime | None = None, threshold: float = DEFAULT_THRESHOLD
+        self, organisation: str, at: datetime | None = None, threshold: float = DEFAULT_THRESHOLD
     ) -> WatchlistIndex:
-        """The entries active at ``at`` (default now), ready to match a batch."""
-        return WatchlistIndex(self.entries(at=at), threshold)
+        """``organisation``'s entries active at ``at`` (default now), ready to match a batch."""
+        return WatchlistIndex(self.entries(organisation, at=at), threshold)
+
+
+def _on_list(organisation: str) -> sa.ColumnElement[bool]:
+    """Entries on ``organisation``'s list: its own and those no organisation owns."""
+    return sa.or_(watchlist.c.organisation == organisation, watchlist.c.organisation.is_(None))

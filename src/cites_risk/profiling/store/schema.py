@@ -135,6 +135,10 @@ watchlist = sa.Table(
     sa.Column("expires_at", TS),
     sa.Column("added_by", sa.String, nullable=False),
     sa.Column("added_at", TS, nullable=False),
+    # Whose list the entry is on: only that organisation's analysts see, change and match
+    # it. NULL: added before entries had one, and its adding is not in the audit log; such
+    # an entry stays on every organisation's list, as it was.
+    sa.Column("organisation", sa.String, index=True),
 )
 
 profile_versions = sa.Table(
@@ -249,11 +253,34 @@ def _v5(conn: Connection) -> None:
     conn.exec_driver_sql(f"DROP TABLE {aside}")
 
 
+def _v6(conn: Connection) -> None:
+    """Watch-list entries belong to an organisation: the one whose analyst added each,
+    as the audit log recorded it."""
+    present = {c["name"] for c in sa.inspect(conn).get_columns(watchlist.name)}
+    if "organisation" in present:
+        return  # created at version 2 by this code
+    kind = watchlist.c.organisation.type.compile(dialect=conn.dialect)
+    conn.exec_driver_sql(f"ALTER TABLE {watchlist.name} ADD COLUMN organisation {kind}")
+    for index in watchlist.indexes:
+        if "organisation" in index.columns:
+            index.create(conn)
+    added = (
+        sa.select(audit_events.c.organisation)
+        .where(audit_events.c.action == "watchlist.add")
+        .where(audit_events.c.target == watchlist.c.entry_id)
+        .order_by(audit_events.c.event_id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    conn.execute(watchlist.update().values(organisation=added))
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _v1,
     2: _v2,
     3: _v3,
     4: _v4,
     5: _v5,
+    6: _v6,
 }
 LATEST = max(MIGRATIONS)
