@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import tracemalloc
 from pathlib import Path
 
 import polars as pl
@@ -43,6 +44,8 @@ def _chunked(
     chunk_rows=st.integers(1, 7),
     block_bytes=st.integers(1, 64),
     gzipped=st.booleans(),
+    # Parsed by polars; recoded as it is read (two bytes or more a letter, one to four).
+    encoding=st.sampled_from(["utf-8", "utf-16", "gb18030"]),
 )
 def test_chunks_hold_the_rows_of_the_whole_source(
     tmp_path: Path,
@@ -50,20 +53,28 @@ def test_chunks_hold_the_rows_of_the_whole_source(
     chunk_rows: int,
     block_bytes: int,
     gzipped: bool,
+    encoding: str,
 ) -> None:
     """Cut anywhere (inside a quoted field, between the bytes of a letter), with any chunk
-    size, the chunks give the whole file's rows, in order, with its row numbers."""
+    size, in any encoding, the chunks give the whole file's rows, in order, with its row
+    numbers."""
     frame = pl.DataFrame(rows, schema=["a", " b ", "c"], orient="row")
     path = tmp_path / ("rows.csv.gz" if gzipped else "rows.csv")
-    text = frame.write_csv().encode()
+    text = frame.write_csv().encode(encoding)
     path.write_bytes(gzip.compress(text) if gzipped else text)
-    whole = read_source(path, MAPPING).collect()
-    chunked = _chunked(path, MAPPING, chunk_rows, block_bytes)
+    mapping = _reading(encoding)
+    whole = read_source(path, mapping).collect()
+    chunked = _chunked(path, mapping, chunk_rows, block_bytes)
     assert whole.height == len(rows)
+    assert whole.select("a", "b", "c").rows() == [tuple(v or None for v in r) for r in rows]
     if rows:
         assert chunked.equals(whole)
     else:
         assert chunked.height == 0
+
+
+def _reading(encoding: str) -> SourceMapping:
+    return SourceMapping.from_dict({"name": "enc", "read": {"encoding": encoding}, "records": {}})
 
 
 def test_a_ragged_line_keeps_its_surplus_in_any_chunk(tmp_path: Path) -> None:
@@ -91,6 +102,65 @@ def test_another_encoding_is_read_in_chunks(tmp_path: Path) -> None:
     )
     chunked = _chunked(path, mapping, 1, 2)
     assert chunked.get_column("a").to_list() == ["Jos\u00e9", "M\u00fcller"]
+
+
+def test_another_encoding_is_recoded_block_by_block_not_whole(tmp_path: Path) -> None:
+    """An 8 MB cp1252 file read in blocks of 256 kB: what Python holds at once stays a few
+    blocks, where decoding the file whole held it three times (bytes, text, UTF-8)."""
+    path = tmp_path / "windows.csv"
+    line = "Jos\u00e9 M\u00fcller,1\n".encode("cp1252")
+    path.write_bytes(b"a,b\n" + line * (8 * 2**20 // len(line)))
+    tracemalloc.start()
+    try:
+        rows = sum(
+            c.height for _, c in source_chunks(path, _reading("cp1252"), 50_000, block_bytes=2**18)
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert rows == 8 * 2**20 // len(line)
+    assert peak < 4 * 2**20
+
+
+def test_a_byte_not_of_the_encoding_stops_the_file_before_any_chunk(tmp_path: Path) -> None:
+    """Near the end, or a character cut short at the end: the file is refused before its
+    first chunk, naming where in the file."""
+    path = tmp_path / "windows.csv"
+    lines = b"a,b\n" + "".join(f"Jos\u00e9 {i},{i}\n" for i in range(20_000)).encode("cp1252")
+    path.write_bytes(lines + b"bad \x81,1\n")
+    chunks = source_chunks(path, _reading("cp1252"), 10, block_bytes=1024)
+    with pytest.raises(InputError, match=f"not cp1252 text at byte {len(lines) + 4:,}"):
+        next(chunks)
+    cut = tmp_path / "cut.csv"
+    cut.write_bytes("a,b\n1,\u4e2d".encode("utf-16")[:-1])
+    with pytest.raises(InputError, match="not utf-16 text"):
+        next(source_chunks(cut, _reading("utf-16"), 10))
+    with pytest.raises(InputError, match="not utf-16 text"):
+        read_source(cut, _reading("utf-16"))
+
+
+def test_a_codec_that_is_not_of_text_is_one_sentence(tmp_path: Path) -> None:
+    path = tmp_path / "rows.csv"
+    path.write_bytes(b"a,b\n1,2\n")
+    with pytest.raises(InputError, match="not a text encoding"):
+        list(source_chunks(path, _reading("rot13"), 10))
+
+
+def test_a_line_ends_at_a_newline_only_in_any_encoding(tmp_path: Path) -> None:
+    """U+0085 and a form feed end a line for Python's text readers, not for CSV."""
+    path = tmp_path / "latin.csv"
+    path.write_bytes("a\x85x,b\n1\x0c2,3\n".encode("latin-1"))
+    mapping = _reading("latin-1")
+    chunked = _chunked(path, mapping, 1, 4)
+    assert chunked.equals(read_source(path, mapping).collect())
+    assert chunked.select("a\x85x", "b").rows() == [("1\x0c2", "3")]
+
+
+def test_zstd_in_another_encoding_is_one_sentence(tmp_path: Path) -> None:
+    path = tmp_path / "rows.csv.zst"
+    path.write_bytes(b"\x28\xb5\x2f\xfd" + b"\x00" * 16)
+    with pytest.raises(InputError, match="zstd-compressed file must be UTF-8"):
+        list(source_chunks(path, _reading("latin-1"), 10))
 
 
 def test_an_unreadable_source_is_one_sentence(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ Structural problems (unreadable file, unknown mapping, a required column missing
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import io
 import zlib
@@ -13,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import polars as pl
@@ -67,6 +68,22 @@ COUNTRY_ALIASES = {
 
 class InputError(RuntimeError):
     """A source cannot be used at all; the message says why in one sentence."""
+
+
+class NotTextError(ValueError):
+    """A source's bytes are not text in its mapping's encoding (says where in the file)."""
+
+
+#: What reading a source may raise that makes it unreadable as a whole.
+_READ_ERRORS = (
+    pl.exceptions.PolarsError,
+    OSError,
+    EOFError,
+    zlib.error,
+    UnicodeDecodeError,
+    LookupError,
+    NotTextError,
+)
 
 
 @dataclass(frozen=True)
@@ -158,6 +175,16 @@ def read_source(path: Path, mapping: SourceMapping) -> pl.LazyFrame:
     A CSV line with more fields than its header keeps the surplus in ``__surplus``
     (validation rejects the line); a line with fewer has nulls in the fields it lacks.
     """
+    return _read(path, mapping, header_only=False)
+
+
+def source_header(path: Path, mapping: SourceMapping) -> pl.LazyFrame:
+    """``read_source``'s columns and no rows, read from the CSV's first line only: a CSV
+    in another encoding than UTF-8 is not decoded whole for it."""
+    return _read(path, mapping, header_only=True).head(0)
+
+
+def _read(path: Path, mapping: SourceMapping, *, header_only: bool) -> pl.LazyFrame:
     if not path.is_file():
         raise InputError(f"cannot read {path}: no such file")
     try:
@@ -166,10 +193,13 @@ def read_source(path: Path, mapping: SourceMapping) -> pl.LazyFrame:
             frame = frame.select(_as_text(n, t) for n, t in schema_of(frame).items())
         elif (encoding := _polars_encoding(mapping)) is not None:
             frame = _scan_csv(path, mapping, encoding)
+        elif header_only:
+            with _opened(path, mapping) as (handle, _):
+                frame = _scan_csv(io.BytesIO(handle.readline()), mapping, "utf8")
         else:
             frame = _scan_csv(_as_utf8(path, mapping), mapping, "utf8")
         names = schema_of(frame).names()
-    except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError, LookupError) as exc:
+    except _READ_ERRORS as exc:
         raise InputError(f"cannot read {path}: {exc}") from exc
     renamed = {n: n.strip() for n in names if n != n.strip()}
     return frame.rename(renamed).with_row_index(ROW, offset=1)
@@ -220,11 +250,9 @@ def _scan_csv(source: Path | io.BytesIO, mapping: SourceMapping, encoding: str) 
 
 
 def _as_utf8(path: Path, mapping: SourceMapping) -> io.BytesIO:
-    """A CSV in another encoding, decoded in memory (polars scans only UTF-8)."""
-    raw = path.read_bytes()
-    if _compression(path) == "gzip":
-        raw = gzip.decompress(raw)
-    return io.BytesIO(raw.decode(mapping.encoding).encode("utf-8"))
+    """A CSV in another encoding, decoded whole in memory (polars scans only UTF-8)."""
+    with _opened(path, mapping) as (handle, _):
+        return io.BytesIO(handle.read())
 
 
 def _as_text(name: str, dtype: pl.DataType) -> pl.Expr:
@@ -320,11 +348,16 @@ def source_chunks(
     more the more rows: pola-rs/polars#28569). Read here in 8 MB blocks, chunks of
     200,000 lines of that CSV peak at 0.4 GiB.
     """
-    whole = read_source(source, mapping)  # the file's problems, before any chunk
+    # The file's problems before any chunk; of a CSV, only its header is read for them.
+    whole = source_header(source, mapping)
+    if _is_parquet(source, mapping) or _compression(source) == "zstd":
+        whole = read_source(source, mapping)
     buffer: list[pl.DataFrame] = []
     buffered = 0
     index = 0
     try:
+        if _polars_encoding(mapping) is None:
+            _check_decodable(source, mapping, block_bytes)
         for block in _source_blocks(source, mapping, whole, block_bytes, chunk_rows):
             buffer.append(block)
             buffered += block.height
@@ -334,7 +367,7 @@ def source_chunks(
                 rest = joined.slice(chunk_rows)
                 buffer, buffered = [rest], rest.height
                 index += 1
-    except (pl.exceptions.PolarsError, OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+    except _READ_ERRORS as exc:
         raise InputError(f"cannot read {source}: {exc}") from exc
     if buffered:
         yield index, pl.concat(buffer)
@@ -371,20 +404,81 @@ def _source_blocks(
             yield numbered
 
 
+class _Bytes(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+    def readline(self) -> bytes: ...
+
+
+class _Recoded:
+    """A file in another encoding, read as UTF-8 a block at a time.
+
+    Not ``codecs.EncodedFile``: its ``readline`` ends a line at any Unicode line break
+    (U+0085 is a Latin-1 byte, U+2028 …), where polars ends one at a newline only.
+    """
+
+    def __init__(self, raw: _Bytes, encoding: str) -> None:
+        "".encode(encoding)  # LookupError for an unknown codec, or one not of text (rot13)
+        self.encoding = encoding
+        self._raw = raw
+        self._decoder = codecs.getincrementaldecoder(encoding)()
+        self._ready = b""
+        self._done = False
+        self._read = 0
+
+    def _fill(self, size: int) -> None:
+        chunk = self._raw.read(size)
+        self._done = not chunk
+        # Bytes of a character begun in the last chunk: the decoder holds them.
+        held = len(self._decoder.getstate()[0])
+        try:
+            # Final at the end: a character cut short there is an error, not dropped.
+            text = self._decoder.decode(chunk, final=self._done)
+        except UnicodeDecodeError as exc:
+            at = self._read - held + exc.start
+            raise NotTextError(f"not {self.encoding} text at byte {at:,}: {exc.reason}") from exc
+        self._read += len(chunk)
+        self._ready += text.encode("utf-8")
+
+    def read(self, size: int = -1, /) -> bytes:
+        while not self._done and (size < 0 or len(self._ready) < size):
+            self._fill(size if size > 0 else 1 << 20)
+        cut = len(self._ready) if size < 0 else size
+        out, self._ready = self._ready[:cut], self._ready[cut:]
+        return out
+
+    def readline(self) -> bytes:
+        while not self._done and b"\n" not in self._ready:
+            self._fill(1 << 12)
+        cut = self._ready.find(b"\n") + 1 or len(self._ready)
+        out, self._ready = self._ready[:cut], self._ready[cut:]
+        return out
+
+
 @contextmanager
-def _opened(path: Path, mapping: SourceMapping) -> Iterator[tuple[io.BufferedIOBase, str]]:
-    """The CSV's bytes, and the encoding polars parses them in."""
+def _opened(path: Path, mapping: SourceMapping) -> Iterator[tuple[_Bytes, str]]:
+    """The CSV's bytes, and the encoding polars parses them in. A CSV in another encoding
+    is recoded to UTF-8 as it is read (polars parses only UTF-8), so that reading it in
+    blocks holds a block of it, not the whole file."""
     parse_as = _polars_encoding(mapping)
-    if parse_as is None:
-        with _as_utf8(path, mapping) as decoded:
-            yield decoded, "utf8"
-        return
-    if _compression(path) == "gzip":
-        with gzip.open(path, "rb") as unzipped:
-            yield unzipped, parse_as
-    else:
-        with path.open("rb") as plain:
-            yield plain, parse_as
+    compression = _compression(path)
+    if parse_as is None and compression == "zstd":
+        raise InputError(
+            f"cannot read {path}: a zstd-compressed file must be UTF-8, and the mapping reads "
+            f"{mapping.encoding}; decompress it, or compress it with gzip"
+        )
+    with gzip.open(path, "rb") if compression == "gzip" else path.open("rb") as raw:
+        if parse_as is None:
+            yield _Recoded(raw, mapping.encoding), "utf8"
+        else:
+            yield raw, parse_as
+
+
+def _check_decodable(path: Path, mapping: SourceMapping, block_bytes: int) -> None:
+    """Read a CSV in another encoding through once, keeping nothing: a byte that is not
+    text in it then stops the file before any chunk is stored, as when it is read whole."""
+    with _opened(path, mapping) as (handle, _):
+        while handle.read(block_bytes):
+            pass
 
 
 def _compression(path: Path) -> str | None:
@@ -399,7 +493,7 @@ def _compression(path: Path) -> str | None:
     return None
 
 
-def _record_blocks(handle: io.BufferedIOBase, size: int) -> Iterator[bytes]:
+def _record_blocks(handle: _Bytes, size: int) -> Iterator[bytes]:
     """The rest of ``handle`` in blocks of about ``size`` bytes, each ending where a record
     does: at a newline outside quotes, as a quoted field may hold newlines."""
     rest = b""

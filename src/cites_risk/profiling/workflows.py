@@ -82,8 +82,8 @@ from cites_risk.profiling.sources import (
     load_checked,
     load_mapping,
     load_records,
-    read_source,
     source_chunks,
+    source_header,
     write_rejects,
 )
 from cites_risk.profiling.store import Actor, Store, Topic
@@ -170,7 +170,7 @@ def ingest(
     folder = rejects_dir or settings.output_dir
     history = DeclarationHistory(settings.history_dir)
     # A header the mapping does not fit stops the load before anything is stored.
-    header = read_source(source, mapping).head(0)
+    header = source_header(source, mapping)
     for record in mapping.records:
         load_checked(source, header, mapping, record, reference, 0)
     result = IngestResult(tallies={record: Tally(record) for record in mapping.records})
