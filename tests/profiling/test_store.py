@@ -297,3 +297,32 @@ def test_upgrade_to_version_6_gives_each_watchlist_entry_its_adders_organisation
     # An entry whose organisation nobody recorded stays on every list, as it was.
     assert [e.entry_id for e in repo.entries("NG-CUSTOMS")] == ["w2"]
     store.close()
+
+
+def test_version_6_fills_organisations_a_first_run_cut_short_left_empty(store_url: str) -> None:
+    """SQLite commits ALTER TABLE at once: a first run may have added the column, then
+    been stopped before filling it. The next start fills it."""
+    engine = make_engine(url := store_url)
+    assert upgrade(engine, target=5) == 5
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO watchlist (entry_id, entity_kind, name, normalised_name, reason,"
+                " added_by, added_at) VALUES ('w1', 'importer', 'Acme', 'acme', 'case', 'ana',"
+                " :now)"
+            ),
+            {"now": now},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO audit_events (at, actor, organisation, role, action, target)"
+                " VALUES (:now, 'ana', 'US-FWS', 'analyst', 'watchlist.add', 'w1')"
+            ),
+            {"now": now},
+        )
+    engine.dispose()
+    store = Store(url)
+    assert [e.organisation for e in WatchlistRepository(store).entries("US-FWS")] == ["US-FWS"]
+    assert WatchlistRepository(store).entries("NG-CUSTOMS") == []
+    store.close()

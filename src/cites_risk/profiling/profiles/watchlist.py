@@ -261,7 +261,13 @@ class WatchlistRepository:
         if entry is None:
             return False
         with self.store.db.begin() as conn:
-            conn.execute(watchlist.delete().where(watchlist.c.entry_id == entry_id))
+            gone = conn.execute(
+                watchlist.delete().where(
+                    watchlist.c.entry_id == entry_id, _on_list(actor.organisation)
+                )
+            ).rowcount
+        if not gone:  # removed meanwhile by another request
+            return False
         # The audit event keeps what was removed: the table itself forgets it.
         self.store.audit.record(actor, "watchlist.remove", entry_id, **entry.as_dict())
         return True

@@ -255,14 +255,15 @@ def _v5(conn: Connection) -> None:
 
 def _v6(conn: Connection) -> None:
     """Watch-list entries belong to an organisation: the one whose analyst added each,
-    as the audit log recorded it."""
-    present = {c["name"] for c in sa.inspect(conn).get_columns(watchlist.name)}
-    if "organisation" in present:
-        return  # created at version 2 by this code
-    kind = watchlist.c.organisation.type.compile(dialect=conn.dialect)
-    conn.exec_driver_sql(f"ALTER TABLE {watchlist.name} ADD COLUMN organisation {kind}")
+    as the audit log recorded it. Every step may run again: SQLite commits a schema change
+    at once, so a first run cut short may have added the column and filled nothing."""
+    inspector = sa.inspect(conn)
+    if "organisation" not in {c["name"] for c in inspector.get_columns(watchlist.name)}:
+        kind = watchlist.c.organisation.type.compile(dialect=conn.dialect)
+        conn.exec_driver_sql(f"ALTER TABLE {watchlist.name} ADD COLUMN organisation {kind}")
+    indexed = {i["name"] for i in inspector.get_indexes(watchlist.name)}
     for index in watchlist.indexes:
-        if "organisation" in index.columns:
+        if "organisation" in index.columns and index.name not in indexed:
             index.create(conn)
     added = (
         sa.select(audit_events.c.organisation)
@@ -272,7 +273,9 @@ def _v6(conn: Connection) -> None:
         .limit(1)
         .scalar_subquery()
     )
-    conn.execute(watchlist.update().values(organisation=added))
+    conn.execute(
+        watchlist.update().where(watchlist.c.organisation.is_(None)).values(organisation=added)
+    )
 
 
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
