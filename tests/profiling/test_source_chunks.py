@@ -18,6 +18,7 @@ from cites_risk.profiling.sources import (
     load_mapping,
     read_source,
     source_chunks,
+    source_header,
 )
 
 MAPPING = load_mapping("lemis")
@@ -154,6 +155,23 @@ def test_a_line_ends_at_a_newline_only_in_any_encoding(tmp_path: Path) -> None:
     chunked = _chunked(path, mapping, 1, 4)
     assert chunked.equals(read_source(path, mapping).collect())
     assert chunked.select("a\x85x", "b").rows() == [("1\x0c2", "3")]
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "cp1252"])
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_empty_lines_before_the_header_are_passed_over(
+    tmp_path: Path, encoding: str, gzipped: bool
+) -> None:
+    """Some exports start with empty lines; the header is the first line with text, and
+    the rows are numbered from the line after it."""
+    text = "\r\n\na,b\n1,2\n3,4\n".encode(encoding)
+    path = tmp_path / "late-header.csv"
+    path.write_bytes(gzip.compress(text) if gzipped else text)
+    mapping = _reading(encoding)
+    whole = read_source(path, mapping).collect()
+    assert whole.select("__row", "a", "b").rows() == [(1, "1", "2"), (2, "3", "4")]
+    assert _chunked(path, mapping, 1, 3).equals(whole)
+    assert source_header(path, mapping).collect_schema().names() == whole.columns
 
 
 def test_zstd_in_another_encoding_is_one_sentence(tmp_path: Path) -> None:

@@ -195,7 +195,7 @@ def _read(path: Path, mapping: SourceMapping, *, header_only: bool) -> pl.LazyFr
             frame = _scan_csv(path, mapping, encoding)
         elif header_only:
             with _opened(path, mapping) as (handle, _):
-                frame = _scan_csv(io.BytesIO(handle.readline()), mapping, "utf8")
+                frame = _scan_csv(io.BytesIO(_header_line(handle)[1]), mapping, "utf8")
         else:
             frame = _scan_csv(_as_utf8(path, mapping), mapping, "utf8")
         names = schema_of(frame).names()
@@ -231,14 +231,23 @@ def _scan_csv(source: Path | io.BytesIO, mapping: SourceMapping, encoding: str) 
         "encoding": encoding,
     }
     header = schema_of(pl.scan_csv(source, infer_schema=False, n_rows=0, **options)).names()
+    # Empty lines before the header: polars passes over them to find it, but counts them
+    # among the rows it is told to skip.
     if isinstance(source, io.BytesIO):
         source.seek(0)
+        blank = _header_line(source)[0]
+        source.seek(0)
+    elif _compression(source) == "zstd":
+        blank = 0  # decompressed by polars alone: not looked into
+    else:
+        with _opened_bytes(source) as raw:
+            blank = _header_line(raw)[0]
     spare = [f"{SURPLUS}{i}" for i in range(SPARE_FIELDS)]
     schema = pl.Schema(dict.fromkeys([*header, *spare], pl.String()))
     return pl.scan_csv(
         source,
         has_header=False,
-        skip_rows=1,
+        skip_rows=blank + 1,
         schema=schema,
         missing_columns="insert",
         # A line longer than even the spare columns is cut, not a failed file: the spare
@@ -393,7 +402,7 @@ def _source_blocks(
             yield whole.slice(start, parquet_rows).collect()
         return
     with _opened(path, mapping) as (handle, parse_as):
-        header = handle.readline()
+        header = _header_line(handle)[1]
         names = schema_of(whole).names()
         rows = 0
         for block in _record_blocks(handle, block_bytes):
@@ -466,7 +475,7 @@ def _opened(path: Path, mapping: SourceMapping) -> Iterator[tuple[_Bytes, str]]:
             f"cannot read {path}: a zstd-compressed file must be UTF-8, and the mapping reads "
             f"{mapping.encoding}; decompress it, or compress it with gzip"
         )
-    with gzip.open(path, "rb") if compression == "gzip" else path.open("rb") as raw:
+    with _opened_bytes(path) as raw:
         if parse_as is None:
             yield _Recoded(raw, mapping.encoding), "utf8"
         else:
@@ -479,6 +488,23 @@ def _check_decodable(path: Path, mapping: SourceMapping, block_bytes: int) -> No
     with _opened(path, mapping) as (handle, _):
         while handle.read(block_bytes):
             pass
+
+
+@contextmanager
+def _opened_bytes(path: Path) -> Iterator[_Bytes]:
+    """The file's bytes, gunzipped if it is gzip (zstd is left to polars)."""
+    with gzip.open(path, "rb") if _compression(path) == "gzip" else path.open("rb") as raw:
+        yield raw
+
+
+def _header_line(handle: _Bytes) -> tuple[int, bytes]:
+    """The number of empty lines before the header, and the header line: read past them."""
+    blank = 0
+    line = handle.readline()
+    while line in (b"\n", b"\r\n"):
+        blank += 1
+        line = handle.readline()
+    return blank, line
 
 
 def _compression(path: Path) -> str | None:
