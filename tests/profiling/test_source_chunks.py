@@ -140,11 +140,18 @@ def test_a_byte_not_of_the_encoding_stops_the_file_before_any_chunk(tmp_path: Pa
         read_source(cut, _reading("utf-16"))
 
 
-def test_a_codec_that_is_not_of_text_is_one_sentence(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("encoding", "says"), [("rot13", "not a text encoding"), ("undefined", "undefined")]
+)
+def test_a_codec_that_is_not_of_text_is_one_sentence(
+    tmp_path: Path, encoding: str, says: str
+) -> None:
     path = tmp_path / "rows.csv"
     path.write_bytes(b"a,b\n1,2\n")
-    with pytest.raises(InputError, match="not a text encoding"):
-        list(source_chunks(path, _reading("rot13"), 10))
+    with pytest.raises(InputError, match=says):
+        list(source_chunks(path, _reading(encoding), 10))
+    with pytest.raises(InputError, match=says):
+        read_source(path, _reading(encoding))
 
 
 def test_a_line_ends_at_a_newline_only_in_any_encoding(tmp_path: Path) -> None:
@@ -157,14 +164,16 @@ def test_a_line_ends_at_a_newline_only_in_any_encoding(tmp_path: Path) -> None:
     assert chunked.select("a\x85x", "b").rows() == [("1\x0c2", "3")]
 
 
-@pytest.mark.parametrize("encoding", ["utf-8", "cp1252"])
+@pytest.mark.parametrize("encoding", ["utf-8", "cp1252", "utf-8-sig"])
 @pytest.mark.parametrize("gzipped", [False, True])
+@pytest.mark.parametrize("bom", [False, True])
 def test_empty_lines_before_the_header_are_passed_over(
-    tmp_path: Path, encoding: str, gzipped: bool
+    tmp_path: Path, encoding: str, gzipped: bool, bom: bool
 ) -> None:
-    """Some exports start with empty lines; the header is the first line with text, and
-    the rows are numbered from the line after it."""
-    text = "\r\n\na,b\n1,2\n3,4\n".encode(encoding)
+    """Some exports start with empty lines (after a byte-order mark, maybe); the header is
+    the first line with text, and the rows are numbered from the line after it."""
+    text = ("\ufeff" if bom and encoding == "utf-8" else "") + "\r\n\na,b\n1,2\n3,4\n"
+    text = text.encode(encoding)
     path = tmp_path / "late-header.csv"
     path.write_bytes(gzip.compress(text) if gzipped else text)
     mapping = _reading(encoding)
@@ -172,6 +181,17 @@ def test_empty_lines_before_the_header_are_passed_over(
     assert whole.select("__row", "a", "b").rows() == [(1, "1", "2"), (2, "3", "4")]
     assert _chunked(path, mapping, 1, 3).equals(whole)
     assert source_header(path, mapping).collect_schema().names() == whole.columns
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "cp1252"])
+def test_a_header_name_may_hold_a_quoted_newline(tmp_path: Path, encoding: str) -> None:
+    path = tmp_path / "names.csv"
+    path.write_bytes('"a\nx",b\n1,2\n3,4\n'.encode(encoding))
+    mapping = _reading(encoding)
+    whole = read_source(path, mapping).collect()
+    assert whole.select("a\nx", "b").rows() == [("1", "2"), ("3", "4")]
+    assert source_header(path, mapping).collect_schema().names() == whole.columns
+    assert _chunked(path, mapping, 1, 3).equals(whole)
 
 
 def test_zstd_in_another_encoding_is_one_sentence(tmp_path: Path) -> None:

@@ -80,7 +80,7 @@ _READ_ERRORS = (
     OSError,
     EOFError,
     zlib.error,
-    UnicodeDecodeError,
+    UnicodeError,  # decoding, and codecs that refuse even to start ("undefined")
     LookupError,
     NotTextError,
 )
@@ -344,6 +344,7 @@ def load_records(
 #: bounds the memory of reading a source of any size.
 CSV_BLOCK_BYTES = 8 << 20
 _NEWLINE, _QUOTE = ord("\n"), ord('"')
+_BOM = codecs.BOM_UTF8
 
 
 def source_chunks(
@@ -430,7 +431,9 @@ class _Recoded:
         self.encoding = encoding
         self._raw = raw
         self._decoder = codecs.getincrementaldecoder(encoding)()
-        self._ready = b""
+        # Grown at its end and cut at its start in place: a whole file read through it
+        # costs its size once, not once per block.
+        self._ready = bytearray()
         self._done = False
         self._read = 0
 
@@ -448,19 +451,23 @@ class _Recoded:
         self._read += len(chunk)
         self._ready += text.encode("utf-8")
 
+    def _take(self, n: int) -> bytes:
+        with memoryview(self._ready) as ready:
+            out = bytes(ready[:n])  # one copy (a slice of the bytearray would be two)
+        del self._ready[:n]  # a bytearray drops its start without moving the rest
+        return out
+
     def read(self, size: int = -1, /) -> bytes:
         while not self._done and (size < 0 or len(self._ready) < size):
             self._fill(size if size > 0 else 1 << 20)
-        cut = len(self._ready) if size < 0 else size
-        out, self._ready = self._ready[:cut], self._ready[cut:]
-        return out
+        return self._take(len(self._ready) if size < 0 else size)
 
     def readline(self) -> bytes:
-        while not self._done and b"\n" not in self._ready:
-            self._fill(1 << 12)
-        cut = self._ready.find(b"\n") + 1 or len(self._ready)
-        out, self._ready = self._ready[:cut], self._ready[cut:]
-        return out
+        seen = 0  # bytes already searched: a long line is scanned once
+        while (end := self._ready.find(b"\n", seen)) < 0 and not self._done:
+            seen = len(self._ready)
+            self._fill(1 << 16)
+        return self._take(end + 1 if end >= 0 else len(self._ready))
 
 
 @contextmanager
@@ -483,8 +490,9 @@ def _opened(path: Path, mapping: SourceMapping) -> Iterator[tuple[_Bytes, str]]:
 
 
 def _check_decodable(path: Path, mapping: SourceMapping, block_bytes: int) -> None:
-    """Read a CSV in another encoding through once, keeping nothing: a byte that is not
-    text in it then stops the file before any chunk is stored, as when it is read whole."""
+    """Read a CSV in another encoding through once, a block at a time and keeping none: a
+    byte that is not text in it then stops the file before any chunk is stored, as when
+    it is read whole."""
     with _opened(path, mapping) as (handle, _):
         while handle.read(block_bytes):
             pass
@@ -498,12 +506,16 @@ def _opened_bytes(path: Path) -> Iterator[_Bytes]:
 
 
 def _header_line(handle: _Bytes) -> tuple[int, bytes]:
-    """The number of empty lines before the header, and the header line: read past them."""
+    """The number of empty lines before the header, and the header's line (or lines: a
+    quoted name may hold a newline), read past them. A UTF-8 byte-order mark, which
+    polars drops, makes no line less empty."""
     blank = 0
     line = handle.readline()
-    while line in (b"\n", b"\r\n"):
+    while line.removeprefix(_BOM if blank == 0 else b"") in (b"\n", b"\r\n"):
         blank += 1
         line = handle.readline()
+    while line.count(b'"') % 2 and (more := handle.readline()):
+        line += more
     return blank, line
 
 
