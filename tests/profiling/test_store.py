@@ -185,6 +185,34 @@ def test_a_declaration_inspected_again_keeps_both_results(any_store: Store) -> N
     assert _outcomes(any_store) == [("d1", 4, "clear"), ("d1", 14, "hit"), ("d2", 4, "clear")]
 
 
+@pytest.mark.parametrize("left", ["aside only", "aside and an empty rebuild"])
+def test_version_5_cut_short_after_its_copy_keeps_every_inspection(
+    store_url: str, left: str
+) -> None:
+    """SQLite commits each schema change at once: a first run stopped after copying the
+    rows aside leaves the table dropped, or rebuilt and empty. The next start refills it."""
+    engine = make_engine(url := store_url)
+    assert upgrade(engine, target=4) == 4
+    rows = conform(_results(("d1", 4, "clear"), ("d2", 5, "hit")).lazy(), INSPECTION)
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            inspections.insert(), [r | {"recorded_at": now} for r in rows.collect().to_dicts()]
+        )
+        columns = ", ".join(c.name for c in inspections.columns)
+        conn.exec_driver_sql(f"CREATE TABLE inspections_v4 AS SELECT {columns} FROM inspections")
+        inspections.drop(conn)
+        if left == "aside and an empty rebuild":
+            inspections.create(conn)
+    engine.dispose()
+    store = Store(url)
+    assert store.version == LATEST
+    assert _outcomes(store) == [("d1", 4, "clear"), ("d2", 5, "hit")]
+    with store.db.begin() as conn:
+        assert not sa.inspect(conn).has_table("inspections_v4")
+    store.close()
+
+
 def test_upgrade_to_version_5_keeps_every_inspection_and_keys_them_by_time(
     store_url: str,
 ) -> None:

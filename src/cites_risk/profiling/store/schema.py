@@ -238,14 +238,20 @@ def _v4(conn: Connection) -> None:
 
 def _v5(conn: Connection) -> None:
     """Inspections keyed by (declaration, organisation, time). The table is copied aside,
-    rebuilt and filled again: neither database alters a primary key in place the same way."""
-    pk = sa.inspect(conn).get_pk_constraint(inspections.name)["constrained_columns"]
-    if "inspected_at" in pk:
-        return  # created at version 1 by this code
+    rebuilt and filled again: neither database alters a primary key in place the same way.
+
+    SQLite commits each schema change at once, so a first run cut short may have left the
+    copy aside and the table missing, or rebuilt and empty. While the copy is there, it
+    holds the rows, and every step after it is run again from it."""
     aside = f"{inspections.name}_v4"
+    inspector = sa.inspect(conn)
     columns = ", ".join(c.name for c in inspections.columns)
-    conn.exec_driver_sql(f"CREATE TABLE {aside} AS SELECT {columns} FROM {inspections.name}")
-    inspections.drop(conn)
+    if not inspector.has_table(aside):
+        pk = inspector.get_pk_constraint(inspections.name)["constrained_columns"]
+        if "inspected_at" in pk:
+            return  # created at version 1 by this code
+        conn.exec_driver_sql(f"CREATE TABLE {aside} AS SELECT {columns} FROM {inspections.name}")
+    inspections.drop(conn, checkfirst=True)
     inspections.create(conn)
     conn.exec_driver_sql(
         f"INSERT INTO {inspections.name} ({columns}) SELECT {columns} FROM {aside}"
