@@ -237,10 +237,10 @@ def _scan_csv(source: Path | io.BytesIO, mapping: SourceMapping, encoding: str) 
         source.seek(0)
         blank = _header_line(source)[0]
         source.seek(0)
-    elif _compression(source) == "zstd":
+    elif (compression := _compression(source)) == "zstd":
         blank = 0  # decompressed by polars alone: not looked into
     else:
-        with _opened_bytes(source) as raw:
+        with _opened_bytes(source, compression) as raw:
             blank = _header_line(raw)[0]
     spare = [f"{SURPLUS}{i}" for i in range(SPARE_FIELDS)]
     schema = pl.Schema(dict.fromkeys([*header, *spare], pl.String()))
@@ -358,10 +358,9 @@ def source_chunks(
     more the more rows: pola-rs/polars#28569). Read here in 8 MB blocks, chunks of
     200,000 lines of that CSV peak at 0.4 GiB.
     """
-    # The file's problems before any chunk; of a CSV, only its header is read for them.
-    whole = source_header(source, mapping)
-    if _is_parquet(source, mapping) or _compression(source) == "zstd":
-        whole = read_source(source, mapping)
+    # The file's problems before any chunk. A CSV in another encoding is not decoded whole
+    # for them: of it, ``whole`` holds the names only, all its blocks need.
+    whole = _read(source, mapping, header_only=True)
     buffer: list[pl.DataFrame] = []
     buffered = 0
     index = 0
@@ -482,7 +481,7 @@ def _opened(path: Path, mapping: SourceMapping) -> Iterator[tuple[_Bytes, str]]:
             f"cannot read {path}: a zstd-compressed file must be UTF-8, and the mapping reads "
             f"{mapping.encoding}; decompress it, or compress it with gzip"
         )
-    with _opened_bytes(path) as raw:
+    with _opened_bytes(path, compression) as raw:
         if parse_as is None:
             yield _Recoded(raw, mapping.encoding), "utf8"
         else:
@@ -499,9 +498,10 @@ def _check_decodable(path: Path, mapping: SourceMapping, block_bytes: int) -> No
 
 
 @contextmanager
-def _opened_bytes(path: Path) -> Iterator[_Bytes]:
-    """The file's bytes, gunzipped if it is gzip (zstd is left to polars)."""
-    with gzip.open(path, "rb") if _compression(path) == "gzip" else path.open("rb") as raw:
+def _opened_bytes(path: Path, compression: str | None) -> Iterator[_Bytes]:
+    """The file's bytes, gunzipped if ``compression`` (``_compression``'s) is gzip; zstd
+    is left to polars."""
+    with gzip.open(path, "rb") if compression == "gzip" else path.open("rb") as raw:
         yield raw
 
 
