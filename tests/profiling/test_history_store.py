@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import pytest
 
 from cites_risk.features.reference import Reference
 from cites_risk.profiling.config import Settings
-from cites_risk.profiling.history_store import DeclarationHistory
+from cites_risk.profiling.history_store import RETIRE_AFTER, DeclarationHistory
 from cites_risk.profiling.store import Actor, Store
 from cites_risk.profiling.workflows import ingest
 
@@ -54,7 +57,7 @@ def test_each_days_export_of_one_name_is_kept(
     # The same file lodged again replaces its own batch: nothing doubles.
     _ingest(settings, store, reference, tmp_path / "day2" / "export.csv", "b,2024-01-02,JFK,5\n")
     assert _lodged(settings) == {"a": 1.0, "b": 5.0}
-    assert len(list(settings.history_dir.glob("*.parquet"))) == 2
+    assert len(DeclarationHistory(settings.history_dir).files()) == 2
 
 
 def test_a_correction_lodged_later_wins_whatever_its_file_is_called(
@@ -128,3 +131,91 @@ def test_a_load_counts_as_lodged_when_it_is_published(tmp_path: Path) -> None:
     history.append(_frame("x").with_columns(pl.lit("MEANWHILE").alias("office")), "other")
     loading.publish()
     assert history.scan().collect().get_column("office").to_list() == ["LOAD"]
+
+
+def test_a_query_planned_before_a_publish_reads_the_load_it_listed_whole(tmp_path: Path) -> None:
+    """A reader lists the files when it plans and opens them when it runs: a load published
+    in between must neither mix into nor break what it listed, and the next reader sees
+    the new load whole."""
+    history = DeclarationHistory(tmp_path / "history")
+    with history.loading("src") as loading:
+        loading.stage(_frame("a"), 0)
+        loading.stage(_frame("b"), 1)
+        loading.publish()
+    planned = history.scan()
+    with history.loading("src") as loading:
+        loading.stage(_frame("c"), 0)
+        loading.publish()
+    assert sorted(planned.collect().get_column("declaration_id")) == ["a", "b"]
+    assert _ids(history) == ["c"]
+
+
+def test_a_replaced_generation_is_removed_once_it_has_been_retired_long_enough(
+    tmp_path: Path,
+) -> None:
+    kept = DeclarationHistory(tmp_path / "kept")
+    swept = DeclarationHistory(tmp_path / "swept", retire_after=0.0)
+    for history in (kept, swept):
+        for ids in (["a"], ["b"], ["c"]):
+            with history.loading("src") as loading:
+                loading.stage(_frame(*ids), 0)
+                loading.publish()
+        assert _ids(history) == ["c"]
+    generations = [p for p in (tmp_path / "kept").iterdir() if p.name != "_staging"]
+    assert len(generations) == 3  # replaced within the last hour: a reader may hold them
+    assert [p.name for p in (tmp_path / "swept").iterdir() if p.name != "_staging"] == [
+        swept.files()[0].parent.name
+    ]
+
+
+def test_a_load_replaces_chunks_published_as_files_of_the_history_folder(tmp_path: Path) -> None:
+    """A history written before generations held a load's chunks beside the batches: the
+    first generation hides them at once, and they go once retired, as a generation would."""
+    for retire_after, left in ((RETIRE_AFTER, ["src-00000.parquet", "src-00001.parquet"]), (0, [])):
+        folder = tmp_path / str(retire_after)
+        history = DeclarationHistory(folder, retire_after=retire_after)
+        history.append(_frame("a"), DeclarationHistory.part("src", 0))
+        history.append(_frame("b"), DeclarationHistory.part("src", 1))
+        history.append(_frame("z"), "other")
+        planned = history.scan()
+        with history.loading("src") as loading:
+            loading.stage(_frame("x"), 0)
+            loading.publish()
+        assert _ids(history) == ["x", "z"]
+        assert sorted(p.name for p in folder.glob("src*.parquet")) == left
+        if left:
+            assert sorted(planned.collect().get_column("declaration_id")) == ["a", "b", "z"]
+
+
+def test_a_load_published_after_the_clock_stepped_back_is_still_the_later_word(
+    tmp_path: Path,
+) -> None:
+    history = DeclarationHistory(tmp_path / "history")
+    with history.loading("a") as loading:
+        loading.stage(_frame("x").with_columns(pl.lit("FIRST").alias("office")), 0)
+        loading.publish()
+    ahead = time.time_ns() + 120 * 10**9  # published by a clock two minutes ahead
+    for path in history.files():
+        os.utime(path, ns=(ahead, ahead))
+    with history.loading("b") as loading:
+        loading.stage(_frame("x").with_columns(pl.lit("LATER").alias("office")), 0)
+        loading.publish()
+    assert history.scan().collect().get_column("office").to_list() == ["LATER"]
+
+
+def test_a_load_whose_staged_chunks_were_removed_publishes_nothing(tmp_path: Path) -> None:
+    """Another host may take a live load's staging for a dead one's and remove it: the
+    load must fail, not publish the chunks staged after."""
+    history = DeclarationHistory(tmp_path / "history")
+    history.append(_frame("old"), "src")
+    for removed_before in ("stage", "publish"):
+        loading = history.loading("src")
+        loading.stage(_frame("a"), 0)
+        shutil.rmtree(loading.folder)
+        with pytest.raises(RuntimeError, match="are gone"):
+            if removed_before == "stage":
+                loading.stage(_frame("b"), 1)  # at once, not after the rest of the file
+            else:
+                loading.publish()
+        loading.abandon()
+        assert _ids(history) == ["old"]

@@ -5,6 +5,11 @@ one file per ingested batch; a batch written again replaces its file, so reruns 
 duplicate. A declaration lodged in several batches is the one written last: a correction
 sent later replaces what was lodged before. Offences and inspections (few, consent-filtered,
 edited) stay in SQL.
+
+A batch loaded in chunks (``Loading``) is published as a folder of its own, a generation,
+named ``<batch>@<sequence>``: it appears whole in one rename, and readers take each batch's
+highest sequence. The generation it replaces is kept for ``retire_after`` seconds, because
+a reader lists the files when it plans its query and opens them only when it runs it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 import re
 import shutil
 import time
+from itertools import pairwise
 from pathlib import Path
 from uuid import uuid4
 
@@ -37,12 +43,27 @@ def batch_name(mapping: str, path: Path) -> str:
     return f"{mapping}-{path.name}-{where}"
 
 
+#: Between a batch's name and its generation's sequence; ``_safe`` never leaves it in a name.
+_AT = "@"
+#: How long a replaced generation is kept for readers that listed it: a batch score reads
+#: the history it listed for as long as it runs. Measured on the loading host's clock.
+RETIRE_AFTER = 24 * 3600.0
+#: A chunk of a batch lodged in chunks: the batch's file name, then five digits or more.
+_PART = re.compile(r"(.+)-[0-9]{5,}")
+
+
+def _safe(batch: str) -> str:
+    """``batch`` as a file name."""
+    return _SAFE.sub("_", batch)
+
+
 class DeclarationHistory:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, retire_after: float = RETIRE_AFTER) -> None:
         self.folder = folder
+        self.retire_after = retire_after
 
     def path(self, batch: str) -> Path:
-        return self.folder / f"{_SAFE.sub('_', batch)}.parquet"
+        return self.folder / f"{_safe(batch)}.parquet"
 
     @staticmethod
     def part(batch: str, k: int) -> str:
@@ -59,18 +80,41 @@ class DeclarationHistory:
         held only at ``Loading.publish``. Staging left by loads whose process is gone is
         removed first."""
         staging = self.folder / _STAGING
-        for stale in staging.glob(f"{_SAFE.sub('_', batch)}.*"):
+        for stale in staging.glob(f"{_safe(batch)}.*"):
             pid = stale.name.rsplit(".", 1)[-1].split("-", 1)[0]
             if stale.is_dir() and pid.isdigit() and not _alive(int(pid)):
                 shutil.rmtree(stale, ignore_errors=True)
+        self.retire(None, time.time_ns())
         return Loading(self, batch)
 
     @staticmethod
     def _parts(folder: Path, batch: str) -> list[Path]:
         """The chunks of ``batch`` in ``folder``: five digits or more (chunk 100,000 on)."""
-        safe = _SAFE.sub("_", batch)
+        safe = _safe(batch)
         name = re.compile(rf"{re.escape(safe)}-[0-9]{{5,}}\.parquet")
         return [p for p in folder.glob(f"{safe}-[0-9]*.parquet") if name.fullmatch(p.name)]
+
+    def _generations(self, batch: str | None = None) -> dict[str, list[tuple[int, Path]]]:
+        """Published generations by batch (file-name form), oldest first."""
+        pattern = f"{_safe(batch)}{_AT}*" if batch is not None else f"*{_AT}*"
+        found: dict[str, list[tuple[int, Path]]] = {}
+        for path in self.folder.glob(pattern):
+            name, _, sequence = path.name.rpartition(_AT)
+            if path.is_dir() and sequence.isdigit():
+                found.setdefault(name, []).append((int(sequence), path))
+        return {name: sorted(generations) for name, generations in found.items()}
+
+    def files(self) -> list[Path]:
+        """The files the history holds now, in the order written (the name breaks a tie):
+        every batch written whole, and the live generation of every batch loaded in chunks.
+        A batch's files in the history folder itself (a load published before generations)
+        are replaced by its first generation."""
+        generations = self._generations()
+        files = [f for f in self.folder.glob("*.parquet") if _batch_of(f) not in generations]
+        for published in generations.values():
+            files.extend(published[-1][1].glob("*.parquet"))
+        # A restored backup must keep its file times (cp -p, rsync -a) to keep that order.
+        return sorted(files, key=lambda f: (f.stat().st_mtime_ns, f.name))
 
     def append(self, declarations: pl.DataFrame, batch: str) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -82,9 +126,8 @@ class DeclarationHistory:
         return path
 
     def scan(self) -> pl.LazyFrame:
-        # In the order written (the name breaks a tie): unique() keeps a repeated id's last.
-        # A restored backup must keep its file times (cp -p, rsync -a) to keep that order.
-        files = sorted(self.folder.glob("*.parquet"), key=lambda f: (f.stat().st_mtime_ns, f.name))
+        # In the order written: unique() keeps a repeated id's last.
+        files = self.files()
         if not files:
             return empty(DECLARATION).lazy()
         # Batches from different sources may carry different extra columns.
@@ -92,6 +135,22 @@ class DeclarationHistory:
         return pl.concat(frames, how="diagonal_relaxed").unique(
             subset=[D.ID], keep="last", maintain_order=True
         )
+
+    def retire(self, batch: str | None, now_ns: int) -> None:
+        """Remove what ``batch`` (None: every batch) held and was replaced more than
+        ``retire_after`` ago: a generation was replaced when the next one was published
+        (its sequence), the batch's files in the history folder when the first one was.
+        Safe beside a publish: that only adds a later generation."""
+        old_enough = now_ns - round(self.retire_after * 1e9)  # in integers: ns past 2**53
+        generations = self._generations(batch)
+        for published in generations.values():
+            for (_, old), (replaced_at, _) in pairwise(published):
+                if replaced_at <= old_enough:
+                    shutil.rmtree(old, ignore_errors=True)
+        for path in self.folder.glob("*.parquet"):
+            published = generations.get(_batch_of(path), [])
+            if published and published[0][0] <= old_enough:
+                path.unlink(missing_ok=True)
 
 
 def history_for(store: Store, declarations: DeclarationHistory, organisation: str) -> History:
@@ -103,8 +162,8 @@ def history_for(store: Store, declarations: DeclarationHistory, organisation: st
     )
 
 
-#: Where loads stage their chunks: beside the batches, but not one of them (``scan`` reads
-#: the history folder's own files only).
+#: Where loads stage their chunks: beside the batches, but not one of them (``files`` reads
+#: the batches and their generations only).
 _STAGING = "_staging"
 
 
@@ -119,39 +178,52 @@ class Loading:
     def __init__(self, history: DeclarationHistory, batch: str) -> None:
         self.history = history
         self.batch = batch
-        self.folder = (
-            history.folder / _STAGING / f"{_SAFE.sub('_', batch)}.{os.getpid()}-{uuid4().hex}"
-        )
+        self.folder = history.folder / _STAGING / f"{_safe(batch)}.{os.getpid()}-{uuid4().hex}"
+        self.folder.mkdir(parents=True)
+        self._staged: set[str] = set()
 
     def stage(self, declarations: pl.DataFrame, k: int) -> None:
-        DeclarationHistory(self.folder).append(declarations, DeclarationHistory.part(self.batch, k))
+        if not self.folder.is_dir():
+            raise RuntimeError(
+                f"the chunks staged for {self.batch} in {self.folder} are gone (removed by "
+                "another process?): load the source again"
+            )
+        path = DeclarationHistory(self.folder).append(
+            declarations, DeclarationHistory.part(self.batch, k)
+        )
+        self._staged.add(path.name)
 
     def publish(self) -> None:
         """Put this load's chunks in place of what the batch held (whole or in chunks).
 
         Under a lock per batch, so that of two loads the later publish is the whole
-        result. Each chunk replaces its namesake in one rename, then what this load did
-        not write goes: a reader at that instant may see part of the load.
+        result. The staged folder becomes the batch's next generation in one rename: a
+        reader sees the load whole or not at all. What it replaces is removed once
+        retired for ``retire_after`` (``retire``).
         """
         folder = self.history.folder
         folder.mkdir(parents=True, exist_ok=True)
-        lock = folder / _STAGING / f"{_SAFE.sub('_', self.batch)}.lock"
+        safe = _safe(self.batch)
+        lock = folder / _STAGING / f"{safe}.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
         with lock.open("a") as held:
             fcntl.flock(held, fcntl.LOCK_EX)
+            published = [s for s, _ in self.history._generations(self.batch).get(safe, [])]
+            # Dated when published, not when staged: of two batches holding an id, the one
+            # published last wins, whatever was lodged during a long load. Later than
+            # anything published before, even if the clock stepped back.
+            latest = [f.stat().st_mtime_ns for f in self.history.files()[-1:]]
+            now = max([time.time_ns(), *(t + 1 for t in [*published, *latest])])
             staged = DeclarationHistory._parts(self.folder, self.batch)
+            if sorted(p.name for p in staged) != sorted(self._staged):
+                raise RuntimeError(
+                    f"the chunks staged for {self.batch} in {self.folder} are gone (removed "
+                    "by another process?): nothing was published; load the source again"
+                )
             for path in staged:
-                target = folder / path.name
-                path.replace(target)
-                # Dated when published, not when staged: of two batches holding an id, the
-                # one published last wins, whatever was lodged during a long load.
-                now = time.time_ns()
-                os.utime(target, ns=(now, now))
-            written = {path.name for path in staged}
-            old = [self.history.path(self.batch), *DeclarationHistory._parts(folder, self.batch)]
-            for path in old:
-                if path.name not in written:
-                    path.unlink(missing_ok=True)
+                os.utime(path, ns=(now, now))
+            self.folder.rename(folder / f"{safe}{_AT}{now:020d}")
+            self.history.retire(self.batch, now)
         self.abandon()
 
     def abandon(self) -> None:
@@ -163,6 +235,12 @@ class Loading:
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         if kind is not None:
             self.abandon()
+
+
+def _batch_of(path: Path) -> str:
+    """The batch (file-name form) a file of the history folder holds, whole or a chunk."""
+    part = _PART.fullmatch(path.stem)
+    return part.group(1) if part else path.stem
 
 
 def _alive(pid: int) -> bool:

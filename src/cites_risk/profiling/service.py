@@ -633,8 +633,7 @@ class Service:
         before the history); and the model's extras, whose keys are carried.
         """
         files = tuple(
-            (p.name, p.stat().st_mtime_ns, p.stat().st_size)
-            for p in sorted(self.declarations.folder.glob("*.parquet"))
+            (str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in self.declarations.files()
         )
         version = (files, stamps, tuple(sorted((extras or {}).items())))
         cached = self._snapshots.get(organisation)
