@@ -234,3 +234,39 @@ def test_a_line_longer_than_the_spare_columns_is_rejected_not_fatal_at_a_block_s
         chunked = _chunked(path, MAPPING, 2, block_bytes)
         assert chunked.equals(whole)
     assert whole.get_column("__surplus").to_list() == [None, "x", None]
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "cp1252", "utf-16"])
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_lines_that_end_in_a_carriage_return_alone_are_read(
+    tmp_path: Path, encoding: str, gzipped: bool
+) -> None:
+    """Old Mac exports end lines in CR alone; polars reads such a file as one header line
+    and no row, so a load would lose every row without a word."""
+    text = '\r\ra,b\r1,"x\ry"\r3,4\r'.encode(encoding)
+    path = tmp_path / "mac.csv"
+    path.write_bytes(gzip.compress(text) if gzipped else text)
+    mapping = _reading(encoding)
+    whole = read_source(path, mapping).collect()
+    assert whole.select("__row", "a", "b").rows() == [(1, "1", "x\ny"), (2, "3", "4")]
+    assert _chunked(path, mapping, 1, 3).equals(whole)
+    assert source_header(path, mapping).collect_schema().names() == whole.columns
+
+
+def _zstd_stored(data: bytes) -> bytes:
+    """``data`` as a zstd frame of one stored (uncompressed) block, under 256 bytes."""
+    assert len(data) < 256
+    block = (len(data) << 3 | 1).to_bytes(3, "little")  # raw block, the last
+    return b"\x28\xb5\x2f\xfd" + bytes([0x20, len(data)]) + block + data
+
+
+def test_zstd_with_lines_ending_in_a_carriage_return_alone_is_one_sentence(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "mac.csv.zst"
+    path.write_bytes(_zstd_stored(b"a,b\r1,2\r3,4\r"))
+    with pytest.raises(InputError, match="carriage return alone"):
+        read_source(path, _reading("utf-8"))
+    newlines = tmp_path / "unix.csv.zst"
+    newlines.write_bytes(_zstd_stored(b"a,b\n1,2\n3,4\n"))
+    assert read_source(newlines, _reading("utf-8")).collect().height == 2

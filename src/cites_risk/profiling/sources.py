@@ -10,7 +10,7 @@ import codecs
 import gzip
 import io
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -191,16 +191,22 @@ def _read(path: Path, mapping: SourceMapping, *, header_only: bool) -> pl.LazyFr
         if _is_parquet(path, mapping):
             frame = pl.scan_parquet(path)
             frame = frame.select(_as_text(n, t) for n, t in schema_of(frame).items())
-        elif (encoding := _polars_encoding(mapping)) is not None:
+        elif (encoding := _polars_encoding(mapping)) is not None and not _cr_file(path):
             frame = _scan_csv(path, mapping, encoding)
-        elif header_only:
-            with _opened(path, mapping) as (handle, _):
-                frame = _scan_csv(io.BytesIO(_header_line(handle)[1]), mapping, "utf8")
         else:
-            frame = _scan_csv(_as_utf8(path, mapping), mapping, "utf8")
+            # Read through ``_opened``: recoded to UTF-8, lines ended in newlines.
+            with _opened(path, mapping) as (handle, parse_as):
+                text = _header_line(handle)[1] if header_only else handle.read()
+                frame = _scan_csv(io.BytesIO(text), mapping, parse_as)
         names = schema_of(frame).names()
     except _READ_ERRORS as exc:
         raise InputError(f"cannot read {path}: {exc}") from exc
+    if any("\r" in name for name in names) and _compression(path) == "zstd":
+        # polars alone reads a zstd file: told only by a header holding every line
+        raise InputError(
+            f"cannot read {path}: its lines end in a carriage return alone; end them in "
+            "newlines, or compress it with gzip"
+        )
     renamed = {n: n.strip() for n in names if n != n.strip()}
     return frame.rename(renamed).with_row_index(ROW, offset=1)
 
@@ -256,12 +262,6 @@ def _scan_csv(source: Path | io.BytesIO, mapping: SourceMapping, encoding: str) 
         truncate_ragged_lines=True,
         **options,
     ).select(*header, pl.coalesce(spare).alias(SURPLUS))
-
-
-def _as_utf8(path: Path, mapping: SourceMapping) -> io.BytesIO:
-    """A CSV in another encoding, decoded whole in memory (polars scans only UTF-8)."""
-    with _opened(path, mapping) as (handle, _):
-        return io.BytesIO(handle.read())
 
 
 def _as_text(name: str, dtype: pl.DataType) -> pl.Expr:
@@ -413,42 +413,35 @@ def _source_blocks(
             yield numbered
 
 
-class _Bytes(Protocol):
+class _Lines(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
     def readline(self) -> bytes: ...
 
 
-class _Recoded:
-    """A file in another encoding, read as UTF-8 a block at a time.
+class _Bytes(_Lines, Protocol):
+    def peek(self, size: int, /) -> bytes: ...
+
+
+class _Translated:
+    """A byte stream read through ``convert`` (its bytes, and whether they are the last)
+    a block at a time, with lines that end at a newline only.
 
     Not ``codecs.EncodedFile``: its ``readline`` ends a line at any Unicode line break
     (U+0085 is a Latin-1 byte, U+2028 …), where polars ends one at a newline only.
     """
 
-    def __init__(self, raw: _Bytes, encoding: str) -> None:
-        "".encode(encoding)  # LookupError for an unknown codec, or one not of text (rot13)
-        self.encoding = encoding
+    def __init__(self, raw: _Bytes, convert: Callable[[bytes, bool], bytes]) -> None:
         self._raw = raw
-        self._decoder = codecs.getincrementaldecoder(encoding)()
+        self._convert = convert
         # Grown at its end and cut at its start in place: a whole file read through it
         # costs its size once, not once per block.
         self._ready = bytearray()
         self._done = False
-        self._read = 0
 
     def _fill(self, size: int) -> None:
         chunk = self._raw.read(size)
         self._done = not chunk
-        # Bytes of a character begun in the last chunk: the decoder holds them.
-        held = len(self._decoder.getstate()[0])
-        try:
-            # Final at the end: a character cut short there is an error, not dropped.
-            text = self._decoder.decode(chunk, final=self._done)
-        except UnicodeDecodeError as exc:
-            at = self._read - held + exc.start
-            raise NotTextError(f"not {self.encoding} text at byte {at:,}: {exc.reason}") from exc
-        self._read += len(chunk)
-        self._ready += text.encode("utf-8")
+        self._ready += self._convert(chunk, self._done)
 
     def _take(self, n: int) -> bytes:
         with memoryview(self._ready) as ready:
@@ -468,6 +461,63 @@ class _Recoded:
             self._fill(1 << 16)
         return self._take(end + 1 if end >= 0 else len(self._ready))
 
+    def peek(self, size: int, /) -> bytes:
+        while not self._done and len(self._ready) < size:
+            self._fill(1 << 16)
+        return bytes(self._ready[:size])
+
+
+class _Decoding:
+    """``_Translated``'s conversion of a file in ``encoding`` to UTF-8."""
+
+    def __init__(self, encoding: str) -> None:
+        "".encode(encoding)  # LookupError for an unknown codec, or one not of text (rot13)
+        self.encoding = encoding
+        self._decoder = codecs.getincrementaldecoder(encoding)()
+        self._read = 0
+
+    def __call__(self, chunk: bytes, final: bool) -> bytes:
+        # Bytes of a character begun in the last chunk: the decoder holds them.
+        held = len(self._decoder.getstate()[0])
+        try:
+            # Final at the end: a character cut short there is an error, not dropped.
+            text = self._decoder.decode(chunk, final=final)
+        except UnicodeDecodeError as exc:
+            at = self._read - held + exc.start
+            raise NotTextError(f"not {self.encoding} text at byte {at:,}: {exc.reason}") from exc
+        self._read += len(chunk)
+        return text.encode("utf-8")
+
+
+#: Bytes looked at to tell how the file's lines end: more than any header.
+_LINE_END_PEEK = 1 << 16
+
+
+def _ends_lines_in_cr(handle: _Bytes) -> bool:
+    """True when the file's lines end in a carriage return alone (as old Mac exports do):
+    polars would read the whole file as its header line, and no row."""
+    head = handle.peek(_LINE_END_PEEK)
+    return b"\r" in head and b"\n" not in head
+
+
+def _cr_as_newline(chunk: bytes, final: bool) -> bytes:
+    return chunk.replace(b"\r", b"\n")
+
+
+def _cr_file(path: Path) -> bool:
+    """``_ends_lines_in_cr`` of a CSV file polars would read itself (a zstd file is read
+    by polars alone: not looked into)."""
+    compression = _compression(path)
+    if compression == "zstd":
+        return False
+    with _opened_bytes(path, compression) as raw:
+        return _ends_lines_in_cr(raw)
+
+
+def _lines(handle: _Bytes) -> _Bytes:
+    """``handle`` with lines that end in a newline, whatever they end in in the file."""
+    return _Translated(handle, _cr_as_newline) if _ends_lines_in_cr(handle) else handle
+
 
 @contextmanager
 def _opened(path: Path, mapping: SourceMapping) -> Iterator[tuple[_Bytes, str]]:
@@ -483,9 +533,11 @@ def _opened(path: Path, mapping: SourceMapping) -> Iterator[tuple[_Bytes, str]]:
         )
     with _opened_bytes(path, compression) as raw:
         if parse_as is None:
-            yield _Recoded(raw, mapping.encoding), "utf8"
+            # Lines are told apart in UTF-8: a carriage return's byte may be half of a
+            # UTF-16 character.
+            yield _lines(_Translated(raw, _Decoding(mapping.encoding))), "utf8"
         else:
-            yield raw, parse_as
+            yield _lines(raw), parse_as
 
 
 def _check_decodable(path: Path, mapping: SourceMapping, block_bytes: int) -> None:
@@ -505,7 +557,7 @@ def _opened_bytes(path: Path, compression: str | None) -> Iterator[_Bytes]:
         yield raw
 
 
-def _header_line(handle: _Bytes) -> tuple[int, bytes]:
+def _header_line(handle: _Lines) -> tuple[int, bytes]:
     """The number of empty lines before the header, and the header's line (or lines: a
     quoted name may hold a newline), read past them. A UTF-8 byte-order mark, which
     polars drops, makes no line less empty."""
@@ -531,7 +583,7 @@ def _compression(path: Path) -> str | None:
     return None
 
 
-def _record_blocks(handle: _Bytes, size: int) -> Iterator[bytes]:
+def _record_blocks(handle: _Lines, size: int) -> Iterator[bytes]:
     """The rest of ``handle`` in blocks of about ``size`` bytes, each ending where a record
     does: at a newline outside quotes, as a quoted field may hold newlines."""
     rest = b""
