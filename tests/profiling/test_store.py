@@ -354,3 +354,22 @@ def test_version_6_fills_organisations_a_first_run_cut_short_left_empty(store_ur
     assert [e.organisation for e in WatchlistRepository(store).entries("US-FWS")] == ["US-FWS"]
     assert WatchlistRepository(store).entries("NG-CUSTOMS") == []
     store.close()
+
+
+# An SQLite store is a file of one host, read by one clock.
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+def test_a_host_whose_clock_runs_ahead_does_not_take_a_job_still_held(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Processes on several hosts share a PostgreSQL store: leases are dated and compared
+    by the server's clock, not the claimer's."""
+    store = Store(store_url)
+    job = store.jobs.create("score", "fp", organisation="US-FWS", created_by="analyst")
+    assert store.jobs.claim(job.job_id, "host-a", timedelta(minutes=1))
+    # The host clock is the boundary faked: host B's runs two hours ahead.
+    ahead = datetime.now(UTC) + timedelta(hours=2)
+    monkeypatch.setattr("cites_risk.profiling.store.jobs.utcnow", lambda: ahead)
+    assert store.jobs.unfinished("score", claimable_by="host-b") == []
+    assert not store.jobs.claim(job.job_id, "host-b", timedelta(minutes=1))
+    assert store.jobs.claim(job.job_id, "host-a", timedelta(minutes=1))  # A renews as before
+    store.close()

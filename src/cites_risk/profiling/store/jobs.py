@@ -74,9 +74,9 @@ class JobRepository:
         output_path: str | None = None,
         params: dict[str, Any] | None = None,
     ) -> Job:
-        now = utcnow()
         job_id = uuid.uuid4().hex
         with self.db.begin() as conn:
+            now = _clock(conn)
             conn.execute(
                 jobs.insert().values(
                     job_id=job_id,
@@ -124,9 +124,9 @@ class JobRepository:
         stmt = sa.select(jobs).where(_UNFINISHED)
         if kind:
             stmt = stmt.where(jobs.c.kind == kind)
-        if claimable_by is not None:
-            stmt = stmt.where(_free_for(claimable_by, utcnow()))
         with self.db.begin() as conn:
+            if claimable_by is not None:
+                stmt = stmt.where(_free_for(claimable_by, _clock(conn)))
             return [Job.from_row(r) for r in conn.execute(stmt.order_by(jobs.c.created_at))]
 
     def claim(self, job_id: str, owner: str, lease: timedelta) -> bool:
@@ -134,13 +134,13 @@ class JobRepository:
 
         One conditional UPDATE, so two processes asking at once cannot both get it.
         """
-        now = utcnow()
-        stmt = (
-            jobs.update()
-            .where(jobs.c.job_id == job_id, _UNFINISHED, _free_for(owner, now))
-            .values(claimed_by=owner, claimed_until=now + lease, updated_at=now)
-        )
         with self.db.begin() as conn:
+            now = _clock(conn)
+            stmt = (
+                jobs.update()
+                .where(jobs.c.job_id == job_id, _UNFINISHED, _free_for(owner, now))
+                .values(claimed_by=owner, claimed_until=now + lease, updated_at=now)
+            )
             return bool(conn.execute(stmt).rowcount)
 
     def finish(self, job_id: str, owner: str, **values: Any) -> bool:
@@ -149,37 +149,52 @@ class JobRepository:
         A process that stalled past its lease must not overwrite the outcome of the one
         that took the job over; False tells it its result was not recorded.
         """
-        stmt = (
-            jobs.update()
-            .where(jobs.c.job_id == job_id, jobs.c.claimed_by == owner)
-            .values(_changed(claimed_by=None, claimed_until=None, **values))
-        )
         with self.db.begin() as conn:
+            stmt = (
+                jobs.update()
+                .where(jobs.c.job_id == job_id, jobs.c.claimed_by == owner)
+                .values(_changed(conn, claimed_by=None, claimed_until=None, **values))
+            )
             return bool(conn.execute(stmt).rowcount)
 
     def release(self, job_id: str, owner: str) -> None:
         """Give the job up at once (a process stopping cleanly), if ``owner`` holds it."""
-        stmt = (
-            jobs.update()
-            .where(jobs.c.job_id == job_id, jobs.c.claimed_by == owner)
-            .values(claimed_by=None, claimed_until=None, updated_at=utcnow())
-        )
         with self.db.begin() as conn:
+            stmt = (
+                jobs.update()
+                .where(jobs.c.job_id == job_id, jobs.c.claimed_by == owner)
+                .values(_changed(conn, claimed_by=None, claimed_until=None))
+            )
             conn.execute(stmt)
 
     def update(self, job_id: str, **values: Any) -> None:
         with self.db.begin() as conn:
-            conn.execute(jobs.update().where(jobs.c.job_id == job_id).values(_changed(**values)))
+            stmt = jobs.update().where(jobs.c.job_id == job_id).values(_changed(conn, **values))
+            conn.execute(stmt)
 
 
-def _changed(**values: Any) -> dict[str, Any]:
+def _changed(conn: sa.Connection, **values: Any) -> dict[str, Any]:
     """Column values of a job update, stamped with the time and the status as stored."""
     if "status" in values:
         values["status"] = JobStatus(values["status"]).value
-    return {"updated_at": utcnow(), **values}
+    return {"updated_at": _clock(conn), **values}
 
 
 _UNFINISHED = jobs.c.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])
+
+
+def _clock(conn: sa.Connection) -> datetime:
+    """The time jobs are stamped, and their leases written and compared, in. On
+    PostgreSQL, the server's: processes on several hosts share the store, and a host whose
+    clock ran ahead would take over jobs still held (or one behind, hold them past their
+    lease). An SQLite store is a file of one host: that host's clock. (``now()`` is when
+    the transaction began: a claim that waited for a lock gets a shorter lease, renewed
+    within a third of it.)"""
+    if conn.dialect.name == "postgresql":
+        now = as_utc(conn.execute(sa.select(sa.func.now())).scalar_one())
+        assert now is not None
+        return now
+    return utcnow()
 
 
 def _free_for(owner: str, now: datetime) -> sa.ColumnElement[bool]:
