@@ -270,3 +270,29 @@ def test_zstd_with_lines_ending_in_a_carriage_return_alone_is_one_sentence(
     newlines = tmp_path / "unix.csv.zst"
     newlines.write_bytes(_zstd_stored(b"a,b\n1,2\n3,4\n"))
     assert read_source(newlines, _reading("utf-8")).collect().height == 2
+
+
+@pytest.mark.parametrize("gzipped", [False, True])
+@pytest.mark.parametrize("ending", ["\r", "\r\n"])
+def test_how_lines_end_is_told_past_a_wide_header(
+    tmp_path: Path, gzipped: bool, ending: str
+) -> None:
+    """A header of a few hundred columns is wider than a file's read buffer; and the look
+    ahead may end between the CR and the LF of a CRLF file."""
+    names = [f"c{i:05d}" for i in range(9361)] + ["z" * 8]
+    header = ",".join(names)  # its line end starts at byte 65,535: the last looked at
+    assert len(header) == 65_535
+    text = (header + ending + ",".join("1" * len(names)) + ending).encode()
+    path = tmp_path / ("wide.csv.gz" if gzipped else "wide.csv")
+    path.write_bytes(gzip.compress(text) if gzipped else text)
+    mapping = _reading("utf-8")
+    whole = read_source(path, mapping).collect()
+    assert whole.height == 1 and whole.columns[1:-1] == names
+    assert whole.select("__row", names[-1]).row(0) == (1, "1")
+    assert _chunked(path, mapping, 1, 1 << 10).equals(whole)
+
+
+def test_zstd_with_a_quoted_carriage_return_in_its_header_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "names.csv.zst"
+    path.write_bytes(_zstd_stored(b'a,"b\rc"\n1,2\n'))
+    assert read_source(path, _reading("utf-8")).collect().select("a", "b\rc").rows() == [("1", "2")]

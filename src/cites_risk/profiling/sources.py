@@ -201,8 +201,12 @@ def _read(path: Path, mapping: SourceMapping, *, header_only: bool) -> pl.LazyFr
         names = schema_of(frame).names()
     except _READ_ERRORS as exc:
         raise InputError(f"cannot read {path}: {exc}") from exc
-    if any("\r" in name for name in names) and _compression(path) == "zstd":
-        # polars alone reads a zstd file: told only by a header holding every line
+    if (
+        any("\r" in name for name in names)
+        and _compression(path) == "zstd"
+        and frame.head(1).collect().height == 0
+    ):
+        # polars alone reads a zstd file: told by a header holding every line, and no row
         raise InputError(
             f"cannot read {path}: its lines end in a carriage return alone; end them in "
             "newlines, or compress it with gzip"
@@ -495,9 +499,10 @@ _LINE_END_PEEK = 1 << 16
 
 def _ends_lines_in_cr(handle: _Bytes) -> bool:
     """True when the file's lines end in a carriage return alone (as old Mac exports do):
-    polars would read the whole file as its header line, and no row."""
-    head = handle.peek(_LINE_END_PEEK)
-    return b"\r" in head and b"\n" not in head
+    polars would read the whole file as its header line, and no row. One byte more is
+    looked at than searched: a CR that ends the head may start a CRLF."""
+    head = handle.peek(_LINE_END_PEEK + 1)
+    return b"\r" in head[:_LINE_END_PEEK] and b"\n" not in head
 
 
 def _cr_as_newline(chunk: bytes, final: bool) -> bytes:
@@ -554,7 +559,36 @@ def _opened_bytes(path: Path, compression: str | None) -> Iterator[_Bytes]:
     """The file's bytes, gunzipped if ``compression`` (``_compression``'s) is gzip; zstd
     is left to polars."""
     with gzip.open(path, "rb") if compression == "gzip" else path.open("rb") as raw:
-        yield raw
+        yield _Headed(raw, _LINE_END_PEEK + 1)
+
+
+class _Headed:
+    """A byte stream whose first ``size`` bytes are read ahead, so that ``peek`` sees
+    that many (a file's or a gzip's own ``peek`` gives what its buffer holds: 4 or 8 kB)."""
+
+    def __init__(self, raw: _Lines, size: int) -> None:
+        self._raw = raw
+        self._head = b""
+        while len(self._head) < size and (more := raw.read(size - len(self._head))):
+            self._head += more
+
+    def peek(self, size: int, /) -> bytes:
+        return self._head[:size]
+
+    def read(self, size: int = -1, /) -> bytes:
+        if not self._head:
+            return self._raw.read(size)
+        if 0 <= size <= len(self._head):
+            out, self._head = self._head[:size], self._head[size:]
+            return out
+        out, self._head = self._head, b""
+        return out + self._raw.read(-1 if size < 0 else size - len(out))
+
+    def readline(self) -> bytes:
+        end = self._head.find(b"\n")
+        if end >= 0:
+            return self.read(end + 1)
+        return self.read(len(self._head)) + self._raw.readline()
 
 
 def _header_line(handle: _Lines) -> tuple[int, bytes]:
