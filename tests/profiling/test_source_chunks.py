@@ -173,14 +173,19 @@ def test_empty_lines_before_the_header_are_passed_over(
     """Some exports start with empty lines (after a byte-order mark, maybe); the header is
     the first line with text, and the rows are numbered from the line after it."""
     text = ("\ufeff" if bom and encoding == "utf-8" else "") + "\r\n\na,b\n1,2\n3,4\n"
-    text = text.encode(encoding)
-    path = tmp_path / "late-header.csv"
+    whole = _read_every_way(tmp_path / "late-header.csv", text.encode(encoding), gzipped, encoding)
+    assert whole.select("__row", "a", "b").rows() == [(1, "1", "2"), (2, "3", "4")]
+
+
+def _read_every_way(path: Path, text: bytes, gzipped: bool, encoding: str) -> pl.DataFrame:
+    """``text`` written to ``path`` (gzipped), read whole; asserts that its chunks and its
+    header read alone agree with that."""
     path.write_bytes(gzip.compress(text) if gzipped else text)
     mapping = _reading(encoding)
     whole = read_source(path, mapping).collect()
-    assert whole.select("__row", "a", "b").rows() == [(1, "1", "2"), (2, "3", "4")]
     assert _chunked(path, mapping, 1, 3).equals(whole)
     assert source_header(path, mapping).collect_schema().names() == whole.columns
+    return whole
 
 
 @pytest.mark.parametrize("encoding", ["utf-8", "cp1252"])
@@ -244,13 +249,8 @@ def test_lines_that_end_in_a_carriage_return_alone_are_read(
     """Old Mac exports end lines in CR alone; polars reads such a file as one header line
     and no row, so a load would lose every row without a word."""
     text = '\r\ra,b\r1,"x\ry"\r3,4\r'.encode(encoding)
-    path = tmp_path / "mac.csv"
-    path.write_bytes(gzip.compress(text) if gzipped else text)
-    mapping = _reading(encoding)
-    whole = read_source(path, mapping).collect()
+    whole = _read_every_way(tmp_path / "mac.csv", text, gzipped, encoding)
     assert whole.select("__row", "a", "b").rows() == [(1, "1", "x\ny"), (2, "3", "4")]
-    assert _chunked(path, mapping, 1, 3).equals(whole)
-    assert source_header(path, mapping).collect_schema().names() == whole.columns
 
 
 def _zstd_stored(data: bytes) -> bytes:
