@@ -219,3 +219,24 @@ def test_a_load_whose_staged_chunks_were_removed_publishes_nothing(tmp_path: Pat
                 loading.publish()
         loading.abandon()
         assert _ids(history) == ["old"]
+
+
+def test_the_stamp_changes_with_what_the_history_holds_and_only_then(tmp_path: Path) -> None:
+    """The API keeps its history between requests while this stamp stays the same."""
+    history = DeclarationHistory(tmp_path / "history")
+    seen = [history.stamp()]
+    history.append(_frame("a"), "whole")
+    seen.append(history.stamp())
+    with history.loading("src") as loading:
+        loading.stage(_frame("b"), 0)
+        assert history.stamp() == seen[-1]  # staged is not published
+        loading.publish()
+    seen.append(history.stamp())
+    history.append(_frame("a", "c"), "whole")  # a file replaced
+    seen.append(history.stamp())
+    with history.loading("src") as loading:
+        loading.stage(_frame("b"), 0)
+        loading.publish()
+    seen.append(history.stamp())
+    assert len(set(seen)) == len(seen)
+    assert history.stamp() == seen[-1]

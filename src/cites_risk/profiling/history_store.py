@@ -116,6 +116,21 @@ class DeclarationHistory:
         # A restored backup must keep its file times (cp -p, rsync -a) to keep that order.
         return sorted(files, key=lambda f: (f.stat().st_mtime_ns, f.name))
 
+    def stamp(self) -> tuple[tuple[str, int, int], ...]:
+        """Changes whenever what ``files`` lists does, and costs one listing of the history
+        folder: a generation never changes once published, so its name stands for it."""
+        if not self.folder.is_dir():
+            return ()
+        stamps = []
+        with os.scandir(self.folder) as entries:
+            for entry in entries:
+                if entry.name.endswith(".parquet") and entry.is_file():
+                    info = entry.stat()
+                    stamps.append((entry.name, info.st_mtime_ns, info.st_size))
+                elif _AT in entry.name:
+                    stamps.append((entry.name, 0, 0))
+        return tuple(sorted(stamps))
+
     def append(self, declarations: pl.DataFrame, batch: str) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.path(batch)

@@ -632,10 +632,7 @@ class Service:
         inspection results changed by any process (the store's change counters, read
         before the history); and the model's extras, whose keys are carried.
         """
-        files = tuple(
-            (str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in self.declarations.files()
-        )
-        version = (files, stamps, tuple(sorted((extras or {}).items())))
+        version = (self.declarations.stamp(), stamps, tuple(sorted((extras or {}).items())))
         cached = self._snapshots.get(organisation)
         if cached is not None and cached[0] == version:
             return cached[1]
