@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import time
@@ -13,7 +14,7 @@ import pytest
 
 from cites_risk.features.reference import Reference
 from cites_risk.profiling.config import Settings
-from cites_risk.profiling.history_store import RETIRE_AFTER, DeclarationHistory
+from cites_risk.profiling.history_store import _HELD, RETIRE_AFTER, DeclarationHistory
 from cites_risk.profiling.store import Actor, Store
 from cites_risk.profiling.workflows import ingest
 
@@ -240,3 +241,23 @@ def test_the_stamp_changes_with_what_the_history_holds_and_only_then(tmp_path: P
     seen.append(history.stamp())
     assert len(set(seen)) == len(seen)
     assert history.stamp() == seen[-1]
+
+
+def test_a_staged_load_is_removed_only_once_no_load_holds_it(tmp_path: Path) -> None:
+    """A load on another host (or in another PID namespace) carries a process id that is
+    not alive here: it is told from an abandoned one by the lock it holds on its staging."""
+    history = DeclarationHistory(tmp_path / "history")
+    staging = tmp_path / "history" / "_staging"
+    gone_pid = 2**22 + 1  # past Linux's largest process id: alive nowhere here
+    elsewhere = staging / f"src.{gone_pid}-elsewhere"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "src-00000.parquet").write_bytes(b"a chunk")
+    legacy = staging / f"src.{gone_pid}-before-locks"  # staged before loads held a lock
+    legacy.mkdir()
+    with (elsewhere / _HELD).open("a") as held:  # the other host's live load
+        fcntl.flock(held, fcntl.LOCK_EX)
+        history.loading("src").abandon()
+        assert elsewhere.is_dir() and not legacy.exists()
+    history.loading("src").abandon()  # its holder is gone
+    assert not elsewhere.exists()
+    assert not [p for p in staging.iterdir() if p.is_dir()]  # nor anything of the two loads

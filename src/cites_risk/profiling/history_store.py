@@ -77,13 +77,12 @@ class DeclarationHistory:
 
     def loading(self, batch: str) -> Loading:
         """A new load of ``batch``: its chunks are staged aside and replace what the batch
-        held only at ``Loading.publish``. Staging left by loads whose process is gone is
-        removed first."""
+        held only at ``Loading.publish``. Staging left by loads that are gone is removed
+        first."""
         staging = self.folder / _STAGING
         for stale in staging.glob(f"{_safe(batch)}.*"):
-            pid = stale.name.rsplit(".", 1)[-1].split("-", 1)[0]
-            if stale.is_dir() and pid.isdigit() and not _alive(int(pid)):
-                shutil.rmtree(stale, ignore_errors=True)
+            if stale.is_dir():
+                _remove_if_abandoned(stale)
         self.retire(None, time.time_ns())
         return Loading(self, batch)
 
@@ -194,7 +193,14 @@ class Loading:
         self.history = history
         self.batch = batch
         self.folder = history.folder / _STAGING / f"{_safe(batch)}.{os.getpid()}-{uuid4().hex}"
-        self.folder.mkdir(parents=True)
+        # Held while the load lives: a load elsewhere (another host, another PID
+        # namespace) tells it from an abandoned one by this lock, not by a process id.
+        # Made under a hidden name, so that it is never seen unheld.
+        making = self.folder.with_name(f".{self.folder.name}")
+        making.mkdir(parents=True)
+        self._held = (making / _HELD).open("a")
+        fcntl.flock(self._held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        making.rename(self.folder)
         self._staged: set[str] = set()
 
     def stage(self, declarations: pl.DataFrame, k: int) -> None:
@@ -237,12 +243,16 @@ class Loading:
                 )
             for path in staged:
                 os.utime(path, ns=(now, now))
-            self.folder.rename(folder / f"{safe}{_AT}{now:020d}")
+            generation = folder / f"{safe}{_AT}{now:020d}"
+            # Held through the rename: the staging is never seen unheld.
+            self.folder.rename(generation)
+            (generation / _HELD).unlink()
             self.history.retire(self.batch, now)
         self.abandon()
 
     def abandon(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+        self._held.close()
 
     def __enter__(self) -> Loading:
         return self
@@ -256,6 +266,28 @@ def _batch_of(path: Path) -> str:
     """The batch (file-name form) a file of the history folder holds, whole or a chunk."""
     part = _PART.fullmatch(path.stem)
     return part.group(1) if part else path.stem
+
+
+#: The lock file of a load's staging folder.
+_HELD = ".held"
+
+
+def _remove_if_abandoned(staging: Path) -> None:
+    """Remove a load's staging folder if no load holds it. One written before loads held
+    a lock is judged by the process id in its name."""
+    try:
+        held = (staging / _HELD).open("r")
+    except FileNotFoundError:
+        pid = staging.name.rsplit(".", 1)[-1].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+        return
+    with held:
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # a load holds it
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
