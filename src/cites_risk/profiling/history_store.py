@@ -90,8 +90,7 @@ class DeclarationHistory:
     def _parts(folder: Path, batch: str) -> list[Path]:
         """The chunks of ``batch`` in ``folder``: five digits or more (chunk 100,000 on)."""
         safe = _safe(batch)
-        name = re.compile(rf"{re.escape(safe)}-[0-9]{{5,}}\.parquet")
-        return [p for p in folder.glob(f"{safe}-[0-9]*.parquet") if name.fullmatch(p.name)]
+        return [p for p in folder.glob(f"{safe}-[0-9]*.parquet") if _batch_of(p) == safe]
 
     def _generations(self, batch: str | None = None) -> dict[str, list[tuple[int, Path]]]:
         """Published generations by batch (file-name form), oldest first."""
@@ -236,7 +235,7 @@ class Loading:
             latest = [f.stat().st_mtime_ns for f in self.history.files()[-1:]]
             now = max([time.time_ns(), *(t + 1 for t in [*published, *latest])])
             staged = DeclarationHistory._parts(self.folder, self.batch)
-            if sorted(p.name for p in staged) != sorted(self._staged):
+            if {p.name for p in staged} != self._staged:
                 raise RuntimeError(
                     f"the chunks staged for {self.batch} in {self.folder} are gone (removed "
                     "by another process?): nothing was published; load the source again"
