@@ -829,6 +829,7 @@ def partner_events(history: History, entity: str, focus: pl.LazyFrame | None) ->
         pl.col(partner).alias("__partner"),
         pl.col(entity).alias("__own"),
         pl.col(O.DETECTED_AT).cast(TIMESTAMP).alias("__at"),
+        pl.lit(1.0).alias("off"),
     )
 
     def met(pairs: pl.LazyFrame, offences: pl.LazyFrame) -> pl.LazyFrame:
@@ -838,7 +839,7 @@ def partner_events(history: History, entity: str, focus: pl.LazyFrame | None) ->
             .select(
                 pl.col(entity).alias(KEY),
                 pl.max_horizontal("__first", "__at").alias(TIME),
-                pl.lit(1.0).alias("off"),
+                pl.col("off"),
             )
         )
 
@@ -849,14 +850,38 @@ def partner_events(history: History, entity: str, focus: pl.LazyFrame | None) ->
     folded = carried.partners[entity].lazy().select(KEY, carried.time.alias(TIME), "off")
     if focus is not None:
         folded = folded.join(focus.select(pl.col(entity).alias(KEY)).unique(), on=KEY, how="semi")
-    return pl.concat(
-        [
-            met(pairs.filter(pl.col("__first") >= until), offences),
-            met(pairs.filter(pl.col("__first") < until), offences.filter(pl.col("__at") >= until)),
-            folded,
-        ],
-        how="vertical",
+    # A pair first traded since the carry meets each earlier offence of its partner at its
+    # first trade, all at that one instant: one event per pair, worth the partner's earlier
+    # offences less those the entity itself took part in. On the 10 M-row benchmark, 680 k
+    # importer events a partition (a large exporter's offences, once per new importer)
+    # became 20 k.
+    before_until = pl.col("__at") < until
+    before = offences.filter(before_until)
+    shared = before.group_by("__partner", "__own").agg(pl.col("off").sum().alias("__shared"))
+    earlier = (
+        pairs.filter(pl.col("__first") >= until)
+        .join(
+            before.group_by("__partner").agg(pl.col("off").sum()),
+            left_on=partner,
+            right_on="__partner",
+            how="inner",
+        )
+        .join(
+            shared,
+            left_on=[partner, entity],
+            right_on=["__partner", "__own"],
+            how="left",
+        )
+        .select(
+            pl.col(entity).alias(KEY),
+            pl.col("__first").alias(TIME),
+            pl.col("off") - pl.col("__shared").fill_null(0.0),
+        )
+        .filter(pl.col("off") > 0)
     )
+    # Offences since the carry reach every pair, new or not, one by one.
+    later = met(pairs.filter(pl.col("__first").is_not_null()), offences.filter(~before_until))
+    return pl.concat([earlier, later, folded], how="vertical")
 
 
 def _consignment(
