@@ -174,7 +174,7 @@ def test_trees_beyond_its_reach_fall_back_to_lightgbm(caplog: pytest.LogCaptureF
     leaves=st.integers(2, 40),
     rounds=st.integers(1, 12),
     zero_as_missing=st.booleans(),
-    table_slots=st.integers(0, 9),
+    table_slots=st.integers(0, 12),
 )
 def test_property_equals_lightgbm(
     seed: int, leaves: int, rounds: int, zero_as_missing: bool, table_slots: int

@@ -42,7 +42,7 @@ from cites_risk.profiling.engine import (
 from cites_risk.profiling.selection import LaneQuota
 
 #: Share of each scored frame whose model reasons are computed: the usual inspection
-#: capacity. Exact TreeSHAP runs at ~6,000 rows/s for 300 trees on 2 cores (compiled,
+#: capacity. Exact TreeSHAP runs at ~5,700 rows/s for 300 trees on 2 cores (compiled,
 #: ``models/treeshap.py``), so this share costs more than the prediction; lower it for the
 #: red lane only.
 DEFAULT_EXPLAIN_SHARE = 0.05
