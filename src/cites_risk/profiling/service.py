@@ -59,7 +59,11 @@ from cites_risk.profiling.history_store import DeclarationHistory, history_for
 from cites_risk.profiling.profile_evidence import from_info, weighted
 from cites_risk.profiling.profiles.model import EntityKind, Profile, ProfileError, parse_profile
 from cites_risk.profiling.profiles.repository import ProfileConflictError, ProfileRepository
-from cites_risk.profiling.profiles.watchlist import WatchlistEntryError, WatchlistRepository
+from cites_risk.profiling.profiles.watchlist import (
+    SharedEntryError,
+    WatchlistEntryError,
+    WatchlistRepository,
+)
 from cites_risk.profiling.roles import Role, at_least, may_read_rationale
 from cites_risk.profiling.selection import (
     DEFAULT_CAPACITY_SHARE,
@@ -888,7 +892,12 @@ class Service:
             raise InvalidInputError(str(exc), [FieldProblem(None, exc.field, str(exc))]) from None
 
     def remove_watchlist(self, actor: Actor, entry_id: str) -> None:
-        if not self.watchlist.remove(entry_id, actor):
+        try:
+            removed = self.watchlist.remove(entry_id, actor)
+        except SharedEntryError as exc:
+            self.store.audit.record(actor, "watchlist.remove", entry_id, refused=str(exc))
+            raise ForbiddenError(str(exc)) from exc
+        if not removed:
             self.store.audit.record(actor, "watchlist.remove", entry_id, found=False)
             raise NotFoundError(f"no watch-list entry {entry_id!r}")
 

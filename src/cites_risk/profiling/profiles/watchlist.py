@@ -22,6 +22,7 @@ from rapidfuzz import fuzz, process
 
 from cites_risk.features.reference import normalise_name, normalise_name_expr
 from cites_risk.profiling.profiles.model import EntityKind
+from cites_risk.profiling.roles import Role
 from cites_risk.profiling.store import Actor, Store
 from cites_risk.profiling.store.core import as_utc, utcnow
 from cites_risk.profiling.store.schema import watchlist
@@ -203,6 +204,10 @@ class WatchlistEntryError(ValueError):
         self.field = field
 
 
+class SharedEntryError(PermissionError):
+    """A shared entry (of no organisation) that only an administrator may remove."""
+
+
 class WatchlistRepository:
     """Audited add / remove / list of watch-list entries in the store.
 
@@ -256,10 +261,20 @@ class WatchlistRepository:
         return entry
 
     def remove(self, entry_id: str, actor: Actor) -> bool:
-        """False if the actor's organisation has no such entry (another's is not told)."""
+        """False if the actor's organisation has no such entry (another's is not told).
+
+        An entry of no organisation (kept from before lists were per organisation) is on
+        every organisation's list: removed, it is gone from all of them, so only an
+        administrator may remove it (:class:`SharedEntryError` for anyone else).
+        """
         entry = self.get(entry_id, actor.organisation)
         if entry is None:
             return False
+        if entry.organisation is None and actor.role != Role.ADMIN:
+            raise SharedEntryError(
+                f"watch-list entry {entry_id!r} is shared by every organisation (it has "
+                "none): only an administrator may remove it"
+            )
         with self.store.db.begin() as conn:
             gone = conn.execute(
                 watchlist.delete().where(
