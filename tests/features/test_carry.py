@@ -190,6 +190,28 @@ def test_partner_offences_before_the_carry_are_folded_and_later_ones_stay_events
     assert_frame_equal(_features(targets.slice(1, 1), one, focused=True), full.slice(1, 1))
 
 
+def test_an_offence_of_no_time_reaches_a_new_partner_carried_as_uncarried() -> None:
+    """The store never holds one, but a History built by hand may: an offence of no time
+    reaches an importer from its first trade with the offender, carried or not. B first
+    trades with X after the carry; X has one offence of no time and one before the carry."""
+    day = [START + timedelta(days=d) for d in range(30)]
+    rows = [
+        {D.ID: "a1", D.IMPORTER: "A", D.EXPORTER: "Z", D.DECLARED_AT: day[1]},
+        {D.ID: "b1", D.IMPORTER: "B", D.EXPORTER: "X", D.DECLARED_AT: day[20]},
+        {D.ID: "b2", D.IMPORTER: "B", D.EXPORTER: "Y", D.DECLARED_AT: day[25]},
+    ]
+    offences = [
+        {"offence_id": "o0", "detected_at": None, "importer": None, "exporter": "X"},
+        {"offence_id": "o1", "detected_at": day[3], "importer": None, "exporter": "X"},
+    ]
+    declarations = pl.DataFrame(rows, schema=DECLARATION.schema)
+    history = _history(declarations, [{**o, "shared_with": ["*"]} for o in offences], [])
+    targets = declarations.filter(pl.col(D.DECLARED_AT) >= day[10])
+    full = _features(targets, history)
+    assert full.get_column("importer_partner_offences").to_list() == [0.0, 2.0]
+    assert_frame_equal(_features(targets, carry(history, day[10])), full)
+
+
 def test_a_request_is_handed_only_the_offences_it_can_meet_and_every_one_of_them() -> None:
     """The carry folds offences met by a key (o_key), a transit country (o_transit) and a
     partner traded with before it (o_old). A request still meets the earlier offences of a

@@ -852,10 +852,11 @@ def partner_events(history: History, entity: str, focus: pl.LazyFrame | None) ->
         folded = folded.join(focus.select(pl.col(entity).alias(KEY)).unique(), on=KEY, how="semi")
     # A pair first traded since the carry meets each earlier offence of its partner at its
     # first trade, all at that one instant: one event per pair, worth the partner's earlier
-    # offences less those the entity itself took part in. On the 10 M-row benchmark, 680 k
-    # importer events a partition (a large exporter's offences, once per new importer)
-    # became 20 k.
-    before_until = pl.col("__at") < until
+    # offences less those the entity itself took part in. On the 10 M-row benchmark, the
+    # importer events of a partition (a large exporter's offences, once per new importer)
+    # went from 680 k to 72 k, 60 k of them the carried totals. An offence of no time
+    # counts from the first trade, as it does uncarried.
+    before_until = pl.col("__at").is_null() | (pl.col("__at") < until)
     before = offences.filter(before_until)
     shared = before.group_by("__partner", "__own").agg(pl.col("off").sum().alias("__shared"))
     earlier = (
@@ -879,7 +880,8 @@ def partner_events(history: History, entity: str, focus: pl.LazyFrame | None) ->
         )
         .filter(pl.col("off") > 0)
     )
-    # Offences since the carry reach every pair, new or not, one by one.
+    # Offences since the carry reach every pair, new or not, one by one (one of no time
+    # reached an older pair in the carried totals).
     later = met(pairs.filter(pl.col("__first").is_not_null()), offences.filter(~before_until))
     return pl.concat([earlier, later, folded], how="vertical")
 

@@ -275,11 +275,15 @@ class WatchlistRepository:
                 f"watch-list entry {entry_id!r} is shared by every organisation (it has "
                 "none): only an administrator may remove it"
             )
+        # The delete checks again what it may remove, whatever happened since the read.
+        removable = (
+            _on_list(actor.organisation)
+            if actor.role == Role.ADMIN
+            else watchlist.c.organisation == actor.organisation
+        )
         with self.store.db.begin() as conn:
             gone = conn.execute(
-                watchlist.delete().where(
-                    watchlist.c.entry_id == entry_id, _on_list(actor.organisation)
-                )
+                watchlist.delete().where(watchlist.c.entry_id == entry_id, removable)
             ).rowcount
         if not gone:  # removed meanwhile by another request
             return False
