@@ -169,6 +169,35 @@ def test_a_replaced_generation_is_removed_once_it_has_been_retired_long_enough(
     ]
 
 
+def test_a_host_whose_clock_runs_a_day_ahead_does_not_retire_a_fresh_generation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hosts share one history folder. One publishes a load replacing another; a host
+    whose clock is two days ahead then starts a load of its own: the generation replaced a
+    moment ago is kept for readers that listed it, because its age is read off the file
+    system's clock, not the host's."""
+    history = DeclarationHistory(tmp_path / "history")
+    planned = None
+    for ids in (["a"], ["b"]):
+        with history.loading("src") as loading:
+            loading.stage(_frame(*ids), 0)
+            loading.publish()
+        planned = planned if planned is not None else history.scan()
+    assert planned is not None
+    two_days = 2 * 24 * 3600 * 10**9
+    real = time.time_ns
+    monkeypatch.setattr(time, "time_ns", lambda: real() + two_days)
+    with history.loading("other") as loading:
+        loading.stage(_frame("z"), 0)
+        loading.publish()
+    assert len([p for p in history.folder.glob("src@*")]) == 2
+    # Dated by the file system too: a later load elsewhere is not dated two days ahead.
+    (other,) = history.folder.glob("other@*")
+    assert int(other.name.rpartition("@")[2]) < real() + 60 * 10**9
+    assert planned.collect().get_column("declaration_id").to_list() == ["a"]
+    assert _ids(history) == ["b", "z"]
+
+
 def test_a_load_replaces_chunks_published_as_files_of_the_history_folder(tmp_path: Path) -> None:
     """A history written before generations held a load's chunks beside the batches: the
     first generation hides them at once, and they go once retired, as a generation would."""

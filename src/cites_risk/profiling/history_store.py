@@ -19,7 +19,6 @@ import hashlib
 import os
 import re
 import shutil
-import time
 from itertools import pairwise
 from pathlib import Path
 from uuid import uuid4
@@ -46,7 +45,8 @@ def batch_name(mapping: str, path: Path) -> str:
 #: Between a batch's name and its generation's sequence; ``_safe`` never leaves it in a name.
 _AT = "@"
 #: How long a replaced generation is kept for readers that listed it: a batch score reads
-#: the history it listed for as long as it runs. Measured on the loading host's clock.
+#: the history it listed for as long as it runs. Measured on the history folder's own
+#: clock (``_folder_clock``), the same for every host that loads into it.
 RETIRE_AFTER = 24 * 3600.0
 #: A chunk of a batch lodged in chunks: the batch's file name, then five digits or more.
 _PART = re.compile(r"(.+)-[0-9]{5,}")
@@ -83,7 +83,7 @@ class DeclarationHistory:
         for stale in staging.glob(f"{_safe(batch)}.*"):
             if stale.is_dir():
                 _remove_if_abandoned(stale)
-        self.retire(None, time.time_ns())
+        self.retire(None, _folder_clock(self.folder))
         return Loading(self, batch)
 
     @staticmethod
@@ -233,7 +233,7 @@ class Loading:
             # published last wins, whatever was lodged during a long load. Later than
             # anything published before, even if the clock stepped back.
             latest = [f.stat().st_mtime_ns for f in self.history.files()[-1:]]
-            now = max([time.time_ns(), *(t + 1 for t in [*published, *latest])])
+            now = max([_folder_clock(folder), *(t + 1 for t in [*published, *latest])])
             staged = DeclarationHistory._parts(self.folder, self.batch)
             if {p.name for p in staged} != self._staged:
                 raise RuntimeError(
@@ -259,6 +259,20 @@ class Loading:
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         if kind is not None:
             self.abandon()
+
+
+def _folder_clock(folder: Path) -> int:
+    """Now, in ns, by the clock of the file system holding ``folder``.
+
+    Generations are dated and retired by it, so that hosts loading into one shared history
+    agree on how old a generation is: a host whose own clock ran a day ahead would retire
+    generations that other hosts' readers still hold. A file's time set to "now" is the
+    file system's time (a network file system's server sets it).
+    """
+    mark = folder / _STAGING / ".clock"
+    mark.parent.mkdir(parents=True, exist_ok=True)
+    mark.touch()
+    return mark.stat().st_mtime_ns
 
 
 def _batch_of(path: Path) -> str:
