@@ -290,3 +290,24 @@ def test_a_staged_load_is_removed_only_once_no_load_holds_it(tmp_path: Path) -> 
     history.loading("src").abandon()  # its holder is gone
     assert not elsewhere.exists()
     assert not [p for p in staging.iterdir() if p.is_dir()]  # nor anything of the two loads
+
+
+def test_a_staging_left_under_its_hidden_name_is_removed_an_hour_on(tmp_path: Path) -> None:
+    """A load that crashed between making its staging and holding it leaves the folder
+    under its hidden name. The next load of the batch removes it once it is an hour old
+    (by the file system's clock); a younger one may be another load being made."""
+    history = DeclarationHistory(tmp_path / "history")
+    staging = tmp_path / "history" / "_staging"
+    crashed = staging / ".src.4194305-crashed"
+    making = staging / ".src.4194305-being-made"
+    other = staging / ".other.4194305-crashed"
+    for folder in (crashed, making, other):
+        folder.mkdir(parents=True)
+        (folder / _HELD).touch()
+    two_hours_ago = (staging / ".src.4194305-crashed").stat().st_mtime_ns - 7200 * 10**9
+    for folder in (crashed, other):
+        os.utime(folder, ns=(two_hours_ago, two_hours_ago))
+    history.loading("src").abandon()
+    assert not crashed.exists()
+    assert making.is_dir()
+    assert other.is_dir()  # another batch's: its own next load removes it

@@ -80,10 +80,16 @@ class DeclarationHistory:
         held only at ``Loading.publish``. Staging left by loads that are gone is removed
         first."""
         staging = self.folder / _STAGING
+        now = _folder_clock(self.folder)
         for stale in staging.glob(f"{_safe(batch)}.*"):
             if stale.is_dir():
                 _remove_if_abandoned(stale)
-        self.retire(None, _folder_clock(self.folder))
+        # A staging folder still under its hidden name is being made, for microseconds: one
+        # left for an hour is a load that crashed before it could hold its lock.
+        for making in staging.glob(f".{_safe(batch)}.*"):
+            if making.is_dir() and now - making.stat().st_mtime_ns > _MAKING_FOR * 10**9:
+                shutil.rmtree(making, ignore_errors=True)
+        self.retire(None, now)
         return Loading(self, batch)
 
     @staticmethod
@@ -283,6 +289,8 @@ def _batch_of(path: Path) -> str:
 
 #: The lock file of a load's staging folder.
 _HELD = ".held"
+#: Seconds after which a staging folder still under its hidden name was left by a crash.
+_MAKING_FOR = 3600
 
 
 def _remove_if_abandoned(staging: Path) -> None:
