@@ -369,6 +369,20 @@ def test_a_misread_line_and_an_id_repeated_chunks_later_are_rejected_and_the_res
     assert read_parts(again.out_dir).collect().equals(scored)
 
 
+#: A red-lane profile on 4 % of the source's lines (under the runaway guard's 5 %), more than
+#: an office-day's capacity in a dozen office-days.
+RED_ON_TOGO = {
+    "id": "origin-tg",
+    "title": "Origin Togo",
+    "owner": "batch-test",
+    "rationale": "Every line from Togo is inspected this quarter.",
+    "source": "test",
+    "criteria": {"all": [{"field": "country_origin", "equals": "TG"}]},
+    "lane": "red",
+}
+
+
+@pytest.mark.parametrize("profiles", [[], [RED_ON_TOGO]], ids=["no-profiles", "red-profile"])
 def test_every_row_ranked_into_a_lane_carries_model_reasons(
     settings: Settings,
     store: Store,
@@ -376,12 +390,15 @@ def test_every_row_ranked_into_a_lane_carries_model_reasons(
     lemis_model: RiskModel,
     source: Path,
     tmp_path: Path,
+    profiles: list[dict[str, object]],
 ) -> None:
     """Lanes are decided over the whole batch once its chunks are scored, and each chunk
     explains a share of its rows only: the rows the model's risk ranks into a lane (at
-    least one per office and day) must be among them, wherever their pool's rows fall."""
+    least one per office and day) must be among them, wherever their pool's rows fall,
+    and however many rows a red-lane profile sends to the red lane ahead of them."""
     from cites_risk.profiling.batch import BatchResult, Deciding
     from cites_risk.profiling.engine import REASONS
+    from cites_risk.profiling.profiles.model import parse_profile
     from cites_risk.profiling.selection import SelectionConfig
 
     fast = FastEngine(Engine(lemis_model, "test", reference), explain_share=0.01)
@@ -392,7 +409,9 @@ def test_every_row_ranked_into_a_lane_carries_model_reasons(
             raise RuntimeError("power cut")
 
     def run(**progress: object) -> BatchResult:
-        deciding = Deciding([], SelectionConfig(capacity_share=0.05))
+        deciding = Deciding(
+            [parse_profile(p) for p in profiles], SelectionConfig(capacity_share=0.05)
+        )
         return score_stream(
             settings,
             store,
@@ -412,12 +431,28 @@ def test_every_row_ranked_into_a_lane_carries_model_reasons(
         run(progress=crash_after_two)
     result = run()
     assert result.decisions_path is not None
-    reasons = read_parts(out).select("declaration_id", pl.col(REASONS).alias("model")).collect()
-    decided = pl.read_parquet(result.decisions_path).join(reasons, on="declaration_id")
-    # No profiles: every row in a lane but the random draw is there by its model risk.
-    ranked = decided.filter((pl.col("lane") != "green") & (pl.col("selected_by") != "random"))
+    scored = read_parts(out).select(
+        "declaration_id",
+        "office",
+        pl.col("declared_at").dt.date().alias("day"),
+        pl.col(REASONS).alias("model"),
+    )
+    decided = pl.read_parquet(result.decisions_path).join(scored.collect(), on="declaration_id")
+    if profiles:
+        pools = decided.group_by("office", "day").agg(
+            pl.len().alias("n"), (pl.col("selected_by") == "rule").sum().alias("forced")
+        )
+        over = pools.filter(pl.col("forced") > (pl.col("n") * 0.05).ceil())
+        assert over.height >= 5, "the profile must send more than capacity to red somewhere"
+    # Every row in a lane but the random draw and the profile's own is there by its model
+    # risk; the profile's rows carry its reasons instead.
+    ranked = decided.filter(
+        (pl.col("lane") != "green")
+        & (pl.col("selected_by") != "random")
+        & (pl.col("profile_hits").list.len() == 0)
+    )
     assert ranked.height > 0.05 * result.rows_scored  # far more than the share explained
     unexplained = ranked.filter(pl.col("model").list.len() == 0)
     assert unexplained.height == 0, unexplained.head(3)
-    explained = reasons.filter(pl.col("model").list.len() > 0).height
+    explained = decided.filter(pl.col("model").list.len() > 0).height
     assert explained < 0.6 * result.rows_scored  # not every row, which would be the slow path
