@@ -108,6 +108,11 @@ def issue_keys(store: Store) -> dict[tuple[str, Role], str]:
     }
 
 
+def bearer(keys: dict[tuple[str, Role], str], role: Role, org: str = ORG) -> dict[str, str]:
+    """The headers of a request made with ``org``'s ``role`` key (``issue_keys``)."""
+    return {"Authorization": f"Bearer {keys[(org, role)]}"}
+
+
 @dataclass
 class Api:
     client: TestClient
@@ -117,7 +122,7 @@ class Api:
     app: FastAPI
 
     def auth(self, role: Role, org: str = ORG) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.keys[(org, role)]}"}
+        return bearer(self.keys, role, org)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cites_risk.api.app import create_app
 from cites_risk.profiling.roles import Role
 from cites_risk.profiling.service import Service
-from tests.api.conftest import ORG, Trained, copy_home, declaration, issue_keys, served
+from tests.api.conftest import ORG, Trained, bearer, copy_home, declaration, issue_keys, served
 
 AFTER = "2022-03-01T09:00:00Z"
 #: Declarations of the batch that holds the only scoring thread meanwhile (~seconds).
@@ -53,8 +53,8 @@ def test_a_request_whose_client_left_while_it_waited_is_not_scored(
     )
     service = Service.start(settings)
     keys = issue_keys(service.store)
-    inspector = {"Authorization": f"Bearer {keys[(ORG, Role.INSPECTOR)]}"}
-    targeting = {"Authorization": f"Bearer {keys[(ORG, Role.TARGETING)]}"}
+    inspector = bearer(keys, Role.INSPECTOR)
+    targeting = bearer(keys, Role.TARGETING)
     hold = [declaration(f"HOLD-{i}", declared_at=AFTER) for i in range(HOLD)]
     with (
         served(create_app(settings, service)) as (url, port),

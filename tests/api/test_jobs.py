@@ -21,7 +21,7 @@ from cites_risk.profiling.roles import Role
 from cites_risk.profiling.service import Service
 from cites_risk.profiling.sources import LEMIS_SAMPLE
 from cites_risk.profiling.store import JobStatus
-from tests.api.conftest import OTHER, Trained, copy_home, issue_keys
+from tests.api.conftest import OTHER, Trained, bearer, copy_home, issue_keys
 
 ROWS = 600
 
@@ -70,7 +70,7 @@ def test_same_file_twice_is_one_job_with_results_and_rejects(trained: Trained, h
     settings = copy_home(trained, home / "a")
     service = Service.start(settings)
     keys = issue_keys(service.store)
-    headers = {"Authorization": f"Bearer {keys[('US-FWS', Role.TARGETING)]}"}
+    headers = bearer(keys, Role.TARGETING)
     data = _lemis_subset(ROWS, 0)
     with TestClient(create_app(settings, service, job_chunk_rows=250)) as client:
         first = _submit(client, "day.csv", data, headers)
@@ -78,7 +78,7 @@ def test_same_file_twice_is_one_job_with_results_and_rejects(trained: Trained, h
         again = _submit(client, "same-bytes-other-name.csv", data, headers)
         assert again.status_code == 200 and again.json()["job_id"] == first.json()["job_id"]
         job_id = first.json()["job_id"]
-        other = {"Authorization": f"Bearer {keys[(OTHER, Role.ADMIN)]}"}
+        other = bearer(keys, Role.ADMIN, OTHER)
         assert client.get(f"/v1/jobs/{job_id}", headers=other).status_code == 404
         job = _wait(client, job_id, headers, {"done", "failed"})
         assert job["status"] == "done", job
@@ -107,7 +107,7 @@ def test_a_crashed_job_resumes_in_a_new_app_without_duplicates(
     settings = copy_home(trained, home / "b")
     service = Service.start(settings)
     keys = issue_keys(service.store)
-    headers = {"Authorization": f"Bearer {keys[('US-FWS', Role.ANALYST)]}"}
+    headers = bearer(keys, Role.ANALYST)
     data = _lemis_subset(ROWS, 2000)
     with TestClient(create_app(settings, service, job_chunk_rows=60)) as client:
         job_id = _submit(client, "night.csv", data, headers).json()["job_id"]
@@ -149,7 +149,7 @@ def test_a_job_mapping_is_a_shipped_name_never_a_server_path(
     settings = copy_home(trained, home / f"path-{abs(hash(mapping))}")
     service = Service.start(settings)
     keys = issue_keys(service.store)
-    headers = {"Authorization": f"Bearer {keys[('US-FWS', Role.TARGETING)]}"}
+    headers = bearer(keys, Role.TARGETING)
     with TestClient(create_app(settings, service)) as client:
         response = client.post(
             "/v1/jobs",
@@ -174,8 +174,8 @@ def test_a_job_an_admin_submits_shows_no_secret_rationale_to_a_targeting_reader(
     settings = copy_home(trained, home / "secret")
     service = Service.start(settings)
     keys = issue_keys(service.store)
-    admin = {"Authorization": f"Bearer {keys[('US-FWS', Role.ADMIN)]}"}
-    reader = {"Authorization": f"Bearer {keys[('US-FWS', Role.TARGETING)]}"}
+    admin = bearer(keys, Role.ADMIN)
+    reader = bearer(keys, Role.TARGETING)
     secret = {
         "id": "every-line",
         "title": "Every line",

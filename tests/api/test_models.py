@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from cites_risk.api.app import create_app
 from cites_risk.profiling.roles import Role
 from cites_risk.profiling.service import Service
-from tests.api.conftest import Trained, copy_home, issue_keys
+from tests.api.conftest import Trained, bearer, copy_home, issue_keys
 
 
 def test_a_worse_challenger_needs_force_and_the_promotion_is_audited(
@@ -18,8 +18,8 @@ def test_a_worse_challenger_needs_force_and_the_promotion_is_audited(
     settings = copy_home(trained, tmp_path)
     service = Service.start(settings)
     keys = issue_keys(service.store)
-    analyst = {"Authorization": f"Bearer {keys[('US-FWS', Role.ANALYST)]}"}
-    admin = {"Authorization": f"Bearer {keys[('US-FWS', Role.ADMIN)]}"}
+    analyst = bearer(keys, Role.ANALYST)
+    admin = bearer(keys, Role.ADMIN)
     with TestClient(create_app(settings, service)) as client:
         versions = client.get("/v1/models", headers=analyst).json()
         assert [(v["version"], v["aliases"]) for v in versions] == [
@@ -59,8 +59,8 @@ def test_promoting_the_champion_again_changes_nothing(trained: Trained, tmp_path
     settings = copy_home(trained, tmp_path)
     service = Service.start(settings)
     keys = issue_keys(service.store)
-    analyst = {"Authorization": f"Bearer {keys[('US-FWS', Role.ANALYST)]}"}
-    admin = {"Authorization": f"Bearer {keys[('US-FWS', Role.ADMIN)]}"}
+    analyst = bearer(keys, Role.ANALYST)
+    admin = bearer(keys, Role.ADMIN)
     stamps = service.store.stamps()
     with TestClient(create_app(settings, service)) as client:
         again = client.post("/v1/models/1/promote", json={"force": True}, headers=analyst)

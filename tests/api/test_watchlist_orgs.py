@@ -14,7 +14,7 @@ from cites_risk.profiling.roles import Role
 from cites_risk.profiling.service import Service
 from cites_risk.profiling.store.core import utcnow
 from cites_risk.profiling.store.schema import watchlist
-from tests.api.conftest import ORG, OTHER, Trained, copy_home, declaration, issue_keys
+from tests.api.conftest import ORG, OTHER, Trained, bearer, copy_home, declaration, issue_keys
 
 IMPORTER = "Watched Imports Ltd"
 PROFILE = {
@@ -36,7 +36,7 @@ def test_another_organisation_neither_sees_removes_nor_matches_an_entry(
     keys = issue_keys(service.store)
 
     def auth(role: Role, org: str = ORG) -> dict[str, str]:
-        return {"Authorization": f"Bearer {keys[(org, role)]}"}
+        return bearer(keys, role, org)
 
     try:
         with TestClient(create_app(settings, service)) as client:
@@ -102,7 +102,7 @@ def test_a_shared_entry_is_removed_by_an_administrator_only(
         )
 
     def auth(role: Role, org: str = ORG) -> dict[str, str]:
-        return {"Authorization": f"Bearer {keys[(org, role)]}"}
+        return bearer(keys, role, org)
 
     try:
         with TestClient(create_app(settings, service)) as client:

@@ -37,6 +37,7 @@ from tests.api.conftest import (
     ORG,
     OTHER,
     Trained,
+    bearer,
     copy_home,
     declaration,
     free_port,
@@ -65,7 +66,7 @@ def _consent(client: TestClient | httpx.Client, key: str, offence: str, to: list
 
 def _offence(client: TestClient | httpx.Client, keys: dict[tuple[str, Role], str]) -> str:
     """The consent tests' profile, and an unshared offence record of its importer."""
-    analyst = {"Authorization": f"Bearer {keys[(ORG, Role.ANALYST)]}"}
+    analyst = bearer(keys, Role.ANALYST)
     saved = client.put(f"/v1/profiles/{PROFILE['id']}", json=PROFILE, headers=analyst)
     assert saved.status_code == 200, saved.text
     created = client.post(
@@ -108,7 +109,7 @@ def test_profiles_consent_records_and_promotions_made_in_one_worker_reach_the_ot
         promoted = a.post(
             "/v1/models/2/promote",
             json={"force": True},
-            headers={"Authorization": f"Bearer {keys[(ORG, Role.ANALYST)]}"},
+            headers=bearer(keys, Role.ANALYST),
         )
         assert promoted.status_code == 200, promoted.text
         assert _score(b, other, "W-6")["model_version"] == "2"
@@ -149,7 +150,7 @@ def test_a_worker_without_a_champion_loads_one_promoted_elsewhere_and_jobs_wait_
     tracking.client().delete_registered_model_alias(tracking.model_name, "champion")
     unready, other = Service.start(settings), Service.start(settings)
     keys = issue_keys(unready.store)
-    analyst = {"Authorization": f"Bearer {keys[(ORG, Role.ANALYST)]}"}
+    analyst = bearer(keys, Role.ANALYST)
     with (
         TestClient(create_app(settings, unready, job_chunk_rows=200)) as a,
         TestClient(create_app(settings, other)) as b,
@@ -229,7 +230,7 @@ def test_a_job_left_by_a_dead_worker_is_finished_by_another_without_duplicates(
     )
     dead, alive = Service.start(settings), Service.start(settings)
     keys = issue_keys(dead.store)
-    headers = {"Authorization": f"Bearer {keys[(ORG, Role.ANALYST)]}"}
+    headers = bearer(keys, Role.ANALYST)
     # Its lifespan never starts: the job is accepted, then the worker "dies" holding it.
     app = create_app(settings, dead, job_chunk_rows=60)
     submitted = _submit(TestClient(app), "night.csv", _lemis_subset(ROWS, 4000), headers)

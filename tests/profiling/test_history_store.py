@@ -83,6 +83,14 @@ def _ids(history: DeclarationHistory) -> list[str]:
     return sorted(history.scan().collect().get_column("declaration_id"))
 
 
+def _publish(history: DeclarationHistory, batch: str, *chunks: pl.DataFrame) -> None:
+    """One load of ``batch`` in ``chunks`` (chunk 0, 1, ...), published."""
+    with history.loading(batch) as loading:
+        for k, chunk in enumerate(chunks):
+            loading.stage(chunk, k)
+        loading.publish()
+
+
 def test_of_two_loads_of_a_source_the_later_publish_is_the_whole_result(tmp_path: Path) -> None:
     """A retried job and the first attempt, or a score of the file during its ingest: each
     load stages its own chunks, and publishing one never takes in or deletes the other's."""
@@ -117,9 +125,7 @@ def test_chunk_100000_and_on_are_published(tmp_path: Path) -> None:
         loading.stage(_frame("b"), 100_000)
         loading.publish()
     assert _ids(history) == ["a", "b"]
-    with history.loading("src") as loading:
-        loading.stage(_frame("c"), 0)
-        loading.publish()
+    _publish(history, "src", _frame("c"))
     assert _ids(history) == ["c"]
 
 
@@ -139,14 +145,9 @@ def test_a_query_planned_before_a_publish_reads_the_load_it_listed_whole(tmp_pat
     in between must neither mix into nor break what it listed, and the next reader sees
     the new load whole."""
     history = DeclarationHistory(tmp_path / "history")
-    with history.loading("src") as loading:
-        loading.stage(_frame("a"), 0)
-        loading.stage(_frame("b"), 1)
-        loading.publish()
+    _publish(history, "src", _frame("a"), _frame("b"))
     planned = history.scan()
-    with history.loading("src") as loading:
-        loading.stage(_frame("c"), 0)
-        loading.publish()
+    _publish(history, "src", _frame("c"))
     assert sorted(planned.collect().get_column("declaration_id")) == ["a", "b"]
     assert _ids(history) == ["c"]
 
@@ -158,9 +159,7 @@ def test_a_replaced_generation_is_removed_once_it_has_been_retired_long_enough(
     swept = DeclarationHistory(tmp_path / "swept", retire_after=0.0)
     for history in (kept, swept):
         for ids in (["a"], ["b"], ["c"]):
-            with history.loading("src") as loading:
-                loading.stage(_frame(*ids), 0)
-                loading.publish()
+            _publish(history, "src", _frame(*ids))
         assert _ids(history) == ["c"]
     generations = [p for p in (tmp_path / "kept").iterdir() if p.name != "_staging"]
     assert len(generations) == 3  # replaced within the last hour: a reader may hold them
@@ -177,19 +176,13 @@ def test_a_host_whose_clock_runs_a_day_ahead_does_not_retire_a_fresh_generation(
     moment ago is kept for readers that listed it, because its age is read off the file
     system's clock, not the host's."""
     history = DeclarationHistory(tmp_path / "history")
-    planned = None
-    for ids in (["a"], ["b"]):
-        with history.loading("src") as loading:
-            loading.stage(_frame(*ids), 0)
-            loading.publish()
-        planned = planned if planned is not None else history.scan()
-    assert planned is not None
+    _publish(history, "src", _frame("a"))
+    planned = history.scan()
+    _publish(history, "src", _frame("b"))
     two_days = 2 * 24 * 3600 * 10**9
     real = time.time_ns
     monkeypatch.setattr(time, "time_ns", lambda: real() + two_days)
-    with history.loading("other") as loading:
-        loading.stage(_frame("z"), 0)
-        loading.publish()
+    _publish(history, "other", _frame("z"))
     assert len([p for p in history.folder.glob("src@*")]) == 2
     # Dated by the file system too: a later load elsewhere is not dated two days ahead.
     (other,) = history.folder.glob("other@*")
@@ -208,9 +201,7 @@ def test_a_load_replaces_chunks_published_as_files_of_the_history_folder(tmp_pat
         history.append(_frame("b"), DeclarationHistory.part("src", 1))
         history.append(_frame("z"), "other")
         planned = history.scan()
-        with history.loading("src") as loading:
-            loading.stage(_frame("x"), 0)
-            loading.publish()
+        _publish(history, "src", _frame("x"))
         assert _ids(history) == ["x", "z"]
         assert sorted(p.name for p in folder.glob("src*.parquet")) == left
         if left:
@@ -221,15 +212,11 @@ def test_a_load_published_after_the_clock_stepped_back_is_still_the_later_word(
     tmp_path: Path,
 ) -> None:
     history = DeclarationHistory(tmp_path / "history")
-    with history.loading("a") as loading:
-        loading.stage(_frame("x").with_columns(pl.lit("FIRST").alias("office")), 0)
-        loading.publish()
+    _publish(history, "a", _frame("x").with_columns(pl.lit("FIRST").alias("office")))
     ahead = time.time_ns() + 120 * 10**9  # published by a clock two minutes ahead
     for path in history.files():
         os.utime(path, ns=(ahead, ahead))
-    with history.loading("b") as loading:
-        loading.stage(_frame("x").with_columns(pl.lit("LATER").alias("office")), 0)
-        loading.publish()
+    _publish(history, "b", _frame("x").with_columns(pl.lit("LATER").alias("office")))
     assert history.scan().collect().get_column("office").to_list() == ["LATER"]
 
 
@@ -264,9 +251,7 @@ def test_the_stamp_changes_with_what_the_history_holds_and_only_then(tmp_path: P
     seen.append(history.stamp())
     history.append(_frame("a", "c"), "whole")  # a file replaced
     seen.append(history.stamp())
-    with history.loading("src") as loading:
-        loading.stage(_frame("b"), 0)
-        loading.publish()
+    _publish(history, "src", _frame("b"))
     seen.append(history.stamp())
     assert len(set(seen)) == len(seen)
     assert history.stamp() == seen[-1]
