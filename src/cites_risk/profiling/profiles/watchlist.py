@@ -270,7 +270,8 @@ class WatchlistRepository:
         entry = self.get(entry_id, actor.organisation)
         if entry is None:
             return False
-        if entry.organisation is None and actor.role != Role.ADMIN:
+        admin = actor.role == Role.ADMIN
+        if entry.organisation is None and not admin:
             raise SharedEntryError(
                 f"watch-list entry {entry_id!r} is shared by every organisation (it has "
                 "none): only an administrator may remove it"
@@ -278,7 +279,7 @@ class WatchlistRepository:
         # The delete checks again what it may remove, whatever happened since the read.
         removable = (
             _on_list(actor.organisation)
-            if actor.role == Role.ADMIN
+            if admin
             else watchlist.c.organisation == actor.organisation
         )
         with self.store.db.begin() as conn:
