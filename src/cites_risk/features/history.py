@@ -10,7 +10,7 @@ against a large history take seconds, not minutes.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -339,6 +339,32 @@ def stack(frames: list[pl.LazyFrame]) -> pl.LazyFrame:
     return pl.concat(
         [f.with_columns(pl.lit(i, pl.UInt16).alias(KID)) for i, f in enumerate(frames)],
         how="vertical",
+    )
+
+
+def stacked(
+    frame: pl.LazyFrame,
+    keys: Sequence[pl.Expr | None],
+    *columns: pl.Expr | str,
+) -> pl.LazyFrame:
+    """``frame``'s rows once per key of ``keys``, as ``stack`` gives them from a frame per key:
+    ``__key`` the key's value, then ``columns``, then ``__kid`` the key's position (a
+    ``None`` key is left out, its position kept).
+
+    Row by row rather than key by key: one ``select`` and one ``explode`` where a frame per
+    key was a branch of the plan each, which a single online request paid for in every
+    stream. Within one key the rows keep their order, and that is all the running totals
+    read (each key value's sums in stream order).
+    """
+    tagged = [(kid, key) for kid, key in enumerate(keys) if key is not None]
+    if len(tagged) == 1:
+        kid, key = tagged[0]
+        return frame.select(key.alias(KEY), *columns, pl.lit(kid, pl.UInt16).alias(KID))
+    kids = pl.Series(KID, [kid for kid, _ in tagged], dtype=pl.UInt16)
+    return (
+        frame.select(pl.concat_list([key for _, key in tagged]).alias(KEY), *columns)
+        .explode(KEY)
+        .with_columns(pl.lit(kids).gather(pl.int_range(pl.len()) % len(tagged)).alias(KID))
     )
 
 

@@ -30,6 +30,7 @@ from cites_risk.features.history import (
     prior_totals,
     smoothed_rate,
     stack,
+    stacked,
 )
 from cites_risk.features.pairs import PAIR_COLUMNS, PAIR_HISTORY_KEYS
 from cites_risk.features.reference import Reference
@@ -542,11 +543,13 @@ def _route_value_permits(frame: pl.LazyFrame, reference: Reference) -> pl.LazyFr
 # --- history ------------------------------------------------------------------------------
 
 
-def _events(history: History, key: HistoryKey) -> pl.LazyFrame:
-    """Declarations, offences and inspection results of one key as one event stream."""
+def _events(history: History, keys: list[HistoryKey]) -> pl.LazyFrame:
+    """Declarations, offences and inspection results of ``keys`` as one event stream,
+    stacked (``stacked``)."""
     zero = pl.lit(0.0)
-    decl = history.declarations.select(
-        key.declaration.alias(KEY),
+    decl = stacked(
+        history.declarations,
+        [key.declaration for key in keys],
         pl.col(D.DECLARED_AT).cast(TIMESTAMP).alias(TIME),
         # The declaration being scored that this one is, if any (see ``lodged``).
         pl.col(IDX),
@@ -558,8 +561,9 @@ def _events(history: History, key: HistoryKey) -> pl.LazyFrame:
         zero.alias("hits_recent"),
         pl.lit(False).alias("__mark"),
     )
-    insp = history.inspected.select(
-        key.declaration.alias(KEY),
+    insp = stacked(
+        history.inspected,
+        [key.declaration for key in keys],
         pl.col(TIME).cast(TIMESTAMP),
         pl.lit(None, pl.UInt32).alias(IDX),
         zero.alias("n"),
@@ -574,10 +578,11 @@ def _events(history: History, key: HistoryKey) -> pl.LazyFrame:
         pl.lit(False).alias("__mark"),
     )
     streams = [decl, insp]
-    if key.offence is not None:
+    if any(key.offence is not None for key in keys):
         streams.append(
-            offences_since_carry(history).select(
-                key.offence.alias(KEY),
+            stacked(
+                offences_since_carry(history),
+                [key.offence for key in keys],
                 pl.col(O.DETECTED_AT).cast(TIMESTAMP).alias(TIME),
                 pl.lit(None, pl.UInt32).alias(IDX),
                 zero.alias("n"),
@@ -602,7 +607,7 @@ def key_events(
     without a focus) and the carried totals of ``wanted``'s key values (all without
     ``wanted``)."""
     names = [key.declaration for key in keys]
-    events = _relevant(stack([_events(history, key) for key in keys]), focus, names)
+    events = _relevant(_events(history, keys), focus, names)
     if history.carried is None:
         return events
     carried = stack([_carried_key_events(history.carried, key) for key in keys])
@@ -689,7 +694,7 @@ def _keys_features(
     """
     values = ["n", "off", "off_decay", "insp", "hits", "hits_recent"]
     totals = prior_totals(
-        stack([alone.select(IDX, TIME, key.declaration.alias(KEY)) for key in keys]),
+        stacked(alone, [key.declaration for key in keys], IDX, TIME),
         key_events(history, keys, focus, targets),
         values,
         last_time=True,
@@ -727,7 +732,7 @@ def _relevant(
     events without a focus)."""
     if focus is None:
         return events
-    wanted = stack([focus.select(key.alias(KEY)) for key in keys]).unique()
+    wanted = stacked(focus, keys).unique()
     # nulls_equal: a lodged target with no key is an event too and must stay.
     return events.join(wanted, on=[KID, KEY], how="semi", nulls_equal=True)
 
