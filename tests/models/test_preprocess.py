@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import random
 
 import polars as pl
@@ -44,3 +45,16 @@ def test_the_vocabulary_is_the_most_frequent_values_whatever_the_row_order(
     vocab = CategoryCodes(["k"], max_levels=max_levels).fit(pl.DataFrame({"k": rows})).vocab_["k"]
     expected = sorted((v for v, n in counts.items() if n >= 5), key=lambda v: (-counts[v], v))
     assert vocab == {v: i + 1 for i, v in enumerate(expected[:max_levels])}
+
+
+def test_codes_follow_the_latest_fit_and_survive_a_save() -> None:
+    first = pl.DataFrame({"k": ["a"] * 5 + ["b"] * 6})
+    codes = CategoryCodes(["k"]).fit(first)
+    probe = pl.DataFrame({"k": ["a", "b", "c", None]})
+    assert codes.transform(probe).get_column("k").to_list() == [2, 1, 0, 0]
+    # Refitted on other rows, the same object codes by its new vocabulary.
+    codes.fit(pl.DataFrame({"k": ["c"] * 5 + ["a"] * 7}))
+    assert codes.transform(probe).get_column("k").to_list() == [1, 0, 2, 0]
+    loaded = pickle.loads(pickle.dumps(codes))
+    assert "_codes" not in loaded.__dict__
+    assert loaded.transform(probe).equals(codes.transform(probe))

@@ -7,12 +7,24 @@ column names. Column names are constants so that a typo is an import error, not 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 
 import polars as pl
 
 TIMESTAMP = pl.Datetime("us", "UTC")
+
+
+# A datetime literal costs ~0.2 ms to build, and every request's plans hold a few dozen
+# of the same ones (its history's carry time, the profiles' validity dates).
+@functools.lru_cache(maxsize=1024)
+def timestamp_literal(value: datetime) -> pl.Expr:
+    """``value`` (timezone-aware) as a ``TIMESTAMP`` expression."""
+    return pl.lit(value).cast(TIMESTAMP)
+
+
 STR_LIST: pl.DataType = pl.List(pl.String())
 
 

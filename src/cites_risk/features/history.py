@@ -26,6 +26,7 @@ from cites_risk.features.contract import (
     I,
     Outcome,
     empty,
+    timestamp_literal,
 )
 from cites_risk.features.running_totals import as_times, running_totals
 
@@ -170,18 +171,22 @@ class Carried:
             pairs={side: Lookup.of(self.pairs, side) for side in (D.IMPORTER, D.EXPORTER)},
         )
 
-    # A datetime literal costs ~0.2 ms to build, and a request's plan reads these dozens
-    # of times: built once per carry.
-    @functools.cached_property
+    @property
     def at(self) -> pl.Expr:
         """``until`` as an expression."""
-        return pl.lit(self.until).cast(TIMESTAMP)
+        return timestamp_literal(self.until)
 
-    @functools.cached_property
+    @property
     def time(self) -> pl.Expr:
         """When the carried totals happen: just before ``until``, so that every
         declaration at or after it sees them and none before it does."""
-        return self.at - pl.duration(microseconds=1)
+        return _just_before(self.until)
+
+
+@functools.lru_cache(maxsize=64)
+def _just_before(until: datetime) -> pl.Expr:
+    # Cached by value: a request's history is a copy of the service's, with its own cache.
+    return timestamp_literal(until) - pl.duration(microseconds=1)
 
 
 #: The sums a carried key row holds (declarations, inspection results and offence

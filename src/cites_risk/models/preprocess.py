@@ -6,6 +6,7 @@ ending in ``_`` and returns self, ``transform`` checks the columns it was fitted
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Self
 
@@ -109,6 +110,7 @@ class CategoryCodes:
         self.max_levels = max_levels
 
     def fit(self, frame: pl.DataFrame) -> Self:
+        self.__dict__.pop("_codes", None)  # those of an earlier fit
         self.vocab_: dict[str, dict[str, int]] = {}
         for col in self.columns:
             # Ties in count are ordered by value: hash order would give equally frequent
@@ -128,12 +130,20 @@ class CategoryCodes:
     def transform(self, frame: pl.DataFrame) -> pl.DataFrame:
         if not hasattr(self, "vocab_"):
             raise NotFittedError("CategoryCodes is not fitted")
-        return frame.with_columns(
-            pl.col(col)
-            .replace_strict(self.vocab_[col], default=0, return_dtype=pl.Int32)
-            .alias(col)
+        return frame.with_columns(self._codes)
+
+    # Built once: turning the vocabularies into expressions cost ~0.5 ms, half of coding an
+    # online request's row.
+    @functools.cached_property
+    def _codes(self) -> list[pl.Expr]:
+        return [
+            pl.col(col).replace_strict(self.vocab_[col], default=0, return_dtype=pl.Int32)
             for col in self.columns
-        )
+        ]
+
+    def __getstate__(self) -> dict[str, object]:
+        # The expressions are rebuilt from the vocabularies, not saved with the model.
+        return {k: v for k, v in self.__dict__.items() if k != "_codes"}
 
     def label(self, column: str, code: int) -> str | None:
         for value, c in self.vocab_[column].items():

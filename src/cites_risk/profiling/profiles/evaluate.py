@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 import polars as pl
 from polars.datatypes import DataTypeClass
 
-from cites_risk.features.contract import D
+from cites_risk.features.contract import D, timestamp_literal
 from cites_risk.profiling.profiles.model import (
     SCORE,
     Condition,
@@ -120,9 +120,10 @@ def active_expr(
         return pl.lit(False)
     parts = []
     if check_validity and profile.valid_from is not None:
-        parts.append(pl.col(D.DECLARED_AT) >= _start(profile.valid_from))
+        parts.append(pl.col(D.DECLARED_AT) >= timestamp_literal(_start(profile.valid_from)))
     if check_validity and profile.valid_to is not None:
-        parts.append(pl.col(D.DECLARED_AT) < _start(profile.valid_to) + timedelta(days=1))
+        end = _start(profile.valid_to) + timedelta(days=1)
+        parts.append(pl.col(D.DECLARED_AT) < timestamp_literal(end))
     return functools.reduce(operator.and_, parts).fill_null(False) if parts else None
 
 
