@@ -288,3 +288,9 @@ def collect_as_written(frame: pl.LazyFrame) -> pl.DataFrame:
     LEMIS sample: features 30 -> 17 ms, selection 11 -> 7 ms.
     """
     return frame.collect(engine="in-memory", optimizations=pl.QueryOptFlags.none())
+
+
+def collect_all_as_written(frames: list[pl.LazyFrame]) -> list[pl.DataFrame]:
+    """``collect_as_written`` for queries that share inputs, run together. Validating one
+    request's declaration: 3.9 -> 2.9 ms."""
+    return pl.collect_all(frames, engine="in-memory", optimizations=pl.QueryOptFlags.none())

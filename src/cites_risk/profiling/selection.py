@@ -167,7 +167,15 @@ class SelectionReport:
 class Selection:
     #: One row per input declaration, input order, columns of ``OUTPUT_SCHEMA``.
     frame: pl.DataFrame
-    report: SelectionReport
+    _decided: pl.DataFrame
+    _config: SelectionConfig
+    _suspended: list[SuspendedProfile]
+    _hits: dict[str, int]
+
+    # Counted when asked for: the service answers a request from the lanes alone.
+    @functools.cached_property
+    def report(self) -> SelectionReport:
+        return SelectionReport(_per_group(self._decided, self._config), self._suspended, self._hits)
 
 
 def combine_risk(score: pl.Expr, weights: Sequence[tuple[pl.Expr, float]]) -> pl.Expr:
@@ -510,7 +518,7 @@ def select(
         collect_as_written(query) if frame.height <= FEW_ROWS else query.collect(engine="in-memory")
     )
     out = result.select(OUTPUT_SCHEMA.names()).cast(dict(OUTPUT_SCHEMA.items()))
-    return Selection(out, SelectionReport(_per_group(result, config), suspended, counts))
+    return Selection(out, result, config, suspended, counts)
 
 
 def _per_group(result: pl.DataFrame, config: SelectionConfig) -> pl.DataFrame:

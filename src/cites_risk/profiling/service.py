@@ -27,6 +27,7 @@ from cites_risk.features.adapters import EXTRA_PREFIX, ROW
 from cites_risk.features.carry import carry, narrowed
 from cites_risk.features.contract import (
     DECLARATION,
+    FEW_ROWS,
     INSPECTION,
     OFFENCE,
     STR_LIST,
@@ -35,6 +36,7 @@ from cites_risk.features.contract import (
     I,
     O,
     Record,
+    collect_all_as_written,
 )
 from cites_risk.features.contract import Field as ContractField
 from cites_risk.features.history import History, Lookup
@@ -708,7 +710,10 @@ class Service:
         known = extras or {}
         text = _as_text(record, rows, known)
         checked = validate(text.lazy(), record, self._vocabulary, None, extras)
-        accepted, rejects = pl.collect_all([checked.accepted_rows, checked.rejects])
+        queries = [checked.accepted_rows, checked.rejects]
+        accepted, rejects = (
+            collect_all_as_written(queries) if len(rows) <= FEW_ROWS else pl.collect_all(queries)
+        )
         problems: dict[int, list[FieldProblem]] = {}
         for r in rejects.iter_rows(named=True):
             row = int(r["row"]) - 1
@@ -728,8 +733,9 @@ class Service:
                         _text(given[name]),
                     )
                 )
-        ok = (pl.col(ROW) - 1).is_in(list(problems)).not_()
-        return accepted.filter(ok).drop(ROW), problems
+        if problems:
+            accepted = accepted.filter((pl.col(ROW) - 1).is_in(list(problems)).not_())
+        return accepted.drop(ROW), problems
 
     def _store_results(self, organisation: str, results: Sequence[ScoreResult]) -> None:
         rows = [
