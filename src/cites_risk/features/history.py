@@ -351,20 +351,30 @@ def stacked(
     frame: pl.LazyFrame,
     keys: Sequence[pl.Expr | None],
     *columns: pl.Expr | str,
+    by_row: bool = True,
 ) -> pl.LazyFrame:
     """``frame``'s rows once per key of ``keys``, as ``stack`` gives them from a frame per key:
     ``__key`` the key's value, then ``columns``, then ``__kid`` the key's position (a
     ``None`` key is left out, its position kept).
 
-    Row by row rather than key by key: one ``select`` and one ``explode`` where a frame per
-    key was a branch of the plan each, which a single online request paid for in every
-    stream. Within one key the rows keep their order, and that is all the running totals
-    read (each key value's sums in stream order).
+    ``by_row``: row by row, in one ``select`` and one ``explode``, for a frame of a few
+    rows: a frame per key was a branch of the plan each, which a single online request
+    paid for in every stream (features 46 -> 33 ms). Key by key otherwise: a frame per key
+    is a projection of the same columns, which a long frame concatenates without copying,
+    where the explode builds a list per row (a request against a full history of 1 M
+    declarations: 2.9 s key by key, 7.0 s row by row). Within one key the rows keep their
+    order either way, and that is all the running totals read (each key value's sums in
+    stream order).
     """
     tagged = [(kid, key) for kid, key in enumerate(keys) if key is not None]
-    if len(tagged) == 1:
-        kid, key = tagged[0]
-        return frame.select(key.alias(KEY), *columns, pl.lit(kid, pl.UInt16).alias(KID))
+    if not by_row or len(tagged) == 1:
+        return pl.concat(
+            [
+                frame.select(key.alias(KEY), *columns, pl.lit(kid, pl.UInt16).alias(KID))
+                for kid, key in tagged
+            ],
+            how="vertical",
+        )
     kids = pl.Series(KID, [kid for kid, _ in tagged], dtype=pl.UInt16)
     return (
         frame.select(pl.concat_list([key for _, key in tagged]).alias(KEY), *columns)

@@ -547,6 +547,8 @@ def _events(history: History, keys: list[HistoryKey]) -> pl.LazyFrame:
     """Declarations, offences and inspection results of ``keys`` as one event stream,
     stacked (``stacked``)."""
     zero = pl.lit(0.0)
+    # A carried history holds only what came since the carry: for a request, a few rows.
+    by_row = history.carried is not None
     decl = stacked(
         history.declarations,
         [key.declaration for key in keys],
@@ -560,6 +562,7 @@ def _events(history: History, keys: list[HistoryKey]) -> pl.LazyFrame:
         zero.alias("hits"),
         zero.alias("hits_recent"),
         pl.lit(False).alias("__mark"),
+        by_row=by_row,
     )
     insp = stacked(
         history.inspected,
@@ -576,6 +579,7 @@ def _events(history: History, keys: list[HistoryKey]) -> pl.LazyFrame:
             * (days_since_epoch(pl.col(TIME)) / RECENT_DAYS).exp()
         ).alias("hits_recent"),
         pl.lit(False).alias("__mark"),
+        by_row=by_row,
     )
     streams = [decl, insp]
     if any(key.offence is not None for key in keys):
@@ -592,6 +596,7 @@ def _events(history: History, keys: list[HistoryKey]) -> pl.LazyFrame:
                 zero.alias("hits"),
                 zero.alias("hits_recent"),
                 pl.lit(True).alias("__mark"),
+                by_row=by_row,
             )
         )
     return pl.concat(streams, how="vertical")
