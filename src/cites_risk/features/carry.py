@@ -17,7 +17,7 @@ from datetime import datetime
 
 import polars as pl
 
-from cites_risk.features.contract import TIMESTAMP, D, I, O
+from cites_risk.features.contract import TIMESTAMP, D, I, O, timestamp_literal
 from cites_risk.features.history import (
     CARRIED_VALUES,
     IDX,
@@ -69,7 +69,7 @@ def carry(
             f"cannot carry a history back from {history.carried.until} to {until}; "
             "carry the full history instead"
         )
-    at = pl.lit(until).cast(TIMESTAMP)
+    at = timestamp_literal(until)
     declared = pl.col(D.DECLARED_AT).cast(TIMESTAMP)
     keys = history_keys(history, extra_history_keys(extras))
     keyed = keyed_history(
@@ -206,7 +206,7 @@ def offence_index(history: History, until: datetime) -> OffenceIndex:
     """``history``'s offence records indexed for requests scored against it carried to
     ``until``: by the parties in them, with the partners each entity first traded with at
     or after ``until``, and the records a carry to ``until`` leaves unfolded."""
-    at = pl.lit(until).cast(TIMESTAMP)
+    at = timestamp_literal(until)
     records = history.offences.collect()
     numbered = records.with_row_index(ROW)
     by_party = {
@@ -300,7 +300,7 @@ def through(history: History, end: datetime) -> History:
     are kept whole: a declaration's events are read from all of its results
     (``inspection_events``), and those after ``end`` reach no feature of these.
     """
-    at = pl.lit(end).cast(TIMESTAMP)
+    at = timestamp_literal(end)
     return History(
         declarations=history.declarations.filter(pl.col(D.DECLARED_AT).cast(TIMESTAMP) <= at),
         offences=history.offences.filter(pl.col(O.DETECTED_AT).cast(TIMESTAMP) <= at),

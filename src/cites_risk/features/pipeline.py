@@ -739,7 +739,8 @@ def _relevant(
         return events
     wanted = stacked(focus, keys).unique()
     # nulls_equal: a lodged target with no key is an event too and must stay.
-    return events.join(wanted, on=[KID, KEY], how="semi", nulls_equal=True)
+    # In order: each key value's events must stay in stream order (``stacked``).
+    return events.join(wanted, on=[KID, KEY], how="semi", nulls_equal=True, maintain_order="left")
 
 
 def _hit_rates(names: list[str]) -> list[pl.Expr]:

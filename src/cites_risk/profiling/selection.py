@@ -167,10 +167,10 @@ class SelectionReport:
 class Selection:
     #: One row per input declaration, input order, columns of ``OUTPUT_SCHEMA``.
     frame: pl.DataFrame
-    _decided: pl.DataFrame
-    _config: SelectionConfig
-    _suspended: list[SuspendedProfile]
-    _hits: dict[str, int]
+    _decided: pl.DataFrame = field(repr=False, compare=False)
+    _config: SelectionConfig = field(repr=False, compare=False)
+    _suspended: list[SuspendedProfile] = field(repr=False, compare=False)
+    _hits: dict[str, int] = field(repr=False, compare=False)
 
     # Counted when asked for: the service answers a request from the lanes alone.
     @functools.cached_property
