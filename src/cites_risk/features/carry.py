@@ -261,7 +261,9 @@ def narrowed(
             # Partner totals are keyed by the raw column, which a history key may not be.
             *(pl.col(side).alias(f"__side_{side}") for side in carried.partners),
         )
-        .collect()
+        # A request's rows: the streaming engine's start-up was a third of this (2.4 ms
+        # for one declaration, 1.8 ms in memory).
+        .collect(engine="in-memory")
     )
     index = carried.by_key
     offences = history.offences
