@@ -285,3 +285,32 @@ def test_carried_totals_are_the_same_to_the_last_bit_every_time(lemis: LemisData
         assert run is not None
         for name, totals in first.keys.items():
             assert_frame_equal(run.keys[name].sort(KEY), totals.sort(KEY), check_exact=True)
+
+
+def test_a_batch_shares_the_carried_starts_and_a_request_builds_its_own(
+    lemis: LemisData,
+) -> None:
+    """Each feature build copies the carried history (``keyed_history``); the tables its
+    streams start from are built once for all of them. A request's totals are cut to its
+    own keys, and so is its start."""
+    history = History(
+        lemis.declarations.lazy(),
+        pl.DataFrame(schema=OFFENCE.schema).lazy(),
+        lemis.inspections.lazy(),
+    )
+    until = _times(lemis.declarations)[lemis.declarations.height // 2]
+    walked = carry(history, until, lemis.extras)
+    carried = walked.carried
+    assert carried is not None
+    batch = lemis.declarations.filter(pl.col(D.DECLARED_AT) >= until)
+    first, second = batch.head(50), batch.slice(50, 50)
+    for part in (first, second):
+        build_features(part.lazy(), walked, REF, lemis.extras).collect()
+    built = dict(carried.starts)
+    assert ("importer",) in built
+    build_features(second.lazy(), walked, REF, lemis.extras).collect()
+    assert all(carried.starts[name][1] is start for name, (_, start) in built.items())
+    cut = narrowed(walked, first.head(1), lemis.extras)
+    assert cut.carried is not None
+    assert cut.carried.start(["importer"]).last.shape[0] <= 1
+    assert carried.starts[("importer",)][1] is built[("importer",)][1]

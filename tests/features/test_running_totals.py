@@ -6,10 +6,11 @@ import random
 
 import numpy as np
 import polars as pl
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cites_risk.features.running_totals import NO_TIME, fold, running_totals
+from cites_risk.features.running_totals import NO_TIME, Start, fold, running_totals
 
 VALUES = ["a", "b"]
 
@@ -187,3 +188,81 @@ def test_a_fold_gives_the_same_bits_whatever_order_the_rows_arrive_in(
         }
 
     assert by_key(shuffled) == by_key(weighted)
+
+
+@st.composite
+def starts(draw: st.DrawFn) -> list[tuple[int, float, float, int | None]]:
+    """A start row per key of some of the keys: its sums and its latest mark (or none)."""
+    keys = draw(st.lists(st.integers(0, 6), unique=True, max_size=7))
+    return [
+        (
+            key,
+            draw(st.floats(-1e3, 1e3, allow_nan=False)),
+            draw(st.floats(0, 1e12, allow_nan=False)),
+            draw(st.one_of(st.none(), st.integers(-20, -11))),
+        )
+        for key in keys
+    ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(streams(), starts())
+def test_a_start_counts_as_events_before_the_first_row(
+    stream: pl.DataFrame, start_rows: list[tuple[int, float, float, int | None]]
+) -> None:
+    """A carried history's totals enter a stream as its ``Start``: the same to the last bit
+    as events of their own before every row (as they were streamed before)."""
+    start = Start.of(
+        VALUES,
+        np.array([key for key, *_ in start_rows], dtype=np.uint64),
+        np.array([[a for _, a, _, _ in start_rows], [b for _, _, b, _ in start_rows]]).reshape(
+            2, len(start_rows)
+        ),
+        np.array([NO_TIME if t is None else t for *_, t in start_rows], dtype=np.int64),
+    )
+    # The sums at instant -8, the latest mark (time t) at instant 4t: both before any row.
+    as_events = pl.DataFrame(
+        [(key, -8, False, a, b, False) for key, a, b, _ in start_rows]
+        + [(key, 4 * t, False, 0.0, 0.0, True) for key, _, _, t in start_rows if t is not None],
+        schema=stream.schema,
+        orient="row",
+    )
+    n = as_events.height
+    expected = running_totals(
+        pl.concat([as_events, stream]),
+        VALUES,
+        key="key",
+        instant="instant",
+        nokey="nokey",
+        mark="mark",
+    )
+    sums, last = running_totals(
+        stream, VALUES, key="key", instant="instant", nokey="nokey", mark="mark", start=start
+    )
+    np.testing.assert_array_equal(sums, expected[0][:, n:])
+    np.testing.assert_array_equal(last, expected[1][n:])
+
+
+def test_a_start_of_a_key_seen_twice_keeps_its_first_row() -> None:
+    start = Start.of(
+        ["a"], np.array([5, 5], dtype=np.uint64), np.array([[1.0, 2.0]]), np.array([3, 4])
+    )
+    stream = pl.DataFrame(
+        {"key": [5], "instant": [0], "nokey": [False], "a": [0.0], "mark": [False]},
+        schema={
+            "key": pl.UInt64,
+            "instant": pl.Int64,
+            "nokey": pl.Boolean,
+            "a": pl.Float64,
+            "mark": pl.Boolean,
+        },
+    )
+    sums, last = running_totals(
+        stream, ["a"], key="key", instant="instant", nokey="nokey", mark="mark", start=start
+    )
+    assert sums[0, 0] == 1.0
+    assert last[0] == 3
+    with pytest.raises(ValueError, match="a start of"):
+        running_totals(
+            stream, ["b"], key="key", instant="instant", nokey="nokey", mark="mark", start=start
+        )

@@ -20,6 +20,7 @@ import polars as pl
 from cites_risk.features.contract import TIMESTAMP, D, I, O, timestamp_literal
 from cites_risk.features.history import (
     CARRIED_VALUES,
+    CONSIGNMENT_LINES,
     IDX,
     KEY,
     LAST_OFFENCE,
@@ -79,7 +80,7 @@ def carry(
         .cache(),
     )
     before = pl.col(TIME) < at
-    folded_keys = [_folded(key_events(keyed, [key], None, None), at) for key in keys]
+    folded_keys = [_folded(key_events(keyed, [key]), at) for key in keys]
     transit = (
         transit_events(keyed)
         .filter(before, pl.col(KEY).is_not_null())
@@ -88,10 +89,10 @@ def carry(
     )
     overall = overall_events(keyed).filter(before).select(pl.col("insp", "hits").sum())
     consignments = (
-        consignment_events(keyed, None, None)
+        consignment_events(keyed)
         .filter(before, pl.col(KEY).is_not_null())
         .group_by(KEY)
-        .agg(pl.col("lines").sum())
+        .agg(pl.col(CONSIGNMENT_LINES).sum())
     )
     pairs = trading_pairs(keyed).filter(pl.col("__first") < at)
     sides = (D.IMPORTER, D.EXPORTER)
@@ -290,6 +291,8 @@ def narrowed(
                 side: lookup.rows(values.get_column(f"__side_{side}"))
                 for side, lookup in index.partners.items()
             },
+            # The request's own: the snapshot's are for its whole key frames.
+            starts={},
         ),
     )
 

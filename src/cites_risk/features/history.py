@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
@@ -28,7 +28,7 @@ from cites_risk.features.contract import (
     empty,
     timestamp_literal,
 )
-from cites_risk.features.running_totals import as_times, running_totals
+from cites_risk.features.running_totals import NO_TIME, Start, as_times, running_totals
 
 IDX = "__idx"
 TIME = "__t"
@@ -160,6 +160,11 @@ class Carried:
     #: The offence records indexed, for a history that outlives many requests
     #: (``carry(index_offences=True)``); None otherwise.
     offences: OffenceIndex | None = None
+    #: ``start``'s tables, with the key frames each was built from. Copies share it; one
+    #: with other frames (``carry.narrowed``) gets its own.
+    starts: dict[tuple[str, ...], tuple[tuple[pl.DataFrame, ...], Start]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @functools.cached_property
     def by_key(self) -> CarriedLookups:
@@ -170,6 +175,31 @@ class Carried:
             partners={side: Lookup.of(frame, KEY) for side, frame in self.partners.items()},
             pairs={side: Lookup.of(self.pairs, side) for side in (D.IMPORTER, D.EXPORTER)},
         )
+
+    def start(self, names: Sequence[str]) -> Start:
+        """The totals of the keys ``names`` (stacked in that order when several, as
+        ``stacked`` tags them) as the ``Start`` of their stream (``KEY_VALUES``)."""
+        return self._start(tuple(names), tuple(self.keys[name] for name in names), KEY_VALUES)
+
+    def consignment_start(self) -> Start:
+        """The line counts of the consignments as the ``Start`` of their stream."""
+        return self._start((CONSIGNMENT_LINES,), (self.consignments,), (CONSIGNMENT_LINES,))
+
+    def _start(
+        self, label: tuple[str, ...], frames: tuple[pl.DataFrame, ...], values: Sequence[str]
+    ) -> Start:
+        """Built once per frames: a batch's partitions share them, through the copy each
+        feature build makes (``pipeline.keyed_history``)."""
+        built = self.starts.get(label)
+        if built is not None and all(a is b for a, b in zip(built[0], frames, strict=True)):
+            return built[1]
+        frame = pl.concat(
+            [f.with_columns(pl.lit(kid, pl.UInt16).alias(KID)) for kid, f in enumerate(frames)],
+            how="vertical",
+        )
+        start = start_of(frame, values, stacked=len(frames) > 1)
+        self.starts[label] = (frames, start)
+        return start
 
     @property
     def at(self) -> pl.Expr:
@@ -195,6 +225,10 @@ CARRIED_VALUES = ("n", "insp", "hits", "hits_recent", "off", "off_decay")
 #: A carried key row's latest offence before ``until`` (null if none): the days since the
 #: last offence read it.
 LAST_OFFENCE = "__last_offence"
+#: The sums a key's history stream adds, in the order its totals come out.
+KEY_VALUES = ("n", "off", "off_decay", "insp", "hits", "hits_recent")
+#: A consignment's lines lodged (``Carried.consignments``).
+CONSIGNMENT_LINES = "lines"
 
 
 @dataclass(frozen=True)
@@ -236,6 +270,35 @@ def decay_weight(time: pl.Expr) -> pl.Expr:
     return (days_since_epoch(time) / DECAY_DAYS).exp()
 
 
+def key_hash(stacked: bool) -> pl.Expr:
+    """A row's ``__key`` as the 64-bit hash the running totals tell keys apart by (and its
+    ``__kid``, stacked): one expression for stream rows and their ``Start`` alike."""
+    hashed = pl.col(KEY).hash(seed=7)
+    return hashed.xor(pl.col(KID).hash(seed=11)) if stacked else hashed
+
+
+def start_of(frame: pl.DataFrame, values: Sequence[str], *, stacked: bool) -> Start:
+    """``frame``'s rows as the ``Start`` of a stream: a row per key (``__key``, and ``__kid``
+    stacked), its sums of ``values`` and its latest offence (``LAST_OFFENCE``, if any)."""
+    last = (
+        pl.col(LAST_OFFENCE).cast(TIMESTAMP).dt.epoch("us")
+        if LAST_OFFENCE in frame.columns
+        else pl.lit(None, pl.Int64)
+    )
+    columns = frame.select(
+        key_hash(stacked).alias("__h"),
+        last.fill_null(NO_TIME).alias("__last"),
+        *(pl.col(v).cast(pl.Float64).fill_null(0.0) for v in values),
+    )
+    sums = columns.select(values).to_numpy(order="fortran").T
+    return Start.of(
+        values,
+        columns.get_column("__h").to_numpy(),
+        sums,
+        columns.get_column("__last").to_numpy(),
+    )
+
+
 def prior_totals(
     targets: pl.LazyFrame,
     events: pl.LazyFrame,
@@ -245,6 +308,7 @@ def prior_totals(
     inclusive: bool = False,
     own: bool = False,
     stacked: bool = False,
+    start: Start | None = None,
 ) -> pl.LazyFrame:
     """Running totals of ``values`` over events of the same ``__key`` strictly before ``__t``.
 
@@ -267,15 +331,16 @@ def prior_totals(
     (see ``stack``); a target then gets a row per key, sorted by (``__idx``, ``__kid``).
     One stream for every key is one pass and a handful of plan nodes instead of a dozen
     per key, which is most of what a single online declaration costs.
+
+    ``start``: each key's totals before every row of the stream (a carried history's,
+    ``Carried.start``), hashed as the stream's keys are (``key_hash``).
     """
     # Said by the caller, who knows, rather than read off the events' schema: that would
     # resolve each key's plan once more on every call.
     if inclusive and own:
         raise ValueError("events that are targets are counted strictly before their instant")
     order_target = 2 if inclusive else 0
-    hashed = pl.col(KEY).hash(seed=7)
-    if stacked:
-        hashed = hashed.xor(pl.col(KID).hash(seed=11))
+    hashed = key_hash(stacked)
     kid = [pl.col(KID)] if stacked else []
     t = targets.select(
         hashed.alias("__h"),
@@ -322,6 +387,7 @@ def prior_totals(
             instant="__ti",
             nokey="__nokey",
             mark="__mark" if last_time else None,
+            start=start,
         )
         out = [pl.Series(v, sums[i]) for i, v in enumerate(values)]
         if last_time:

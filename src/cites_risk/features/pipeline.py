@@ -15,9 +15,11 @@ import polars as pl
 
 from cites_risk.features.contract import TIMESTAMP, D, O, collect_as_written, schema_of
 from cites_risk.features.history import (
+    CONSIGNMENT_LINES,
     IDX,
     INSPECTED,
     KEY,
+    KEY_VALUES,
     KID,
     LAST_OFFENCE,
     TIME,
@@ -602,21 +604,15 @@ def _events(history: History, keys: list[HistoryKey]) -> pl.LazyFrame:
     return pl.concat(streams, how="vertical")
 
 
-def key_events(
-    history: History,
-    keys: list[HistoryKey],
-    focus: pl.LazyFrame | None,
-    wanted: pl.LazyFrame | None,
-) -> pl.LazyFrame:
-    """The events of ``keys``, stacked (``__kid``): those of ``focus``'s key values (all
-    without a focus) and the carried totals of ``wanted``'s key values (all without
-    ``wanted``)."""
-    names = [key.declaration for key in keys]
-    events = _relevant(_events(history, keys), focus, names)
+def key_events(history: History, keys: list[HistoryKey]) -> pl.LazyFrame:
+    """Every event of ``keys``, stacked (``__kid``), the carried totals among them: what a
+    carry folds again (``features/carry.py``). Features start from the carried totals
+    instead (``Carried.start``)."""
+    events = _events(history, keys)
     if history.carried is None:
         return events
     carried = stack([_carried_key_events(history.carried, key) for key in keys])
-    return pl.concat([events, _relevant(carried, wanted, names)], how="vertical")
+    return pl.concat([events, carried], how="vertical")
 
 
 def _carried_key_events(carried: Carried, key: HistoryKey) -> pl.LazyFrame:
@@ -697,14 +693,16 @@ def _keys_features(
     rate is left as raw hits (``__<key>_hits``): it shrinks to the overall rate, which
     ``_hit_rates`` brings in once for every key.
     """
-    values = ["n", "off", "off_decay", "insp", "hits", "hits_recent"]
+    names = [key.declaration for key in keys]
+    carried = history.carried
     totals = prior_totals(
-        stacked(alone, [key.declaration for key in keys], IDX, TIME),
-        key_events(history, keys, focus, targets),
-        values,
+        stacked(alone, names, IDX, TIME),
+        _relevant(_events(history, keys), focus, names),
+        list(KEY_VALUES),
         last_time=True,
         own=True,
         stacked=len(keys) > 1,
+        start=None if carried is None else carried.start([key.name for key in keys]),
     )
     now_days = days_since_epoch(pl.col(TIME))
     stats = {
@@ -906,11 +904,13 @@ def _consignment(
         pl.col(D.DECLARED_AT).cast(TIMESTAMP).alias(TIME),
         pl.col(D.ID).alias("__hid"),
     )
+    carried = history.carried
     totals = prior_totals(
         targets.select(IDX, TIME, pl.col(D.CONSIGNMENT).alias(KEY)),
-        consignment_events(history, focus, targets),
-        ["lines"],
+        _lines(history, focus),
+        [CONSIGNMENT_LINES],
         inclusive=True,
+        start=None if carried is None else carried.consignment_start(),
     )
     # The declaration itself may or may not be in history already; count it exactly once.
     self_in_history = (
@@ -921,33 +921,40 @@ def _consignment(
         .unique(IDX)
     )
     return pl.concat(
-        [totals.select("lines"), _aligned(targets, self_in_history).select("__self")],
+        [totals.select(CONSIGNMENT_LINES), _aligned(targets, self_in_history).select("__self")],
         how="horizontal",
     ).select(
-        (pl.col("lines") - pl.col("__self").fill_null(0) + 1.0).alias("consignment_lines"),
+        (pl.col(CONSIGNMENT_LINES) - pl.col("__self").fill_null(0) + 1.0).alias(
+            "consignment_lines"
+        ),
     )
 
 
-def consignment_events(
-    history: History, focus: pl.LazyFrame | None, wanted: pl.LazyFrame | None
-) -> pl.LazyFrame:
-    """Each lodged line as an event of its consignment, and the carried line counts
-    (``focus`` and ``wanted`` as in ``key_events``)."""
+def _lines(history: History, focus: pl.LazyFrame | None) -> pl.LazyFrame:
+    """Each lodged line as an event of its consignment (of ``focus``'s consignments only,
+    as in ``_relevant``)."""
     consignment = pl.col(D.CONSIGNMENT)
     events = history.declarations.select(
         consignment.alias(KEY),
         pl.col(D.DECLARED_AT).cast(TIMESTAMP).alias(TIME),
-        pl.lit(1.0).alias("lines"),
+        pl.lit(1.0).alias(CONSIGNMENT_LINES),
     )
-    events = _relevant(stack([events]), focus, [consignment])
+    return _relevant(stack([events]), focus, [consignment])
+
+
+def consignment_events(history: History) -> pl.LazyFrame:
+    """Every lodged line as an event of its consignment, the carried line counts among
+    them: what a carry folds again. Features start from the carried counts instead
+    (``Carried.consignment_start``)."""
+    events = _lines(history, None)
     if history.carried is None:
         return events
     carried = history.carried.consignments.lazy().select(
         pl.col(KEY),
         history.carried.time.alias(TIME),
-        pl.col("lines"),
+        pl.col(CONSIGNMENT_LINES),
     )
-    return pl.concat([events, _relevant(stack([carried]), wanted, [consignment])], how="vertical")
+    return pl.concat([events, stack([carried])], how="vertical")
 
 
 def _genus_only(taxon: pl.Expr) -> pl.Expr:

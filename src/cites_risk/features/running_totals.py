@@ -17,6 +17,10 @@ sum from another, which lost digits on decayed counts, whose weights reach 1e10)
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 import polars as pl
 
@@ -79,8 +83,9 @@ def _rehash(
 
 
 @compiled
-def _codes(keys: np.ndarray, codes: np.ndarray) -> int:
-    """Number the distinct ``keys`` 0, 1, ... in order of first appearance; return how many.
+def _index(keys: np.ndarray, codes: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """Number the distinct ``keys`` 0, 1, ... in order of first appearance; return how many,
+    and the table that finds a key's number (``_find``).
 
     Open addressing on the keys (already 64-bit hashes), doubling at half load. The probing
     loop is a function of its own: with the table reassigned inside it, numba compiled it
@@ -94,13 +99,80 @@ def _codes(keys: np.ndarray, codes: np.ndarray) -> int:
     while True:
         done, count = _insert(keys, codes, done, table, slots, bits, count)
         if done == keys.shape[0]:
-            return count
+            return count, table, slots
         bits += 1
         grown = np.empty(1 << bits, dtype=np.uint64)
         grown_slots = np.full(1 << bits, -1, dtype=np.int64)
         _rehash(table, slots, grown, grown_slots, bits)
         table = grown
         slots = grown_slots
+
+
+@compiled
+def _codes(keys: np.ndarray, codes: np.ndarray) -> int:
+    """``_index`` without its table."""
+    count, _, _ = _index(keys, codes)
+    return count
+
+
+@compiled
+def _find(table: np.ndarray, slots: np.ndarray, key: np.uint64) -> int:
+    """The number ``_index`` gave ``key``, or -1."""
+    capacity = table.shape[0]
+    bits = 0
+    while (1 << bits) < capacity:
+        bits += 1
+    s = np.int64((key * _MIX) >> np.uint64(64 - bits))
+    while True:
+        code = slots[s]
+        if code < 0 or table[s] == key:
+            return code
+        s = (s + 1) & (capacity - 1)
+
+
+@dataclass(frozen=True)
+class Start:
+    """Each key's totals before a stream's first row, found by the key's hash.
+
+    A carried history's totals (``history.Carried``): streaming them as events meant joining
+    every carried key against the keys of each partition (~680 k pair values, a quarter of
+    a partition's history features); looked up here, only the keys the stream meets cost
+    anything, and the table is built once per carried history.
+    """
+
+    #: The values summed, in the order of ``sums``' rows (a stream's must match).
+    values: tuple[str, ...]
+    table: np.ndarray
+    slots: np.ndarray
+    #: values × keys, each key at the number ``_index`` gave it.
+    sums: np.ndarray
+    #: Each key's latest marked time (µs), ``NO_TIME`` if none.
+    last: np.ndarray
+
+    @classmethod
+    def of(
+        cls, values: Sequence[str], hashes: np.ndarray, sums: np.ndarray, last: np.ndarray
+    ) -> Start:
+        """From a row per key: its 64-bit hash, its sums (values × rows), its latest mark.
+        A hash seen twice keeps its first row (two keys of one hash are one key everywhere)."""
+        codes = np.empty(hashes.shape[0], dtype=np.int64)
+        count, table, slots = _index(*_inputs(np.ascontiguousarray(hashes, dtype=np.uint64)), codes)
+        first = np.unique(codes, return_index=True)[1] if count < hashes.shape[0] else slice(None)
+        return cls(
+            tuple(values),
+            table,
+            slots,
+            np.ascontiguousarray(sums[:, first], dtype=np.float64),
+            np.ascontiguousarray(last[first], dtype=np.int64),
+        )
+
+    @classmethod
+    def none(cls, values: Sequence[str]) -> Start:
+        """No key has totals before the stream (an empty table: nothing is looked up)."""
+        empty = np.zeros(0, dtype=np.int64)
+        return cls(
+            tuple(values), np.zeros(0, dtype=np.uint64), empty, np.zeros((len(values), 0)), empty
+        )
 
 
 def _totals(
@@ -110,11 +182,16 @@ def _totals(
     nokey: np.ndarray,
     values: np.ndarray,
     marks: np.ndarray,
+    start_table: np.ndarray,
+    start_slots: np.ndarray,
+    start_sums: np.ndarray,
+    start_last: np.ndarray,
     out: np.ndarray,
     last: np.ndarray,
 ) -> None:
     """Fill ``out`` (values × rows) and ``last`` for every row, visiting rows in ``order``
-    (by instant, ties in stream order), each key's totals kept in a table row of its own.
+    (by instant, ties in stream order), each key's totals kept in a table row of its own,
+    which starts from the key's ``Start`` (its ``start_`` arrays).
 
     ``instants`` are microseconds × 4 plus a tie order (``prior_totals``), so ``instant >> 2``
     is the row's time. Rows of one key at one instant all read the totals as they stood
@@ -129,6 +206,19 @@ def _totals(
     instant = np.full(distinct, NO_TIME, dtype=np.int64)
     latest = np.full(distinct, NO_TIME, dtype=np.int64)
     seen_latest = np.full(distinct, NO_TIME, dtype=np.int64)
+    if start_table.shape[0] > 0:
+        started = np.zeros(distinct, dtype=np.bool_)
+        for row in range(n):
+            c = codes[row]
+            if started[c]:
+                continue
+            started[c] = True
+            s = _find(start_table, start_slots, keys[row])
+            if s >= 0:
+                # As if the start were the key's first event: 0 + x is x, to the bit.
+                for k in range(m):
+                    running[c, k] = start_sums[k, s]
+                latest[c] = start_last[s]
     for j in range(n):
         row = order[j]
         c = codes[row]
@@ -168,6 +258,8 @@ def warm() -> None:
         },
     )
     running_totals(stream, ["v"], key="k", instant="t", nokey="none", mark="m")
+    start = Start.of(["v"], np.array([1], dtype=np.uint64), np.ones((1, 1)), np.zeros(1, np.int64))
+    running_totals(stream, ["v"], key="k", instant="t", nokey="none", mark="m", start=start)
     fold(stream, ["v"], key="k", time="t", mark="m")
 
 
@@ -208,14 +300,21 @@ def running_totals(
     instant: str,
     nokey: str,
     mark: str | None,
+    start: Start | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per row of ``stream`` (in its own order): the totals of ``values`` (values × rows)
     and the latest marked time (µs, ``NO_TIME`` if none) of the row's ``key`` before its
-    ``instant``; ``nokey`` rows get zeros and no time.
+    ``instant``, counting from the key's ``start`` if it has one; ``nokey`` rows get zeros
+    and no time.
 
     ``key`` is an unsigned 64-bit hash, ``instant`` the ``prior_totals`` integer. Rows of a
-    key at one instant follow stream order, so sums add in one order from run to run.
+    key at one instant follow stream order, so sums add in one order from run to run. The
+    start comes before every row, and a row's totals count it.
     """
+    if start is None:
+        start = _no_start(tuple(values))
+    elif start.values != tuple(values):
+        raise ValueError(f"a start of {start.values} for a stream of {values}")
     n = stream.height
     out = np.empty((len(values), n))
     last = np.empty(n, dtype=np.int64)
@@ -227,11 +326,20 @@ def running_totals(
             stream.get_column(nokey).to_numpy(),
             _value_rows(stream, values),
             stream.get_column(mark).to_numpy() if mark else np.zeros(n, dtype=np.bool_),
+            start.table,
+            start.slots,
+            start.sums,
+            start.last,
         ),
         out,
         last,
     )
     return out, last
+
+
+@functools.lru_cache(maxsize=16)
+def _no_start(values: tuple[str, ...]) -> Start:
+    return Start.none(values)
 
 
 @compiled
