@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+import numpy as np
 import polars as pl
 import pytest
 from hypothesis import given
@@ -13,7 +14,7 @@ from polars.testing import assert_frame_equal
 
 from cites_risk.features.carry import carry, narrowed, through
 from cites_risk.features.contract import DECLARATION, OFFENCE, D, I
-from cites_risk.features.history import KEY, History
+from cites_risk.features.history import KEY, KEY_VALUES, History, start_of
 from cites_risk.features.pipeline import build_features, collect_features
 from tests.conftest import LemisData
 from tests.features.test_feature_invariants import (
@@ -290,9 +291,10 @@ def test_carried_totals_are_the_same_to_the_last_bit_every_time(lemis: LemisData
 def test_a_batch_shares_the_carried_starts_and_a_request_builds_its_own(
     lemis: LemisData,
 ) -> None:
-    """Each feature build copies the carried history (``keyed_history``); the tables its
-    streams start from are built once for all of them. A request's totals are cut to its
-    own keys, and so is its start."""
+    """A carry hands over the tables its fold numbered the keys with; each feature build
+    copies the carried history (``keyed_history``) and reads the same tables. A copy with
+    other totals never reads them, and a request's totals, cut to its own keys, have
+    tables of their own."""
     history = History(
         lemis.declarations.lazy(),
         pl.DataFrame(schema=OFFENCE.schema).lazy(),
@@ -302,15 +304,29 @@ def test_a_batch_shares_the_carried_starts_and_a_request_builds_its_own(
     walked = carry(history, until, lemis.extras)
     carried = walked.carried
     assert carried is not None
+    handed = dict(carried.starts)
+    assert set(handed) == {(name,) for name in carried.keys}
     batch = lemis.declarations.filter(pl.col(D.DECLARED_AT) >= until)
-    first, second = batch.head(50), batch.slice(50, 50)
-    for part in (first, second):
+    for part in (batch.head(50), batch.slice(50, 50)):
         build_features(part.lazy(), walked, REF, lemis.extras).collect()
-    built = dict(carried.starts)
-    assert ("importer",) in built
-    build_features(second.lazy(), walked, REF, lemis.extras).collect()
-    assert all(carried.starts[name][1] is start for name, (_, start) in built.items())
-    cut = narrowed(walked, first.head(1), lemis.extras)
+        assert all(carried.starts[label][1] is start for label, (_, start) in handed.items())
+    # The handed-over table holds what one built from the totals would.
+    origins = carried.keys["origin"]
+    assert origins.height > 1
+    built = start_of(origins, KEY_VALUES, stacked=False)
+    np.testing.assert_array_equal(handed[("origin",)][1].sums, built.sums)
+    np.testing.assert_array_equal(handed[("origin",)][1].last, built.last)
+    # Same shared tables, other totals: built anew from them.
+    other = replace(carried, keys={**carried.keys, "origin": origins.head(1)})
+    assert other.start(["origin"]).sums.shape == (len(KEY_VALUES), 1)
+    request = batch.head(1)
+    cut = narrowed(walked, request, lemis.extras)
     assert cut.carried is not None
-    assert cut.carried.start(["importer"]).last.shape[0] <= 1
-    assert carried.starts[("importer",)][1] is built[("importer",)][1]
+    own = cut.carried.keys["origin"]
+    assert (
+        own.height
+        == origins.filter(pl.col(KEY).is_in(request.get_column(D.ORIGIN).implode())).height
+    )
+    assert cut.carried.start(["origin"]).sums.shape == (len(KEY_VALUES), own.height)
+    assert carried.starts[("origin",)][1] is not handed[("origin",)][1]  # ``other``'s
+    assert ("origin",) in cut.carried.starts and cut.carried.starts is not carried.starts

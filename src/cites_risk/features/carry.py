@@ -19,10 +19,10 @@ import polars as pl
 
 from cites_risk.features.contract import TIMESTAMP, D, I, O, timestamp_literal
 from cites_risk.features.history import (
-    CARRIED_VALUES,
     CONSIGNMENT_LINES,
     IDX,
     KEY,
+    KEY_VALUES,
     LAST_OFFENCE,
     LODGING,
     TIME,
@@ -31,6 +31,7 @@ from cites_risk.features.history import (
     Lookup,
     OffenceIndex,
     inspection_events,
+    key_hash,
     lodgings,
 )
 from cites_risk.features.pipeline import (
@@ -46,7 +47,7 @@ from cites_risk.features.pipeline import (
     transit_events,
     with_text_keys,
 )
-from cites_risk.features.running_totals import as_times, fold
+from cites_risk.features.running_totals import Start, as_times, fold
 
 
 def carry(
@@ -80,7 +81,10 @@ def carry(
         .cache(),
     )
     before = pl.col(TIME) < at
-    folded_keys = [_folded(key_events(keyed, [key]), at) for key in keys]
+    starts: list[list[Start]] = [[] for _ in keys]
+    folded_keys = [
+        _folded(key_events(keyed, [key]), at, into) for key, into in zip(keys, starts, strict=True)
+    ]
     transit = (
         transit_events(keyed)
         .filter(before, pl.col(KEY).is_not_null())
@@ -139,13 +143,14 @@ def carry(
     *key_frames, overall_frame, consignment_frame, pair_frame = collected[: len(keys) + 3]
     *partner_frames, transit_frame, late_frame, open_frame = collected[len(keys) + 3 :]
     index = offence_index(history, until) if index_offences else None
+    key_totals = {key.name: frame for key, frame in zip(keys, key_frames, strict=True)}
     return History(
         declarations=history.declarations.filter(declared >= at),
         offences=history.offences if index is None else index.records.lazy(),
         inspections=open_frame.lazy(),
         carried=Carried(
             until=until,
-            keys={key.name: frame for key, frame in zip(keys, key_frames, strict=True)},
+            keys=key_totals,
             overall=overall_frame,
             consignments=consignment_frame,
             pairs=pair_frame,
@@ -153,34 +158,42 @@ def carry(
             transit=transit_frame,
             late=late_frame.lazy(),
             offences=index,
+            starts={
+                (key.name,): ((key_totals[key.name],), start)
+                for key, (start,) in zip(keys, starts, strict=True)
+            },
         ),
     )
 
 
-def _folded(events: pl.LazyFrame, at: pl.Expr) -> pl.LazyFrame:
-    """Each key value's totals of ``events`` before ``at`` and its latest offence.
+def _folded(events: pl.LazyFrame, at: pl.Expr, starts: list[Start]) -> pl.LazyFrame:
+    """Each key value's totals of ``events`` before ``at`` and its latest offence; the same
+    totals as a ``Start`` appended to ``starts`` when the frame is collected.
 
     Summed by a compiled pass in time order (``running_totals.fold``): a group-by added
     each thread's partial sums in the order the threads finished, and the decayed sums
     (weights over many magnitudes) then moved in their last digit from one carry to the
-    next, and the scores with them.
+    next, and the scores with them. The pass numbers the keys with a hash table, which is
+    the start table the features read (``Carried.start``): kept, a batch partition does not
+    hash the carried keys again.
     """
-    values = list(CARRIED_VALUES)
+    values = list(KEY_VALUES)
     stream = events.filter(pl.col(TIME) < at, pl.col(KEY).is_not_null()).select(
         KEY,
-        pl.col(KEY).hash(seed=7).alias("__h"),
+        key_hash(stacked=False).alias("__h"),
         pl.col(TIME).cast(TIMESTAMP).dt.epoch("us").alias("__us"),
         *values,
         "__mark",
     )
 
     def totals(frame: pl.DataFrame) -> pl.DataFrame:
-        first, sums, latest = fold(frame, values, key="__h", time="__us", mark="__mark")
+        first, start = fold(frame, values, key="__h", time="__us", mark="__mark")
+        starts.append(start)
         return pl.DataFrame(
             [
                 frame.get_column(KEY).gather(first),
-                *(pl.Series(v, sums[i]) for i, v in enumerate(values)),
-                as_times(LAST_OFFENCE, latest),
+                *(pl.Series(v, start.sums[i]) for i, v in enumerate(values)),
+                as_times(LAST_OFFENCE, start.last),
             ]
         )
 
@@ -244,11 +257,12 @@ def narrowed(
     """``history`` with its carried totals cut to the key values of ``declarations``, and
     its offence records to those they can meet where the carry indexed them.
 
-    That is all their features read of the totals (the query's own semi-joins leave out
-    the rest), found by binary search in totals sorted once (``Carried.by_key``): for a
+    That is all their features read of the totals (their streams look up only their own
+    keys), found by binary search in totals sorted once (``Carried.by_key``): for a
     history that outlives many requests, as the service's snapshot does. Against a history
     carried to 1 M declarations (``bench_online``) the totals save ~6 ms of a request's
-    hash scans, the offences ~20 ms and the trading pairs ~3 ms.
+    hash scans, the offences ~20 ms and the trading pairs ~3 ms. The cut totals are the
+    request's own, and so are the tables its streams start from (``Carried.starts``).
     """
     carried = history.carried
     if carried is None:

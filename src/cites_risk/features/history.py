@@ -141,7 +141,7 @@ class Carried:
     """
 
     until: datetime
-    #: Per history key: ``__key``, the sums of ``CARRIED_VALUES`` and ``LAST_OFFENCE``.
+    #: Per history key: ``__key``, the sums of ``KEY_VALUES`` and ``LAST_OFFENCE``.
     keys: Mapping[str, pl.DataFrame]
     #: One row: inspections and hits over all keys (the prior the key rates shrink to).
     overall: pl.DataFrame
@@ -160,8 +160,9 @@ class Carried:
     #: The offence records indexed, for a history that outlives many requests
     #: (``carry(index_offences=True)``); None otherwise.
     offences: OffenceIndex | None = None
-    #: ``start``'s tables, with the key frames each was built from. Copies share it; one
-    #: with other frames (``carry.narrowed``) gets its own.
+    #: ``start``'s tables, with the frames each was built from. Copies share it (the
+    #: frames are checked); one cut to a request's keys (``carry.narrowed``) gets its own,
+    #: so that the snapshot's tables are not replaced by a request's.
     starts: dict[tuple[str, ...], tuple[tuple[pl.DataFrame, ...], Start]] = field(
         default_factory=dict, repr=False, compare=False
     )
@@ -183,13 +184,15 @@ class Carried:
 
     def consignment_start(self) -> Start:
         """The line counts of the consignments as the ``Start`` of their stream."""
-        return self._start((CONSIGNMENT_LINES,), (self.consignments,), (CONSIGNMENT_LINES,))
+        return self._start(("__consignments",), (self.consignments,), (CONSIGNMENT_LINES,))
 
     def _start(
         self, label: tuple[str, ...], frames: tuple[pl.DataFrame, ...], values: Sequence[str]
     ) -> Start:
-        """Built once per frames: a batch's partitions share them, through the copy each
-        feature build makes (``pipeline.keyed_history``)."""
+        """Built once per frames, or handed over by the carry that folded them (its hash
+        table numbered the keys already): each feature build copies the carried history
+        (``pipeline.keyed_history``), and the copies share ``starts``. The frames are kept
+        with their table, so an entry can never be taken for other frames."""
         built = self.starts.get(label)
         if built is not None and all(a is b for a, b in zip(built[0], frames, strict=True)):
             return built[1]
@@ -209,7 +212,9 @@ class Carried:
     @property
     def time(self) -> pl.Expr:
         """When the carried totals happen: just before ``until``, so that every
-        declaration at or after it sees them and none before it does."""
+        declaration at or after it sees them. (Streams start from them, ``start``, so a
+        declaration before ``until``, which a carried history must not be asked about,
+        would see them too.)"""
         return _just_before(self.until)
 
 
@@ -219,13 +224,11 @@ def _just_before(until: datetime) -> pl.Expr:
     return timestamp_literal(until) - pl.duration(microseconds=1)
 
 
-#: The sums a carried key row holds (declarations, inspection results and offence
-#: records; see ``Carried``).
-CARRIED_VALUES = ("n", "insp", "hits", "hits_recent", "off", "off_decay")
 #: A carried key row's latest offence before ``until`` (null if none): the days since the
 #: last offence read it.
 LAST_OFFENCE = "__last_offence"
-#: The sums a key's history stream adds, in the order its totals come out.
+#: The sums of a key's history (declarations, inspection results and offence records), in
+#: the order its stream adds them and a carried key row holds them (see ``Carried``).
 KEY_VALUES = ("n", "off", "off_decay", "insp", "hits", "hits_recent")
 #: A consignment's lines lodged (``Carried.consignments``).
 CONSIGNMENT_LINES = "lines"
@@ -285,7 +288,8 @@ def start_of(frame: pl.DataFrame, values: Sequence[str], *, stacked: bool) -> St
         if LAST_OFFENCE in frame.columns
         else pl.lit(None, pl.Int64)
     )
-    columns = frame.select(
+    # Every key is text in the streams: a key of another type would hash to other values.
+    columns = frame.with_columns(pl.col(KEY).cast(pl.String)).select(
         key_hash(stacked).alias("__h"),
         last.fill_null(NO_TIME).alias("__last"),
         *(pl.col(v).cast(pl.Float64).fill_null(0.0) for v in values),
@@ -333,7 +337,8 @@ def prior_totals(
     per key, which is most of what a single online declaration costs.
 
     ``start``: each key's totals before every row of the stream (a carried history's,
-    ``Carried.start``), hashed as the stream's keys are (``key_hash``).
+    ``Carried.start``), hashed as the stream's keys are (``key_hash``). Every row must then
+    be at or after the carry, as ``History`` requires.
     """
     # Said by the caller, who knows, rather than read off the events' schema: that would
     # resolve each key's plan once more on every call.

@@ -627,14 +627,14 @@ def _carried_key_events(carried: Carried, key: HistoryKey) -> pl.LazyFrame:
         text,
         carried.time.alias(TIME),
         no_idx,
-        pl.col("n", "off", "off_decay", "insp", "hits", "hits_recent"),
+        pl.col(KEY_VALUES),
         pl.lit(False).alias("__mark"),
     )
     last = frame.filter(pl.col(LAST_OFFENCE).is_not_null()).select(
         text,
         pl.col(LAST_OFFENCE).cast(TIMESTAMP).alias(TIME),
         no_idx,
-        *(zero.alias(v) for v in ("n", "off", "off_decay", "insp", "hits", "hits_recent")),
+        *(zero.alias(v) for v in KEY_VALUES),
         pl.lit(True).alias("__mark"),
     )
     return pl.concat([totals, last], how="vertical")

@@ -116,12 +116,9 @@ def _codes(keys: np.ndarray, codes: np.ndarray) -> int:
 
 
 @compiled
-def _find(table: np.ndarray, slots: np.ndarray, key: np.uint64) -> int:
-    """The number ``_index`` gave ``key``, or -1."""
+def _find(table: np.ndarray, slots: np.ndarray, bits: int, key: np.uint64) -> int:
+    """The number ``_index`` gave ``key`` in its table of ``2**bits`` slots, or -1."""
     capacity = table.shape[0]
-    bits = 0
-    while (1 << bits) < capacity:
-        bits += 1
     s = np.int64((key * _MIX) >> np.uint64(64 - bits))
     while True:
         code = slots[s]
@@ -153,18 +150,18 @@ class Start:
     def of(
         cls, values: Sequence[str], hashes: np.ndarray, sums: np.ndarray, last: np.ndarray
     ) -> Start:
-        """From a row per key: its 64-bit hash, its sums (values × rows), its latest mark.
-        A hash seen twice keeps its first row (two keys of one hash are one key everywhere)."""
-        codes = np.empty(hashes.shape[0], dtype=np.int64)
-        count, table, slots = _index(*_inputs(np.ascontiguousarray(hashes, dtype=np.uint64)), codes)
-        first = np.unique(codes, return_index=True)[1] if count < hashes.shape[0] else slice(None)
-        return cls(
-            tuple(values),
-            table,
-            slots,
-            np.ascontiguousarray(sums[:, first], dtype=np.float64),
-            np.ascontiguousarray(last[first], dtype=np.int64),
+        """From rows of keys: their 64-bit hashes, sums (values × rows), latest marks. The
+        rows of a hash seen twice add up in row order, as they would as events."""
+        n = hashes.shape[0]
+        _, start = _folded(
+            values,
+            np.arange(n, dtype=np.int64),
+            np.ascontiguousarray(hashes, dtype=np.uint64),
+            np.ascontiguousarray(last, dtype=np.int64),
+            np.ascontiguousarray(sums, dtype=np.float64),
+            np.ascontiguousarray(last != NO_TIME),
         )
+        return start
 
     @classmethod
     def none(cls, values: Sequence[str]) -> Start:
@@ -207,13 +204,16 @@ def _totals(
     latest = np.full(distinct, NO_TIME, dtype=np.int64)
     seen_latest = np.full(distinct, NO_TIME, dtype=np.int64)
     if start_table.shape[0] > 0:
+        bits = 0
+        while (1 << bits) < start_table.shape[0]:
+            bits += 1
         started = np.zeros(distinct, dtype=np.bool_)
         for row in range(n):
             c = codes[row]
             if started[c]:
                 continue
             started[c] = True
-            s = _find(start_table, start_slots, keys[row])
+            s = _find(start_table, start_slots, bits, keys[row])
             if s >= 0:
                 # As if the start were the key's first event: 0 + x is x, to the bit.
                 for k in range(m):
@@ -352,13 +352,14 @@ def _fold(
     first: np.ndarray,
     sums: np.ndarray,
     latest: np.ndarray,
-) -> int:
+) -> tuple[int, np.ndarray, np.ndarray]:
     """Per distinct key, in order of first appearance: a row of it, the sums of its rows'
-    ``values`` added in ``order``, and its latest marked time; return how many keys."""
+    ``values`` added in ``order``, and its latest marked time; return how many keys and
+    the table that numbered them (``_index``)."""
     n = keys.shape[0]
     m = values.shape[0]
     codes = np.empty(n, dtype=np.int64)
-    distinct = _codes(keys, codes)
+    distinct, table, slots = _index(keys, codes)
     for c in range(distinct):
         first[c] = -1
         latest[c] = NO_TIME
@@ -373,35 +374,46 @@ def _fold(
             sums[k, c] += values[k, row]
         if marks[row] and times[row] > latest[c]:
             latest[c] = times[row]
-    return distinct
+    return distinct, table, slots
+
+
+def _folded(
+    values: Sequence[str],
+    order: np.ndarray,
+    keys: np.ndarray,
+    times: np.ndarray,
+    rows: np.ndarray,
+    marks: np.ndarray,
+) -> tuple[np.ndarray, Start]:
+    """``_fold``: a row of each key, and the keys' totals as a ``Start``."""
+    n = keys.shape[0]
+    first = np.empty(n, dtype=np.int64)
+    sums = np.empty((len(values), n))
+    latest = np.empty(n, dtype=np.int64)
+    distinct, table, slots = _fold(*_inputs(order, keys, times, rows, marks), first, sums, latest)
+    # Copies: the arrays were sized for every row, the keys are fewer.
+    start = Start(tuple(values), table, slots, sums[:, :distinct].copy(), latest[:distinct].copy())
+    return first[:distinct], start
 
 
 def fold(
     stream: pl.DataFrame, values: list[str], *, key: str, time: str, mark: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, Start]:
     """Totals of ``values`` per distinct ``key`` (an unsigned 64-bit hash) over the whole
     ``stream``, and the latest ``time`` (µs) of its ``mark``-ed rows (``NO_TIME`` if none).
 
-    Returns (a row of each key, sums: values × keys, latest times). Each key's values add
-    in time order, ties in stream order, as ``running_totals`` adds them: a key's rows at
-    one instant carry equal decayed weights, so the totals are the same to the last bit
+    Returns a row of each key and the totals as a ``Start`` (its sums and latest times in
+    the order of those rows): what a stream after these rows starts from. Each key's values
+    add in time order, ties in stream order, as ``running_totals`` adds them: a key's rows
+    at one instant carry equal decayed weights, so the totals are the same to the last bit
     whatever order the stream's rows arrive in, which neither a multi-threaded group-by
     (it adds partial sums as threads finish) nor stream order alone promises.
     """
-    n = stream.height
-    first = np.empty(n, dtype=np.int64)
-    sums = np.empty((len(values), n))
-    latest = np.empty(n, dtype=np.int64)
-    distinct = _fold(
-        *_inputs(
-            _in_time_order(stream, time),
-            stream.get_column(key).to_numpy(),
-            stream.get_column(time).to_numpy(),
-            _value_rows(stream, values),
-            stream.get_column(mark).fill_null(False).to_numpy(),
-        ),
-        first,
-        sums,
-        latest,
+    return _folded(
+        values,
+        _in_time_order(stream, time),
+        stream.get_column(key).to_numpy(),
+        stream.get_column(time).to_numpy(),
+        _value_rows(stream, values),
+        stream.get_column(mark).fill_null(False).to_numpy(),
     )
-    return first[:distinct], sums[:, :distinct], latest[:distinct]

@@ -674,7 +674,7 @@ class Service:
         base = snapshot.for_request(frame)
         # The snapshot outlives the request, so its totals are sorted once and each request
         # finds its own by binary search (a batch walk, carrying anew per partition, would
-        # sort them for nothing: the query's own semi-joins do that job there).
+        # sort them for nothing: its streams look the totals up in the carry's tables).
         base = narrowed(base, frame, extras)
         if lodge:
             declarations = pl.concat(
