@@ -14,7 +14,7 @@ from polars.testing import assert_frame_equal
 
 from cites_risk.features.carry import carry, narrowed, through
 from cites_risk.features.contract import DECLARATION, OFFENCE, D, I
-from cites_risk.features.history import KEY, KEY_VALUES, History, start_of
+from cites_risk.features.history import CONSIGNMENTS, KEY, KEY_VALUES, History, start_of
 from cites_risk.features.pipeline import build_features, collect_features
 from tests.conftest import LemisData
 from tests.features.test_feature_invariants import (
@@ -305,7 +305,7 @@ def test_a_batch_shares_the_carried_starts_and_a_request_builds_its_own(
     carried = walked.carried
     assert carried is not None
     handed = dict(carried.starts)
-    assert set(handed) == {(name,) for name in carried.keys}
+    assert set(handed) == {(name,) for name in carried.keys} | {CONSIGNMENTS}
     batch = lemis.declarations.filter(pl.col(D.DECLARED_AT) >= until)
     for part in (batch.head(50), batch.slice(50, 50)):
         build_features(part.lazy(), walked, REF, lemis.extras).collect()
@@ -330,3 +330,30 @@ def test_a_batch_shares_the_carried_starts_and_a_request_builds_its_own(
     assert cut.carried.start(["origin"]).sums.shape == (len(KEY_VALUES), own.height)
     assert carried.starts[("origin",)][1] is not handed[("origin",)][1]  # ``other``'s
     assert ("origin",) in cut.carried.starts and cut.carried.starts is not carried.starts
+
+
+def test_carrying_in_steps_gives_the_totals_of_one_carry_to_the_bit(lemis: LemisData) -> None:
+    """A carry carried again folds only the events since, onto the carried totals: each
+    key's sums add the same numbers in the same order as one carry over everything."""
+    history = History(
+        lemis.declarations.lazy(),
+        pl.DataFrame(schema=OFFENCE.schema).lazy(),
+        lemis.inspections.lazy(),
+    )
+    times = _times(lemis.declarations)
+    cuts = [times[len(times) * k // 4] for k in (1, 2, 3)]
+    stepped = history
+    for cut in cuts:
+        stepped = carry(stepped, cut, lemis.extras)
+    once = carry(history, cuts[-1], lemis.extras)
+    assert stepped.carried is not None and once.carried is not None
+    for name, totals in once.carried.keys.items():
+        assert totals.height > 0 or name not in ("origin", "taxon")
+        assert_frame_equal(stepped.carried.keys[name].sort(KEY), totals.sort(KEY), check_exact=True)
+        # The table the next stream starts from holds the same totals, in the frame's order.
+        start = stepped.carried.starts[(name,)][1]
+        values = stepped.carried.keys[name].select(KEY_VALUES).to_numpy().T
+        np.testing.assert_array_equal(start.sums, values)
+    assert_frame_equal(stepped.carried.consignments.sort(KEY), once.carried.consignments.sort(KEY))
+    lines = stepped.carried.starts[CONSIGNMENTS][1]
+    np.testing.assert_array_equal(lines.sums[0], stepped.carried.consignments["lines"])

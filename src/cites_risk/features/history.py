@@ -184,7 +184,7 @@ class Carried:
 
     def consignment_start(self) -> Start:
         """The line counts of the consignments as the ``Start`` of their stream."""
-        return self._start(("__consignments",), (self.consignments,), (CONSIGNMENT_LINES,))
+        return self._start(CONSIGNMENTS, (self.consignments,), (CONSIGNMENT_LINES,))
 
     def _start(
         self, label: tuple[str, ...], frames: tuple[pl.DataFrame, ...], values: Sequence[str]
@@ -232,6 +232,8 @@ LAST_OFFENCE = "__last_offence"
 KEY_VALUES = ("n", "off", "off_decay", "insp", "hits", "hits_recent")
 #: A consignment's lines lodged (``Carried.consignments``).
 CONSIGNMENT_LINES = "lines"
+#: The consignments' entry in ``Carried.starts``, which no key's name can be.
+CONSIGNMENTS = ("__consignments",)
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,7 @@ from cites_risk.features.history import (
     KEY,
     KEY_VALUES,
     KID,
-    LAST_OFFENCE,
     TIME,
-    Carried,
     History,
     HistoryKey,
     days_since_epoch,
@@ -545,9 +543,10 @@ def _route_value_permits(frame: pl.LazyFrame, reference: Reference) -> pl.LazyFr
 # --- history ------------------------------------------------------------------------------
 
 
-def _events(history: History, keys: list[HistoryKey]) -> pl.LazyFrame:
+def key_events(history: History, keys: list[HistoryKey]) -> pl.LazyFrame:
     """Declarations, offences and inspection results of ``keys`` as one event stream,
-    stacked (``stacked``)."""
+    stacked (``stacked``): those since the carry of a carried history, whose streams
+    start from its totals (``Carried.start``)."""
     zero = pl.lit(0.0)
     # A carried history holds only what came since the carry: for a request, a few rows.
     by_row = history.carried is not None
@@ -602,42 +601,6 @@ def _events(history: History, keys: list[HistoryKey]) -> pl.LazyFrame:
             )
         )
     return pl.concat(streams, how="vertical")
-
-
-def key_events(history: History, keys: list[HistoryKey]) -> pl.LazyFrame:
-    """Every event of ``keys``, stacked (``__kid``), the carried totals among them: what a
-    carry folds again (``features/carry.py``). Features start from the carried totals
-    instead (``Carried.start``)."""
-    events = _events(history, keys)
-    if history.carried is None:
-        return events
-    carried = stack([_carried_key_events(history.carried, key) for key in keys])
-    return pl.concat([events, carried], how="vertical")
-
-
-def _carried_key_events(carried: Carried, key: HistoryKey) -> pl.LazyFrame:
-    """A key's carried totals as events: the sums just before ``until`` and, marked, the
-    latest offence (for the days since it)."""
-    frame = carried.keys[key.name].lazy()
-    zero = pl.lit(0.0)
-    # Every key is text (``HistoryKey``): no need to resolve the events' schema.
-    text = pl.col(KEY).cast(pl.String)
-    no_idx = pl.lit(None, pl.UInt32).alias(IDX)
-    totals = frame.select(
-        text,
-        carried.time.alias(TIME),
-        no_idx,
-        pl.col(KEY_VALUES),
-        pl.lit(False).alias("__mark"),
-    )
-    last = frame.filter(pl.col(LAST_OFFENCE).is_not_null()).select(
-        text,
-        pl.col(LAST_OFFENCE).cast(TIMESTAMP).alias(TIME),
-        no_idx,
-        *(zero.alias(v) for v in KEY_VALUES),
-        pl.lit(True).alias("__mark"),
-    )
-    return pl.concat([totals, last], how="vertical")
 
 
 def offences_since_carry(history: History) -> pl.LazyFrame:
@@ -697,7 +660,7 @@ def _keys_features(
     carried = history.carried
     totals = prior_totals(
         stacked(alone, names, IDX, TIME),
-        _relevant(_events(history, keys), focus, names),
+        _relevant(key_events(history, keys), focus, names),
         list(KEY_VALUES),
         last_time=True,
         own=True,
@@ -907,7 +870,7 @@ def _consignment(
     carried = history.carried
     totals = prior_totals(
         targets.select(IDX, TIME, pl.col(D.CONSIGNMENT).alias(KEY)),
-        _lines(history, focus),
+        consignment_events(history, focus),
         [CONSIGNMENT_LINES],
         inclusive=True,
         start=None if carried is None else carried.consignment_start(),
@@ -930,9 +893,10 @@ def _consignment(
     )
 
 
-def _lines(history: History, focus: pl.LazyFrame | None) -> pl.LazyFrame:
+def consignment_events(history: History, focus: pl.LazyFrame | None) -> pl.LazyFrame:
     """Each lodged line as an event of its consignment (of ``focus``'s consignments only,
-    as in ``_relevant``)."""
+    as in ``_relevant``): those since the carry of a carried history, whose streams start
+    from its line counts (``Carried.consignment_start``)."""
     consignment = pl.col(D.CONSIGNMENT)
     events = history.declarations.select(
         consignment.alias(KEY),
@@ -940,21 +904,6 @@ def _lines(history: History, focus: pl.LazyFrame | None) -> pl.LazyFrame:
         pl.lit(1.0).alias(CONSIGNMENT_LINES),
     )
     return _relevant(stack([events]), focus, [consignment])
-
-
-def consignment_events(history: History) -> pl.LazyFrame:
-    """Every lodged line as an event of its consignment, the carried line counts among
-    them: what a carry folds again. Features start from the carried counts instead
-    (``Carried.consignment_start``)."""
-    events = _lines(history, None)
-    if history.carried is None:
-        return events
-    carried = history.carried.consignments.lazy().select(
-        pl.col(KEY),
-        history.carried.time.alias(TIME),
-        pl.col(CONSIGNMENT_LINES),
-    )
-    return pl.concat([events, stack([carried])], how="vertical")
 
 
 def _genus_only(taxon: pl.Expr) -> pl.Expr:

@@ -83,18 +83,20 @@ def _rehash(
 
 
 @compiled
-def _index(keys: np.ndarray, codes: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-    """Number the distinct ``keys`` 0, 1, ... in order of first appearance; return how many,
-    and the table that finds a key's number (``_find``).
+def _index_onto(
+    keys: np.ndarray, codes: np.ndarray, table: np.ndarray, slots: np.ndarray, count: int
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """Number the distinct ``keys`` in order of first appearance, after the ``count`` that
+    ``table`` numbers already; return how many there are in all, and the table that finds
+    a key's number (``_find``; ``table`` itself, or a larger one).
 
     Open addressing on the keys (already 64-bit hashes), doubling at half load. The probing
     loop is a function of its own: with the table reassigned inside it, numba compiled it
     ten times slower.
     """
-    bits = 12
-    table = np.empty(1 << bits, dtype=np.uint64)
-    slots = np.full(1 << bits, -1, dtype=np.int64)
-    count = 0
+    bits = 0
+    while (1 << bits) < table.shape[0]:
+        bits += 1
     done = 0
     while True:
         done, count = _insert(keys, codes, done, table, slots, bits, count)
@@ -106,6 +108,14 @@ def _index(keys: np.ndarray, codes: np.ndarray) -> tuple[int, np.ndarray, np.nda
         _rehash(table, slots, grown, grown_slots, bits)
         table = grown
         slots = grown_slots
+
+
+@compiled
+def _index(keys: np.ndarray, codes: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """``_index_onto`` an empty table."""
+    return _index_onto(
+        keys, codes, np.empty(1 << 12, dtype=np.uint64), np.full(1 << 12, -1, dtype=np.int64), 0
+    )
 
 
 @compiled
@@ -349,18 +359,30 @@ def _fold(
     times: np.ndarray,
     values: np.ndarray,
     marks: np.ndarray,
+    table: np.ndarray,
+    slots: np.ndarray,
+    base_sums: np.ndarray,
+    base_last: np.ndarray,
     first: np.ndarray,
     sums: np.ndarray,
     latest: np.ndarray,
 ) -> tuple[int, np.ndarray, np.ndarray]:
-    """Per distinct key, in order of first appearance: a row of it, the sums of its rows'
-    ``values`` added in ``order``, and its latest marked time; return how many keys and
-    the table that numbered them (``_index``)."""
+    """Per key, the sums of its rows' ``values`` added in ``order`` to its base (the
+    ``base_`` arrays, numbered by ``table``: a ``Start``'s, which ``table`` is a copy of),
+    and its latest marked time; for a key new to the base, in order of first appearance
+    after the base's, a row of it (-1 for the base's). Return how many keys there are in
+    all, and the table that numbers them."""
     n = keys.shape[0]
     m = values.shape[0]
+    base = base_last.shape[0]
     codes = np.empty(n, dtype=np.int64)
-    distinct, table, slots = _index(keys, codes)
-    for c in range(distinct):
+    distinct, table, slots = _index_onto(keys, codes, table, slots, base)
+    for c in range(base):
+        first[c] = -1
+        latest[c] = base_last[c]
+        for k in range(m):
+            sums[k, c] = base_sums[k, c]
+    for c in range(base, distinct):
         first[c] = -1
         latest[c] = NO_TIME
         for k in range(m):
@@ -368,7 +390,7 @@ def _fold(
     for j in range(n):
         row = order[j]
         c = codes[row]
-        if first[c] < 0:
+        if c >= base and first[c] < 0:
             first[c] = row
         for k in range(m):
             sums[k, c] += values[k, row]
@@ -384,30 +406,58 @@ def _folded(
     times: np.ndarray,
     rows: np.ndarray,
     marks: np.ndarray,
+    onto: Start | None = None,
 ) -> tuple[np.ndarray, Start]:
-    """``_fold``: a row of each key, and the keys' totals as a ``Start``."""
+    """``_fold`` onto ``onto`` (nothing): a row of each new key, and every key's totals."""
+    if onto is None:
+        onto = _no_start(tuple(values))
+    elif onto.values != tuple(values):
+        raise ValueError(f"cannot fold {values} onto a start of {onto.values}")
+    base = onto.last.shape[0]
+    if onto.table.shape[0]:
+        # A copy: the start may still be read (a carry from the same history again).
+        table, slots = onto.table.copy(), onto.slots.copy()
+    else:
+        table, slots = np.empty(1 << 12, dtype=np.uint64), np.full(1 << 12, -1, dtype=np.int64)
     n = keys.shape[0]
-    first = np.empty(n, dtype=np.int64)
-    sums = np.empty((len(values), n))
-    latest = np.empty(n, dtype=np.int64)
-    distinct, table, slots = _fold(*_inputs(order, keys, times, rows, marks), first, sums, latest)
+    first = np.empty(base + n, dtype=np.int64)
+    sums = np.empty((len(values), base + n))
+    latest = np.empty(base + n, dtype=np.int64)
+    distinct, table, slots = _fold(
+        *_inputs(order, keys, times, rows, marks),
+        table,
+        slots,
+        *_inputs(onto.sums, onto.last),
+        first,
+        sums,
+        latest,
+    )
     # Copies: the arrays were sized for every row, the keys are fewer.
     start = Start(tuple(values), table, slots, sums[:, :distinct].copy(), latest[:distinct].copy())
-    return first[:distinct], start
+    return first[base:distinct], start
 
 
 def fold(
-    stream: pl.DataFrame, values: list[str], *, key: str, time: str, mark: str
+    stream: pl.DataFrame,
+    values: list[str],
+    *,
+    key: str,
+    time: str,
+    mark: str,
+    onto: Start | None = None,
 ) -> tuple[np.ndarray, Start]:
     """Totals of ``values`` per distinct ``key`` (an unsigned 64-bit hash) over the whole
-    ``stream``, and the latest ``time`` (µs) of its ``mark``-ed rows (``NO_TIME`` if none).
+    ``stream``, added to those of ``onto`` (a carry's, which came before every row), and
+    the latest ``time`` (µs) of its ``mark``-ed rows (``NO_TIME`` if none).
 
-    Returns a row of each key and the totals as a ``Start`` (its sums and latest times in
-    the order of those rows): what a stream after these rows starts from. Each key's values
-    add in time order, ties in stream order, as ``running_totals`` adds them: a key's rows
-    at one instant carry equal decayed weights, so the totals are the same to the last bit
-    whatever order the stream's rows arrive in, which neither a multi-threaded group-by
-    (it adds partial sums as threads finish) nor stream order alone promises.
+    Returns a row of each key new to ``onto``, in order of first appearance, and the totals
+    as a ``Start``: ``onto``'s keys first, in its order, then the new ones. That is what a
+    stream after these rows starts from, and what the next fold goes on from: a carry
+    carried again folds only the events in between. Each key's values add in time order,
+    ties in stream order, as ``running_totals`` adds them: a key's rows at one instant
+    carry equal decayed weights, so the totals are the same to the last bit whatever order
+    the stream's rows arrive in, which neither a multi-threaded group-by (it adds partial
+    sums as threads finish) nor stream order alone promises.
     """
     return _folded(
         values,
@@ -416,4 +466,5 @@ def fold(
         stream.get_column(time).to_numpy(),
         _value_rows(stream, values),
         stream.get_column(mark).fill_null(False).to_numpy(),
+        onto,
     )
