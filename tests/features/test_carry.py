@@ -105,6 +105,26 @@ def test_carrying_partition_by_partition_equals_carrying_once(
         walked = carry(walked, start)
         part = declarations.filter(pl.col(D.DECLARED_AT).is_between(start, end))
         assert_frame_equal(_features(part, through(walked, end)), _features(part, history))
+    # Each carry folded the events since the last onto its totals: the same sums as one.
+    # Not to the bit for decayed offence counts: an offence's own weight can differ in its
+    # last digits between the plans of two carries (so it did before the carried totals
+    # were folded onto; the LEMIS test below has no offences and is exact).
+    once = carry(history, starts[-1]).carried
+    assert walked.carried is not None and once is not None
+    for name, totals in once.keys.items():
+        stepped = walked.carried.keys[name].sort(KEY)
+        assert_frame_equal(
+            stepped.drop("off_decay"), totals.sort(KEY).drop("off_decay"), check_exact=True
+        )
+        assert_frame_equal(stepped, totals.sort(KEY), rel_tol=1e-12)
+        # The table the next stream or carry starts from holds the frame's totals.
+        handed = walked.carried.starts[(name,)][1]
+        built = start_of(walked.carried.keys[name], KEY_VALUES, stacked=False)
+        np.testing.assert_array_equal(handed.sums.view(np.int64), built.sums.view(np.int64))
+        np.testing.assert_array_equal(handed.last, built.last)
+    assert_frame_equal(
+        walked.carried.consignments.sort(KEY), once.consignments.sort(KEY), check_exact=True
+    )
 
 
 @SETTINGS
@@ -350,10 +370,11 @@ def test_carrying_in_steps_gives_the_totals_of_one_carry_to_the_bit(lemis: Lemis
     for name, totals in once.carried.keys.items():
         assert totals.height > 0 or name not in ("origin", "taxon")
         assert_frame_equal(stepped.carried.keys[name].sort(KEY), totals.sort(KEY), check_exact=True)
-        # The table the next stream starts from holds the same totals, in the frame's order.
-        start = stepped.carried.starts[(name,)][1]
-        values = stepped.carried.keys[name].select(KEY_VALUES).to_numpy().T
-        np.testing.assert_array_equal(start.sums, values)
-    assert_frame_equal(stepped.carried.consignments.sort(KEY), once.carried.consignments.sort(KEY))
+    assert_frame_equal(
+        stepped.carried.consignments.sort(KEY),
+        once.carried.consignments.sort(KEY),
+        check_exact=True,
+    )
     lines = stepped.carried.starts[CONSIGNMENTS][1]
-    np.testing.assert_array_equal(lines.sums[0], stepped.carried.consignments["lines"])
+    built = start_of(stepped.carried.consignments, ["lines"], stacked=False)
+    np.testing.assert_array_equal(lines.sums, built.sums)

@@ -332,3 +332,46 @@ def test_a_fold_hands_over_the_start_its_totals_make() -> None:
     np.testing.assert_array_equal(read[0][0].view(np.int64), read[1][0].view(np.int64))
     np.testing.assert_array_equal(read[0][1], read[1][1])
     assert (read[0][0] > 0).all()
+
+
+@settings(max_examples=150, deadline=None)
+@given(streams(), st.integers(-4, 13))
+def test_a_fold_onto_an_earlier_fold_is_one_fold_over_both(stream: pl.DataFrame, cut: int) -> None:
+    """A history carried again folds the events since onto the carried totals: the same
+    bits as one fold over everything, and the carried totals stay as they were."""
+    early = stream.filter(pl.col("instant") < cut)
+    late = stream.filter(pl.col("instant") >= cut)
+    first_early, carried = fold(early, VALUES, key="key", time="instant", mark="mark")
+    kept = [a.copy() for a in (carried.table, carried.slots, carried.sums, carried.last)]
+    first_late, onto = fold(late, VALUES, key="key", time="instant", mark="mark", onto=carried)
+    first_whole, whole = fold(stream, VALUES, key="key", time="instant", mark="mark")
+
+    def by_key(keys: np.ndarray, start: Start) -> dict[int, tuple[list[int], int]]:
+        bits = start.sums.view(np.int64)
+        return {int(k): (bits[:, i].tolist(), int(start.last[i])) for i, k in enumerate(keys)}
+
+    early_keys = early.get_column("key").to_numpy()[first_early]
+    late_keys = late.get_column("key").to_numpy()[first_late]
+    assert by_key(np.concatenate([early_keys, late_keys]), onto) == by_key(
+        stream.get_column("key").to_numpy()[first_whole], whole
+    )
+    for before, now in zip(
+        kept, (carried.table, carried.slots, carried.sums, carried.last), strict=True
+    ):
+        np.testing.assert_array_equal(before, now)
+    # The carried keys come first, in the carried order, and a stream finds them.
+    probe = _one_value_stream(early_keys)
+    sums, _ = running_totals(
+        probe.with_columns(pl.lit(0.0).alias("b")),
+        VALUES,
+        key="key",
+        instant="instant",
+        nokey="nokey",
+        mark="mark",
+        start=onto,
+    )
+    np.testing.assert_array_equal(
+        sums.view(np.int64), onto.sums[:, : early_keys.shape[0]].view(np.int64)
+    )
+    with pytest.raises(ValueError, match="cannot fold"):
+        fold(late, ["a"], key="key", time="instant", mark="mark", onto=carried)

@@ -84,12 +84,13 @@ def carry(
     before = pl.col(TIME) < at
     starts: list[list[Start]] = [[] for _ in keys]
     carried = history.carried
+    since = 0 if carried is None else _micros(carried.until)
     folded_keys = [
         _folded(
             key_events(keyed, [key]),
             at,
             list(KEY_VALUES),
-            None if carried is None else (carried.keys[key.name], carried.start([key.name])),
+            None if carried is None else (since, carried.keys[key.name], carried.start([key.name])),
             into,
         )
         for key, into in zip(keys, starts, strict=True)
@@ -106,7 +107,7 @@ def carry(
         consignment_events(keyed, None).with_columns(pl.lit(False).alias("__mark")),
         at,
         [CONSIGNMENT_LINES],
-        None if carried is None else (carried.consignments, carried.consignment_start()),
+        None if carried is None else (since, carried.consignments, carried.consignment_start()),
         consignment_start,
         last=False,
     )
@@ -185,15 +186,15 @@ def _folded(
     events: pl.LazyFrame,
     at: pl.Expr,
     values: list[str],
-    base: tuple[pl.DataFrame, Start] | None,
+    base: tuple[int, pl.DataFrame, Start] | None,
     into: list[Start],
     *,
     last: bool = True,
 ) -> pl.LazyFrame:
     """Each key value's totals of ``values`` over ``events`` before ``at`` and (``last``)
-    its latest offence, added to ``base`` (the carried totals and their ``Start``, if the
-    history was carried); the same totals as a ``Start`` appended to ``into`` when the
-    frame is collected.
+    its latest offence, added to ``base`` (if the history was carried: when, in µs, the
+    carried totals and their ``Start``); the same totals as a ``Start`` appended to
+    ``into`` when the frame is collected.
 
     Summed by a compiled pass in time order (``running_totals.fold``): a group-by added
     each thread's partial sums in the order the threads finished, and the decayed sums
@@ -213,15 +214,22 @@ def _folded(
     )
 
     def totals(frame: pl.DataFrame) -> pl.DataFrame:
-        onto = None if base is None else base[1]
-        if base is not None and base[1].last.shape[0] != base[0].height:
-            raise RuntimeError("carried totals and their start table disagree")
+        onto = None if base is None else base[2]
+        if base is not None:
+            if base[2].last.shape[0] != base[1].height:
+                raise RuntimeError("carried totals and their start table disagree")
+            # The fold adds these events after the carried totals: they must come after.
+            earliest = frame.get_column("__us").min()
+            if isinstance(earliest, int) and earliest < base[0]:
+                raise ValueError("a carried history holds events from before its carry")
         first, start = fold(frame, values, key="__h", time="__us", mark="__mark", onto=onto)
         into.append(start)
         new = frame.get_column(KEY).gather(first)
+        # One chunk: a walk carries again per partition, and the column would gain one each.
+        keys = new if base is None else pl.concat([base[1].get_column(KEY), new], rechunk=True)
         return pl.DataFrame(
             [
-                new if base is None else pl.concat([base[0].get_column(KEY), new]),
+                keys,
                 *(pl.Series(v, start.sums[i]) for i, v in enumerate(values)),
                 *([as_times(LAST_OFFENCE, start.last)] if last else []),
             ]
@@ -242,6 +250,11 @@ def _folded(
         projection_pushdown=False,
         slice_pushdown=False,
     )
+
+
+def _micros(at: datetime) -> int:
+    """``at`` in µs since the epoch, as ``TIMESTAMP`` columns hold it."""
+    return int(pl.Series([at]).cast(TIMESTAMP).dt.epoch("us")[0])
 
 
 ROW = "__row"

@@ -160,9 +160,10 @@ class Carried:
     #: The offence records indexed, for a history that outlives many requests
     #: (``carry(index_offences=True)``); None otherwise.
     offences: OffenceIndex | None = None
-    #: ``start``'s tables, with the frames each was built from. Copies share it (the
-    #: frames are checked); one cut to a request's keys (``carry.narrowed``) gets its own,
-    #: so that the snapshot's tables are not replaced by a request's.
+    #: ``start``'s tables, with the frames each was built from: those the carry's folds
+    #: handed over, or built when first asked for. Copies share it (the frames are
+    #: checked); one cut to a request's keys (``carry.narrowed``) gets its own, so that
+    #: the snapshot's tables are not replaced by a request's.
     starts: dict[tuple[str, ...], tuple[tuple[pl.DataFrame, ...], Start]] = field(
         default_factory=dict, repr=False, compare=False
     )

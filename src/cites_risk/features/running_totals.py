@@ -144,7 +144,9 @@ class Start:
     A carried history's totals (``history.Carried``): streaming them as events meant joining
     every carried key against the keys of each partition (~680 k pair values, a quarter of
     a partition's history features); looked up here, only the keys the stream meets cost
-    anything, and the table is built once per carried history.
+    anything. The table is the one the carry's fold numbered the keys with, and the next
+    carry folds onto it (``fold``). Its arrays are read-only: a carried history's frames
+    hold the sums without a copy.
     """
 
     #: The values summed, in the order of ``sums``' rows (a stream's must match).
@@ -225,7 +227,8 @@ def _totals(
             started[c] = True
             s = _find(start_table, start_slots, bits, keys[row])
             if s >= 0:
-                # As if the start were the key's first event: 0 + x is x, to the bit.
+                # As if the start were the key's first event: 0 + x is x, to the bit (a
+                # sum of counts and weights is never -0.0, the one x for which it is not).
                 for k in range(m):
                     running[c, k] = start_sums[k, s]
                 latest[c] = start_last[s]
@@ -433,8 +436,8 @@ def _folded(
         latest,
     )
     # Copies: the arrays were sized for every row, the keys are fewer.
-    start = Start(tuple(values), table, slots, sums[:, :distinct].copy(), latest[:distinct].copy())
-    return first[base:distinct], start
+    arrays = _inputs(table, slots, sums[:, :distinct].copy(), latest[:distinct].copy())
+    return first[base:distinct], Start(tuple(values), *arrays)
 
 
 def fold(
