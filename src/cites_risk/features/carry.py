@@ -214,19 +214,22 @@ def _folded(
     )
 
     def totals(frame: pl.DataFrame) -> pl.DataFrame:
-        onto = None if base is None else base[2]
+        onto = None
         if base is not None:
-            if base[2].last.shape[0] != base[1].height:
+            since, carried, onto = base
+            if onto.last.shape[0] != carried.height:
                 raise RuntimeError("carried totals and their start table disagree")
             # The fold adds these events after the carried totals: they must come after.
             earliest = frame.get_column("__us").min()
-            if isinstance(earliest, int) and earliest < base[0]:
+            if isinstance(earliest, int) and earliest < since:
                 raise ValueError("a carried history holds events from before its carry")
         first, start = fold(frame, values, key="__h", time="__us", mark="__mark", onto=onto)
         into.append(start)
-        new = frame.get_column(KEY).gather(first)
-        # One chunk: a walk carries again per partition, and the column would gain one each.
-        keys = new if base is None else pl.concat([base[1].get_column(KEY), new], rechunk=True)
+        keys = frame.get_column(KEY).gather(first)
+        if base is not None:
+            # The carried keys come first, as in the fold. One chunk: a walk carries again
+            # per partition, and would add one each time.
+            keys = pl.concat([base[1].get_column(KEY), keys], rechunk=True)
         return pl.DataFrame(
             [
                 keys,

@@ -82,6 +82,25 @@ def _rehash(
             slots[t] = old_slots[s]
 
 
+#: A new table's slots, as a power of two.
+_FIRST_BITS = 12
+
+
+@compiled
+def _new_table(bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """An empty table of ``2**bits`` slots: the keys, and their numbers (-1: free)."""
+    return np.empty(1 << bits, dtype=np.uint64), np.full(1 << bits, -1, dtype=np.int64)
+
+
+@compiled
+def _bits(table: np.ndarray) -> int:
+    """How many bits number ``table``'s slots (its size is a power of two)."""
+    bits = 0
+    while (1 << bits) < table.shape[0]:
+        bits += 1
+    return bits
+
+
 @compiled
 def _index_onto(
     keys: np.ndarray, codes: np.ndarray, table: np.ndarray, slots: np.ndarray, count: int
@@ -94,40 +113,30 @@ def _index_onto(
     loop is a function of its own: with the table reassigned inside it, numba compiled it
     ten times slower.
     """
-    bits = 0
-    while (1 << bits) < table.shape[0]:
-        bits += 1
+    bits = _bits(table)
     done = 0
     while True:
         done, count = _insert(keys, codes, done, table, slots, bits, count)
         if done == keys.shape[0]:
             return count, table, slots
         bits += 1
-        grown = np.empty(1 << bits, dtype=np.uint64)
-        grown_slots = np.full(1 << bits, -1, dtype=np.int64)
+        grown, grown_slots = _new_table(bits)
         _rehash(table, slots, grown, grown_slots, bits)
         table = grown
         slots = grown_slots
 
 
 @compiled
-def _index(keys: np.ndarray, codes: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-    """``_index_onto`` an empty table."""
-    return _index_onto(
-        keys, codes, np.empty(1 << 12, dtype=np.uint64), np.full(1 << 12, -1, dtype=np.int64), 0
-    )
-
-
-@compiled
 def _codes(keys: np.ndarray, codes: np.ndarray) -> int:
-    """``_index`` without its table."""
-    count, _, _ = _index(keys, codes)
+    """``_index_onto`` an empty table, without the table."""
+    table, slots = _new_table(_FIRST_BITS)
+    count, _, _ = _index_onto(keys, codes, table, slots, 0)
     return count
 
 
 @compiled
 def _find(table: np.ndarray, slots: np.ndarray, bits: int, key: np.uint64) -> int:
-    """The number ``_index`` gave ``key`` in its table of ``2**bits`` slots, or -1."""
+    """The number ``_index_onto`` gave ``key`` in its table of ``2**bits`` slots, or -1."""
     capacity = table.shape[0]
     s = np.int64((key * _MIX) >> np.uint64(64 - bits))
     while True:
@@ -153,7 +162,7 @@ class Start:
     values: tuple[str, ...]
     table: np.ndarray
     slots: np.ndarray
-    #: values × keys, each key at the number ``_index`` gave it.
+    #: values × keys, each key at the number ``_index_onto`` gave it.
     sums: np.ndarray
     #: Each key's latest marked time (µs), ``NO_TIME`` if none.
     last: np.ndarray
@@ -165,7 +174,7 @@ class Start:
         """From rows of keys: their 64-bit hashes, sums (values × rows), latest marks. The
         rows of a hash seen twice add up in row order, as they would as events."""
         n = hashes.shape[0]
-        _, start = _folded(
+        _, start = _fold_onto(
             values,
             np.arange(n, dtype=np.int64),
             np.ascontiguousarray(hashes, dtype=np.uint64),
@@ -216,9 +225,7 @@ def _totals(
     latest = np.full(distinct, NO_TIME, dtype=np.int64)
     seen_latest = np.full(distinct, NO_TIME, dtype=np.int64)
     if start_table.shape[0] > 0:
-        bits = 0
-        while (1 << bits) < start_table.shape[0]:
-            bits += 1
+        bits = _bits(start_table)
         started = np.zeros(distinct, dtype=np.bool_)
         for row in range(n):
             c = codes[row]
@@ -402,7 +409,7 @@ def _fold(
     return distinct, table, slots
 
 
-def _folded(
+def _fold_onto(
     values: Sequence[str],
     order: np.ndarray,
     keys: np.ndarray,
@@ -421,7 +428,7 @@ def _folded(
         # A copy: the start may still be read (a carry from the same history again).
         table, slots = onto.table.copy(), onto.slots.copy()
     else:
-        table, slots = np.empty(1 << 12, dtype=np.uint64), np.full(1 << 12, -1, dtype=np.int64)
+        table, slots = _new_table(_FIRST_BITS)
     n = keys.shape[0]
     first = np.empty(base + n, dtype=np.int64)
     sums = np.empty((len(values), base + n))
@@ -462,7 +469,7 @@ def fold(
     the stream's rows arrive in, which neither a multi-threaded group-by (it adds partial
     sums as threads finish) nor stream order alone promises.
     """
-    return _folded(
+    return _fold_onto(
         values,
         _in_time_order(stream, time),
         stream.get_column(key).to_numpy(),
