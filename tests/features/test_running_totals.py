@@ -10,14 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cites_risk.features.running_totals import (
-    NO_TIME,
-    Start,
-    StreamKey,
-    fold,
-    running_totals,
-    running_totals_of_keys,
-)
+from cites_risk.features.running_totals import NO_TIME, Start, fold, running_totals
 
 VALUES = ["a", "b"]
 
@@ -382,38 +375,3 @@ def test_a_fold_onto_an_earlier_fold_is_one_fold_over_both(stream: pl.DataFrame,
     )
     with pytest.raises(ValueError, match="cannot fold"):
         fold(late, ["a"], key="key", time="instant", mark="mark", onto=carried)
-
-
-@settings(max_examples=100, deadline=None)
-@given(streams(), st.randoms(use_true_random=False))
-def test_keys_of_one_stream_each_get_their_own_totals_where_they_are_sent(
-    stream: pl.DataFrame, rng: random.Random
-) -> None:
-    """Two keys over the same rows, each row's totals sent to a place of its own or none."""
-    n = stream.height
-    other = stream.with_columns(
-        (pl.col("key") * 7 % 3).alias("key2"), pl.col("mark").alias("nokey2")
-    )
-    rows = list(range(n))
-    rng.shuffle(rows)
-    targets = rows[: rng.randint(0, n)]
-    dest = np.full(n, -1, dtype=np.int64)
-    dest[targets] = np.arange(len(targets))
-    start = Start.of(VALUES, np.array([1], np.uint64), np.array([[5.0], [0.5]]), np.array([3]))
-    found = running_totals_of_keys(
-        other,
-        VALUES,
-        keys=[StreamKey("key", "nokey", start), StreamKey("key2", "nokey2")],
-        instant="instant",
-        mark="mark",
-        dest=dest,
-        size=len(targets),
-    )
-    for (sums, last), (key, nokey, begin) in zip(
-        found, [("key", "nokey", start), ("key2", "nokey2", None)], strict=True
-    ):
-        alone_sums, alone_last = running_totals(
-            other, VALUES, key=key, instant="instant", nokey=nokey, mark="mark", start=begin
-        )
-        np.testing.assert_array_equal(sums, alone_sums[:, targets])
-        np.testing.assert_array_equal(last, alone_last[targets])

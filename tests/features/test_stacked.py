@@ -1,6 +1,5 @@
 """Several keys' events stacked in one stream give each key the totals it gets alone, to the
-last bit, whether stacked row by row (a request's few rows) or key by key (long frames),
-and so do keys side by side in one stream (a batch's)."""
+last bit, whether stacked row by row (a request's few rows) or key by key (long frames)."""
 
 from __future__ import annotations
 
@@ -12,16 +11,7 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from cites_risk.features.contract import TIMESTAMP
-from cites_risk.features.history import (
-    IDX,
-    KEY,
-    KID,
-    TIME,
-    beside,
-    key_columns,
-    prior_totals,
-    stacked,
-)
+from cites_risk.features.history import IDX, KEY, KID, TIME, prior_totals, stacked
 
 #: Key expressions as ``_events`` gets them: columns, a derived key, and a key an event
 #: kind lacks (an offence has no declarant), whose position must be kept.
@@ -84,46 +74,5 @@ def test_stacked_keys_get_the_totals_each_key_gets_alone(
             events.lazy().select(key.alias(KEY), TIME, "v", "__mark"),
             ["v"],
             last_time=True,
-        ).collect()
-        assert_frame_equal(mine, alone, check_exact=True)
-
-
-@settings(max_examples=120, deadline=None)
-@given(frames(events=False), frames(events=True), st.booleans())
-def test_keys_side_by_side_get_the_totals_each_key_gets_alone(
-    targets: pl.DataFrame, events: pl.DataFrame, own: bool
-) -> None:
-    """``own``: the targets are events too (a batch's lodged declarations), each read once."""
-    if own:
-        # Each target is also an event of its own, as a lodged declaration is.
-        lodged = targets.with_columns(pl.lit(1.0).alias("v"), pl.lit(False).alias("__mark"))
-        events = pl.concat(
-            [lodged, events.with_columns(pl.lit(None, pl.UInt32).alias(IDX))], how="diagonal"
-        )
-        targets = targets.clear()
-    columns = key_columns(len(KEYS))
-    both = prior_totals(
-        beside(targets.lazy(), KEYS, IDX, TIME),
-        beside(events.lazy(), KEYS, TIME, "v", "__mark", *([IDX] if own else [])),
-        ["v"],
-        last_time=True,
-        own=own,
-        keys=dict.fromkeys(columns),
-    ).collect()
-    for column, key in zip(columns, KEYS, strict=True):
-        mine = both.select(
-            IDX, TIME, pl.col(f"{column}:v").alias("v"), pl.col(f"{column}:__last").alias("__last")
-        )
-        if key is None:
-            # No key, no past: zeros and no time, as a target without a key gets.
-            assert mine.get_column("v").to_list() == [0.0] * mine.height
-            assert mine.get_column("__last").null_count() == mine.height
-            continue
-        alone = prior_totals(
-            targets.lazy().select(IDX, TIME, key.alias(KEY)),
-            events.lazy().select(key.alias(KEY), TIME, "v", "__mark", *([IDX] if own else [])),
-            ["v"],
-            last_time=True,
-            own=own,
         ).collect()
         assert_frame_equal(mine, alone, check_exact=True)

@@ -28,13 +28,7 @@ from cites_risk.features.contract import (
     empty,
     timestamp_literal,
 )
-from cites_risk.features.running_totals import (
-    NO_TIME,
-    Start,
-    StreamKey,
-    as_times,
-    running_totals_of_keys,
-)
+from cites_risk.features.running_totals import NO_TIME, Start, as_times, running_totals
 
 IDX = "__idx"
 TIME = "__t"
@@ -282,11 +276,10 @@ def decay_weight(time: pl.Expr) -> pl.Expr:
     return (days_since_epoch(time) / DECAY_DAYS).exp()
 
 
-def key_hash(stacked: bool, column: str = KEY) -> pl.Expr:
-    """A row's ``__key`` (or other key ``column``) as the 64-bit hash the running totals
-    tell keys apart by (and its ``__kid``, stacked): one expression for stream rows and
-    their ``Start`` alike."""
-    hashed = pl.col(column).hash(seed=7)
+def key_hash(stacked: bool) -> pl.Expr:
+    """A row's ``__key`` as the 64-bit hash the running totals tell keys apart by (and its
+    ``__kid``, stacked): one expression for stream rows and their ``Start`` alike."""
+    hashed = pl.col(KEY).hash(seed=7)
     return hashed.xor(pl.col(KID).hash(seed=11)) if stacked else hashed
 
 
@@ -323,7 +316,6 @@ def prior_totals(
     own: bool = False,
     stacked: bool = False,
     start: Start | None = None,
-    keys: Mapping[str, Start | None] | None = None,
 ) -> pl.LazyFrame:
     """Running totals of ``values`` over events of the same ``__key`` strictly before ``__t``.
 
@@ -350,38 +342,19 @@ def prior_totals(
     ``start``: each key's totals before every row of the stream (a carried history's,
     ``Carried.start``), hashed as the stream's keys are (``key_hash``). Every row must then
     be at or after the carry, as ``History`` requires.
-
-    ``keys``: the rows carry several keys side by side, a column each, and each column
-    (mapped to its start) gets totals of its own; they are named ``<column>:<value>`` and
-    ``<column>:__last``. A batch's key streams are the same rows under different keys:
-    side by side they are ordered, read and put in target order once (``stacked`` rows
-    would sort every key's together, which cost twice a stream per key).
     """
     # Said by the caller, who knows, rather than read off the events' schema: that would
     # resolve each key's plan once more on every call.
     if inclusive and own:
         raise ValueError("events that are targets are counted strictly before their instant")
-    side_by_side = keys is not None
-    if keys is None:
-        keys = {KEY: start}
-    elif start is not None:
-        raise ValueError("with keys, each start goes with its key")
-    names = list(keys)
-
-    def named(i: int, value: str) -> str:
-        return f"{names[i]}:{value}" if side_by_side else value
-
     order_target = 2 if inclusive else 0
-    hashed = [key_hash(stacked, name).alias(f"__h{i}") for i, name in enumerate(names)]
+    hashed = key_hash(stacked)
     kid = [pl.col(KID)] if stacked else []
     t = targets.select(
-        *hashed,
+        hashed.alias("__h"),
         *kid,
         # A target without a time has no past: zeros, like one without a key.
-        *(
-            (pl.col(name).is_null() | pl.col(TIME).is_null()).alias(f"__nokey{i}")
-            for i, name in enumerate(names)
-        ),
+        (pl.col(KEY).is_null() | pl.col(TIME).is_null()).alias("__nokey"),
         pl.col(TIME).cast(TIMESTAMP),
         pl.col(IDX).cast(pl.UInt32),
         pl.lit(order_target, pl.Int8).alias("__order"),
@@ -389,11 +362,12 @@ def prior_totals(
         *([pl.lit(False).alias("__mark")] if last_time else []),
     )
     own_idx = pl.col(IDX).cast(pl.UInt32) if own else pl.lit(None, pl.UInt32)
-    keyed = pl.any_horizontal(pl.col(name).is_not_null() for name in names)
-    e = events.filter((keyed | own_idx.is_not_null()) & pl.col(TIME).is_not_null()).select(
-        *hashed,
+    e = events.filter(
+        (pl.col(KEY).is_not_null() | own_idx.is_not_null()) & pl.col(TIME).is_not_null()
+    ).select(
+        hashed.alias("__h"),
         *kid,
-        *(pl.col(name).is_null().alias(f"__nokey{i}") for i, name in enumerate(names)),
+        pl.col(KEY).is_null().alias("__nokey"),
         pl.col(TIME).cast(TIMESTAMP),
         own_idx.alias(IDX),
         pl.lit(1, pl.Int8).alias("__order"),
@@ -409,37 +383,24 @@ def prior_totals(
         (IDX, pl.UInt32()),
         *([(KID, pl.UInt16())] if stacked else []),
         (TIME, TIMESTAMP),
+        *((v, pl.Float64()) for v in values),
+        *([("__last", TIMESTAMP)] if last_time else []),
     ]
-    for i in range(len(names)):
-        columns += [(named(i, v), pl.Float64()) for v in values]
-        columns += [(named(i, "__last"), TIMESTAMP)] if last_time else []
-    stream_keys = [StreamKey(f"__h{i}", f"__nokey{i}", keys[name]) for i, name in enumerate(names)]
 
     def totals(frame: pl.DataFrame) -> pl.DataFrame:
-        # The targets in order, and where each stream row's totals go among them.
-        targets = (
-            frame.select(kept)
-            .with_row_index("__row")
-            .filter(pl.col(IDX).is_not_null())
-            .sort(IDX, *kid)
-        )
-        dest = np.full(frame.height, -1, dtype=np.int64)
-        dest[targets.get_column("__row").to_numpy()] = np.arange(targets.height)
-        found = running_totals_of_keys(
+        sums, last = running_totals(
             frame,
             values,
-            keys=stream_keys,
+            key="__h",
             instant="__ti",
+            nokey="__nokey",
             mark="__mark" if last_time else None,
-            dest=dest,
-            size=targets.height,
+            start=start,
         )
-        out: list[pl.Series] = []
-        for i, (sums, last) in enumerate(found):
-            out += [pl.Series(named(i, v), sums[j]) for j, v in enumerate(values)]
-            if last_time:
-                out.append(as_times(named(i, "__last"), last))
-        return targets.select(kept).with_columns(out)
+        out = [pl.Series(v, sums[i]) for i, v in enumerate(values)]
+        if last_time:
+            out.append(as_times("__last", last))
+        return frame.select(kept).with_columns(out).filter(pl.col(IDX).is_not_null())
 
     # One compiled pass instead of a dozen expressions per value (``running_totals``).
     # The optimiser must not prune or filter the stream around it: it reads every row.
@@ -449,7 +410,7 @@ def prior_totals(
         predicate_pushdown=False,
         projection_pushdown=False,
         slice_pushdown=False,
-    )
+    ).sort(IDX, *kid)
 
 
 def stack(frames: list[pl.LazyFrame]) -> pl.LazyFrame:
@@ -493,25 +454,6 @@ def stacked(
         frame.select(pl.concat_list([key for _, key in tagged]).alias(KEY), *columns)
         .explode(KEY)
         .with_columns(pl.lit(kids).gather(pl.int_range(pl.len()) % len(tagged)).alias(KID))
-    )
-
-
-def key_columns(count: int) -> list[str]:
-    """The columns ``beside`` puts ``count`` keys in."""
-    return [f"{KEY}{i}" for i in range(count)]
-
-
-def beside(
-    frame: pl.LazyFrame, keys: Sequence[pl.Expr | None], *columns: pl.Expr | str
-) -> pl.LazyFrame:
-    """``frame``'s rows once, each key of ``keys`` in a column of its own (``key_columns``;
-    a ``None`` key is null), then ``columns``: what ``prior_totals(keys=...)`` reads."""
-    return frame.select(
-        *(
-            (pl.lit(None, pl.String) if key is None else key).alias(name)
-            for key, name in zip(keys, key_columns(len(keys)), strict=True)
-        ),
-        *columns,
     )
 
 

@@ -6,7 +6,6 @@ would otherwise pay about a second per kernel for compiling them again.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -19,10 +18,3 @@ def compiled(function: Callable[..., Any]) -> Any:
         return njit(nogil=True, cache=True)(function)
     except RuntimeError:  # nowhere writable to cache the machine code: compile per process
         return njit(nogil=True)(function)
-
-
-def usable_cores() -> int:
-    """Cores this process may be scheduled on (its CPU affinity; a CPU quota is not seen)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1

@@ -24,10 +24,8 @@ from cites_risk.features.history import (
     TIME,
     History,
     HistoryKey,
-    beside,
     days_since_epoch,
     decay_weight,
-    key_columns,
     log1p,
     prior_totals,
     smoothed_rate,
@@ -545,22 +543,14 @@ def _route_value_permits(frame: pl.LazyFrame, reference: Reference) -> pl.LazyFr
 # --- history ------------------------------------------------------------------------------
 
 
-def key_events(
-    history: History, keys: list[HistoryKey], *, side_by_side: bool = False
-) -> pl.LazyFrame:
+def key_events(history: History, keys: list[HistoryKey]) -> pl.LazyFrame:
     """Declarations, offences and inspection results of ``keys`` as one event stream,
-    stacked (``stacked``), or ``side_by_side`` (``key_columns``): those since the carry of
-    a carried history, whose streams start from its totals (``Carried.start``)."""
+    stacked (``stacked``): those since the carry of a carried history, whose streams
+    start from its totals (``Carried.start``)."""
     zero = pl.lit(0.0)
     # A carried history holds only what came since the carry: for a request, a few rows.
     by_row = history.carried is not None
-
-    def keyed(frame: pl.LazyFrame, exprs: list[pl.Expr | None], *columns: pl.Expr) -> pl.LazyFrame:
-        if side_by_side:
-            return beside(frame, exprs, *columns)
-        return stacked(frame, exprs, *columns, by_row=by_row)
-
-    decl = keyed(
+    decl = stacked(
         history.declarations,
         [key.declaration for key in keys],
         pl.col(D.DECLARED_AT).cast(TIMESTAMP).alias(TIME),
@@ -573,8 +563,9 @@ def key_events(
         zero.alias("hits"),
         zero.alias("hits_recent"),
         pl.lit(False).alias("__mark"),
+        by_row=by_row,
     )
-    insp = keyed(
+    insp = stacked(
         history.inspected,
         [key.declaration for key in keys],
         pl.col(TIME).cast(TIMESTAMP),
@@ -589,11 +580,12 @@ def key_events(
             * (days_since_epoch(pl.col(TIME)) / RECENT_DAYS).exp()
         ).alias("hits_recent"),
         pl.lit(False).alias("__mark"),
+        by_row=by_row,
     )
     streams = [decl, insp]
     if any(key.offence is not None for key in keys):
         streams.append(
-            keyed(
+            stacked(
                 offences_since_carry(history),
                 [key.offence for key in keys],
                 pl.col(O.DETECTED_AT).cast(TIMESTAMP).alias(TIME),
@@ -605,6 +597,7 @@ def key_events(
                 zero.alias("hits"),
                 zero.alias("hits_recent"),
                 pl.lit(True).alias("__mark"),
+                by_row=by_row,
             )
         )
     return pl.concat(streams, how="vertical")
@@ -674,74 +667,28 @@ def _keys_features(
         stacked=len(keys) > 1,
         start=None if carried is None else carried.start([key.name for key in keys]),
     )
-    stats = _key_stats(pl.col)
+    now_days = days_since_epoch(pl.col(TIME))
+    stats = {
+        "prior_decl": log1p(pl.col("n")),
+        "offences": pl.col("off"),
+        "offences_decayed": pl.col("off_decay") / (now_days / 365.0).exp(),
+        "days_since_offence": now_days - days_since_epoch(pl.col("__last")),
+        "inspected": pl.col("insp"),
+        "recent_hits": pl.col("hits_recent") / (now_days / RECENT_DAYS).exp(),
+        # Raw, private: ``_hit_rates`` turns it into the rate.
+        "hits": pl.col("hits"),
+        "offence_rate": pl.col("off") / (pl.col("n") + SMOOTHING),
+        "newcomer": pl.col("n") == 0,
+    }
     width = len(keys)
     return totals.select(**stats).select(
-        pl.col(stat).gather_every(width, i).alias(_stat_column(key, stat))
+        pl.col(stat)
+        .gather_every(width, i)
+        .alias(f"__{key.name}_hits" if stat == "hits" else f"{key.name}_{stat}")
         for i, key in enumerate(keys)
         for stat in stats
-        if _has_stat(key, stat)
+        if stat != "newcomer" or key.name in NEWCOMER_KEYS
     )
-
-
-def _keys_beside(alone: pl.LazyFrame, history: History, keys: list[HistoryKey]) -> pl.LazyFrame:
-    """``_keys_features`` of a batch: the keys side by side in one stream (``beside``).
-
-    A batch's key streams are the same rows under different keys; apart, each was built,
-    ordered by time and sorted back into target order again: the 21 streams of a 150 k
-    partition took 0.47 CPU-s of its 0.90 in features. Side by side, the partition's
-    features take 0.80-0.93 CPU-s against 0.97-1.08.
-    """
-    carried = history.carried
-    columns = key_columns(len(keys))
-    totals = prior_totals(
-        beside(alone, [key.declaration for key in keys], IDX, TIME),
-        key_events(history, keys, side_by_side=True),
-        list(KEY_VALUES),
-        last_time=True,
-        own=True,
-        keys={
-            column: None if carried is None else carried.start([key.name])
-            for column, key in zip(columns, keys, strict=True)
-        },
-    )
-    return totals.select(
-        expr.alias(_stat_column(key, stat))
-        for column, key in zip(columns, keys, strict=True)
-        for stat, expr in _key_stats(_totals_of(column)).items()
-        if _has_stat(key, stat)
-    )
-
-
-def _key_stats(total: Callable[[str], pl.Expr]) -> dict[str, pl.Expr]:
-    """A key's features from its totals before the target (``total``: the column of a
-    ``KEY_VALUES`` value or ``__last``)."""
-    now_days = days_since_epoch(pl.col(TIME))
-    return {
-        "prior_decl": log1p(total("n")),
-        "offences": total("off"),
-        "offences_decayed": total("off_decay") / (now_days / 365.0).exp(),
-        "days_since_offence": now_days - days_since_epoch(total("__last")),
-        "inspected": total("insp"),
-        "recent_hits": total("hits_recent") / (now_days / RECENT_DAYS).exp(),
-        # Raw, private: ``_hit_rates`` turns it into the rate.
-        "hits": total("hits"),
-        "offence_rate": total("off") / (total("n") + SMOOTHING),
-        "newcomer": total("n") == 0,
-    }
-
-
-def _totals_of(column: str) -> Callable[[str], pl.Expr]:
-    """The totals of the key in ``column``, as ``prior_totals(keys=...)`` names them."""
-    return lambda value: pl.col(f"{column}:{value}")
-
-
-def _stat_column(key: HistoryKey, stat: str) -> str:
-    return f"__{key.name}_hits" if stat == "hits" else f"{key.name}_{stat}"
-
-
-def _has_stat(key: HistoryKey, stat: str) -> bool:
-    return stat != "newcomer" or key.name in NEWCOMER_KEYS
 
 
 def _relevant(
@@ -1076,13 +1023,10 @@ def key_history(
     # Every key gets every statistic; the declared schema keeps the ones each key shows
     # (pairs and extras have no offence records, so only some of theirs mean anything).
     # Focused, the keys share one stream: a few rows each, and a dozen plan nodes per key
-    # would cost more than the rows. A batch puts them side by side: stacked, every key's
-    # events sorted together took twice the time and memory on a million declarations.
-    parts.append(
-        _keys_features(alone, targets, history, keys, focus)
-        if focused
-        else _keys_beside(alone, history, keys)
-    )
+    # would cost more than the rows. A batch sorts each key on its own: one stream of
+    # every key's events took twice the time and memory on a million declarations.
+    groups = [keys] if focused else [[key] for key in keys]
+    parts += [_keys_features(alone, targets, history, group, focus) for group in groups]
     return pl.concat(parts, how="horizontal").with_columns(_hit_rates([k.name for k in keys]))
 
 

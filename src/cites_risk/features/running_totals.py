@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
 from cites_risk.features.contract import TIMESTAMP
-from cites_risk.features.jit import compiled, usable_cores
+from cites_risk.features.jit import compiled
 
 #: "No such event" in an integer time column, where a null would leak through.
 NO_TIME = -(2**63)
@@ -195,12 +194,12 @@ class Start:
 
 
 def _totals(
+    order: np.ndarray,
     keys: np.ndarray,
     instants: np.ndarray,
     nokey: np.ndarray,
     values: np.ndarray,
     marks: np.ndarray,
-    dest: np.ndarray,
     start_table: np.ndarray,
     start_slots: np.ndarray,
     start_sums: np.ndarray,
@@ -208,81 +207,58 @@ def _totals(
     out: np.ndarray,
     last: np.ndarray,
 ) -> None:
-    """Fill ``out`` (targets × values) and ``last`` at ``dest[row]`` for every row that is a
-    target (-1: an event only), the rows coming in time order (by instant, ties in stream
-    order), each key's totals kept in a table row of its own, which starts from the key's
-    ``Start`` (its ``start_`` arrays).
+    """Fill ``out`` (values × rows) and ``last`` for every row, visiting rows in ``order``
+    (by instant, ties in stream order), each key's totals kept in a table row of its own,
+    which starts from the key's ``Start`` (its ``start_`` arrays).
 
     ``instants`` are microseconds × 4 plus a tie order (``prior_totals``), so ``instant >> 2``
     is the row's time. Rows of one key at one instant all read the totals as they stood
     before the first of them.
-
-    Memory, not arithmetic, is the cost. The rows are handed over in time order, so they are
-    read front to back and only the writes to ``dest`` and the keys' state jump about. A
-    target's totals are one run of memory, a key's running and seen totals another
-    (``state``) and its three times a third, and the starts are looked up all at once,
-    before the pass, as loads that do not wait on each other. Visiting rows in stream order
-    through a permutation, with totals laid out value by value and a key's state in five
-    arrays, the same pass over a 150 k partition's key streams took 2-3x as long (e.g.
-    importer 15.6 against 5.6 ms, importer × HS code 32 against 14 ms).
     """
-    n = keys.shape[0]
+    n = order.shape[0]
     m = values.shape[0]
     codes = np.empty(n, dtype=np.int64)
     distinct = _codes(keys, codes)
-    # Per key: the running totals, then those seen at the start of its current instant.
-    state = np.zeros((distinct, 2 * m))
-    # Per key: its current instant, its latest mark, and that mark as seen at the instant.
-    times = np.full((distinct, 3), NO_TIME, dtype=np.int64)
+    running = np.zeros((distinct, m))
+    seen = np.zeros((distinct, m))
+    instant = np.full(distinct, NO_TIME, dtype=np.int64)
+    latest = np.full(distinct, NO_TIME, dtype=np.int64)
+    seen_latest = np.full(distinct, NO_TIME, dtype=np.int64)
     if start_table.shape[0] > 0:
-        # As if the start were the key's first event: 0 + x is x, to the bit (a sum of
-        # counts and weights is never -0.0, the one x for which it is not).
-        found = _started(codes, keys, distinct, start_table, start_slots)
-        for c in range(distinct):
-            if found[c] >= 0:
-                times[c, 1] = start_last[found[c]]
-        for k in range(m):
-            sums = start_sums[k]
-            for c in range(distinct):
-                if found[c] >= 0:
-                    state[c, k] = sums[found[c]]
-    for row in range(n):
+        bits = _bits(start_table)
+        started = np.zeros(distinct, dtype=np.bool_)
+        for row in range(n):
+            c = codes[row]
+            if started[c]:
+                continue
+            started[c] = True
+            s = _find(start_table, start_slots, bits, keys[row])
+            if s >= 0:
+                # As if the start were the key's first event: 0 + x is x, to the bit (a
+                # sum of counts and weights is never -0.0, the one x for which it is not).
+                for k in range(m):
+                    running[c, k] = start_sums[k, s]
+                latest[c] = start_last[s]
+    for j in range(n):
+        row = order[j]
         c = codes[row]
-        if instants[row] != times[c, 0]:
-            times[c, 0] = instants[row]
+        if instants[row] != instant[c]:
+            instant[c] = instants[row]
             for k in range(m):
-                state[c, m + k] = state[c, k]
-            times[c, 2] = times[c, 1]
-        at = dest[row]
-        if at < 0:
-            pass
-        elif nokey[row]:
+                seen[c, k] = running[c, k]
+            seen_latest[c] = latest[c]
+        if nokey[row]:
             for k in range(m):
-                out[at, k] = 0.0
-            last[at] = NO_TIME
+                out[k, row] = 0.0
+            last[row] = NO_TIME
         else:
             for k in range(m):
-                out[at, k] = state[c, m + k]
-            last[at] = times[c, 2]
+                out[k, row] = seen[c, k]
+            last[row] = seen_latest[c]
         for k in range(m):
-            state[c, k] += values[k, row]
+            running[c, k] += values[k, row]
         if marks[row]:
-            times[c, 1] = instants[row] >> 2
-
-
-@compiled
-def _started(
-    codes: np.ndarray, keys: np.ndarray, distinct: int, table: np.ndarray, slots: np.ndarray
-) -> np.ndarray:
-    """Where each of the ``distinct`` keys ``codes`` numbers is in a start's table, or -1."""
-    hashes = np.empty(distinct, dtype=np.uint64)
-    for row in range(codes.shape[0]):
-        hashes[codes[row]] = keys[row]
-    bits = _bits(table)
-    found = np.empty(distinct, dtype=np.int64)
-    for c in range(distinct):
-        found[c] = _find(table, slots, bits, hashes[c])
-    return found
+            latest[c] = instants[row] >> 2
 
 
 _kernel = compiled(_totals)
@@ -355,81 +331,30 @@ def running_totals(
     key at one instant follow stream order, so sums add in one order from run to run. The
     start comes before every row, and a row's totals count it.
     """
-    ((sums, last),) = running_totals_of_keys(
-        stream, values, keys=[StreamKey(key, nokey, start)], instant=instant, mark=mark
-    )
-    return sums, last
-
-
-@dataclass(frozen=True)
-class StreamKey:
-    """One key of a stream's rows: its hash column, its ``nokey`` column and its start."""
-
-    hash: str
-    nokey: str
-    start: Start | None = None
-
-
-def running_totals_of_keys(
-    stream: pl.DataFrame,
-    values: list[str],
-    *,
-    keys: Sequence[StreamKey],
-    instant: str,
-    mark: str | None,
-    dest: np.ndarray | None = None,
-    size: int | None = None,
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``running_totals`` of each of ``keys`` over the same rows, in that order, with the
-    rows' order and values taken out once for all of them.
-
-    ``dest``: where each row's totals go in the ``size`` rows returned (-1: nowhere, an
-    event that is not a target); by default every row, in stream order. A batch's targets
-    are then in their own order without sorting them and every total after the pass.
-    """
-    for key in keys:
-        if key.start is not None and key.start.values != tuple(values):
-            raise ValueError(f"a start of {key.start.values} for a stream of {values}")
+    if start is None:
+        start = _no_start(tuple(values))
+    elif start.values != tuple(values):
+        raise ValueError(f"a start of {start.values} for a stream of {values}")
     n = stream.height
-    if dest is None:
-        dest, size = np.arange(n, dtype=np.int64), n
-    elif size is None:
-        raise ValueError("dest needs the size of what it points into")
-    order = _in_time_order(stream, instant)
-
-    def in_order(column: str) -> np.ndarray:
-        return stream.get_column(column).to_numpy()[order]
-
-    instants, rows, marks, at = _inputs(
-        in_order(instant),
-        np.take(_value_rows(stream, values), order, axis=1),
-        in_order(mark) if mark else np.zeros(n, dtype=np.bool_),
-        np.asarray(dest, dtype=np.int64)[order],
+    out = np.empty((len(values), n))
+    last = np.empty(n, dtype=np.int64)
+    _kernel(
+        *_inputs(
+            _in_time_order(stream, instant),
+            stream.get_column(key).to_numpy(),
+            stream.get_column(instant).to_numpy(),
+            stream.get_column(nokey).to_numpy(),
+            _value_rows(stream, values),
+            stream.get_column(mark).to_numpy() if mark else np.zeros(n, dtype=np.bool_),
+            start.table,
+            start.slots,
+            start.sums,
+            start.last,
+        ),
+        out,
+        last,
     )
-
-    def one(key: StreamKey) -> tuple[np.ndarray, np.ndarray]:
-        start = key.start or _no_start(tuple(values))
-        out = np.empty((size, len(values)))
-        last = np.empty(size, dtype=np.int64)
-        hashes, nokey = _inputs(in_order(key.hash), in_order(key.nokey))
-        _kernel(
-            hashes,
-            instants,
-            nokey,
-            rows,
-            marks,
-            at,
-            *_inputs(start.table, start.slots, start.sums, start.last),
-            out,
-            last,
-        )
-        return out.T, last
-
-    if len(keys) == 1:
-        return [one(keys[0])]
-    # The kernel releases the interpreter lock: each key's pass is one task.
-    with ThreadPoolExecutor(min(len(keys), usable_cores())) as pool:
-        return list(pool.map(one, keys))
+    return out, last
 
 
 @functools.lru_cache(maxsize=16)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ from typing import Any, Protocol
 import lightgbm as lgb
 import numpy as np
 
-from cites_risk.features.jit import compiled, usable_cores
+from cites_risk.features.jit import compiled
 from cites_risk.models.risk_model import DEFAULT_PARAMS, prediction_threads
 
 log = logging.getLogger(__name__)
@@ -540,7 +541,7 @@ class TreeShap:
         self, booster: lgb.Booster, threads: int | None = None, table_slots: int = _TABLE_SLOTS
     ) -> None:
         self._trees = _flatten(booster, table_slots)
-        self.threads = max(1, threads or usable_cores())
+        self.threads = max(1, threads or _usable_cores())
 
     def warm(self, width: int) -> None:
         self.contributions(np.zeros((1, width)))
@@ -568,6 +569,13 @@ class TreeShap:
                 )
             )
         return out
+
+
+def _usable_cores() -> int:
+    """Cores this process may be scheduled on (its CPU affinity; a CPU quota is not seen)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def for_booster(booster: lgb.Booster, threads: int | None = None) -> Contributions:
