@@ -207,58 +207,76 @@ def _totals(
     out: np.ndarray,
     last: np.ndarray,
 ) -> None:
-    """Fill ``out`` (values × rows) and ``last`` for every row, visiting rows in ``order``
+    """Fill ``out`` (rows × values) and ``last`` for every row, visiting rows in ``order``
     (by instant, ties in stream order), each key's totals kept in a table row of its own,
     which starts from the key's ``Start`` (its ``start_`` arrays).
 
     ``instants`` are microseconds × 4 plus a tie order (``prior_totals``), so ``instant >> 2``
     is the row's time. Rows of one key at one instant all read the totals as they stood
     before the first of them.
+
+    Memory, not arithmetic, is the cost: rows come in time order, not stream order, and
+    keys in any order. So a row's totals are one run of memory, a key's running and seen
+    totals another (``state``) and its three times a third, and the starts are looked up
+    all at once, before the pass, as loads that do not wait on each other. Laid out value
+    by value, with a key's state in five arrays, the passes of a 150 k partition's key
+    streams took 0.215 CPU-s instead of 0.152 (a one-off timing).
     """
     n = order.shape[0]
     m = values.shape[0]
     codes = np.empty(n, dtype=np.int64)
     distinct = _codes(keys, codes)
-    running = np.zeros((distinct, m))
-    seen = np.zeros((distinct, m))
-    instant = np.full(distinct, NO_TIME, dtype=np.int64)
-    latest = np.full(distinct, NO_TIME, dtype=np.int64)
-    seen_latest = np.full(distinct, NO_TIME, dtype=np.int64)
+    # Per key: the running totals, then those seen at the start of its current instant.
+    state = np.zeros((distinct, 2 * m))
+    # Per key: its current instant, its latest mark, and that mark as seen at the instant.
+    times = np.full((distinct, 3), NO_TIME, dtype=np.int64)
     if start_table.shape[0] > 0:
-        bits = _bits(start_table)
-        started = np.zeros(distinct, dtype=np.bool_)
-        for row in range(n):
-            c = codes[row]
-            if started[c]:
-                continue
-            started[c] = True
-            s = _find(start_table, start_slots, bits, keys[row])
-            if s >= 0:
-                # As if the start were the key's first event: 0 + x is x, to the bit (a
-                # sum of counts and weights is never -0.0, the one x for which it is not).
-                for k in range(m):
-                    running[c, k] = start_sums[k, s]
-                latest[c] = start_last[s]
+        # As if the start were the key's first event: 0 + x is x, to the bit (a sum of
+        # counts and weights is never -0.0, the one x for which it is not).
+        found = _started(codes, keys, distinct, start_table, start_slots)
+        for c in range(distinct):
+            if found[c] >= 0:
+                times[c, 1] = start_last[found[c]]
+        for k in range(m):
+            sums = start_sums[k]
+            for c in range(distinct):
+                if found[c] >= 0:
+                    state[c, k] = sums[found[c]]
     for j in range(n):
         row = order[j]
         c = codes[row]
-        if instants[row] != instant[c]:
-            instant[c] = instants[row]
+        if instants[row] != times[c, 0]:
+            times[c, 0] = instants[row]
             for k in range(m):
-                seen[c, k] = running[c, k]
-            seen_latest[c] = latest[c]
+                state[c, m + k] = state[c, k]
+            times[c, 2] = times[c, 1]
         if nokey[row]:
             for k in range(m):
-                out[k, row] = 0.0
+                out[row, k] = 0.0
             last[row] = NO_TIME
         else:
             for k in range(m):
-                out[k, row] = seen[c, k]
-            last[row] = seen_latest[c]
+                out[row, k] = state[c, m + k]
+            last[row] = times[c, 2]
         for k in range(m):
-            running[c, k] += values[k, row]
+            state[c, k] += values[k, row]
         if marks[row]:
-            latest[c] = instants[row] >> 2
+            times[c, 1] = instants[row] >> 2
+
+
+@compiled
+def _started(
+    codes: np.ndarray, keys: np.ndarray, distinct: int, table: np.ndarray, slots: np.ndarray
+) -> np.ndarray:
+    """Where each of the ``distinct`` keys ``codes`` numbers is in a start's table, or -1."""
+    hashes = np.empty(distinct, dtype=np.uint64)
+    for row in range(codes.shape[0]):
+        hashes[codes[row]] = keys[row]
+    bits = _bits(table)
+    found = np.empty(distinct, dtype=np.int64)
+    for c in range(distinct):
+        found[c] = _find(table, slots, bits, hashes[c])
+    return found
 
 
 _kernel = compiled(_totals)
@@ -336,7 +354,7 @@ def running_totals(
     elif start.values != tuple(values):
         raise ValueError(f"a start of {start.values} for a stream of {values}")
     n = stream.height
-    out = np.empty((len(values), n))
+    out = np.empty((n, len(values)))
     last = np.empty(n, dtype=np.int64)
     _kernel(
         *_inputs(
@@ -354,7 +372,7 @@ def running_totals(
         out,
         last,
     )
-    return out, last
+    return out.T, last
 
 
 @functools.lru_cache(maxsize=16)
