@@ -775,28 +775,39 @@ def _partner_offences(
     (or exporters): otherwise each partner of a large exporter inherits all its offences, a
     million events to sort for one request.
     """
+    # Unfocused, both sides read every pair: grouped once.
+    pairs = None if focus is not None else trading_pairs(history).cache()
     out = []
     for entity in (D.IMPORTER, D.EXPORTER):
         totals = prior_totals(
             targets.select(IDX, TIME, pl.col(entity).alias(KEY)),
-            partner_events(history, entity, focus),
+            partner_events(history, entity, focus, pairs),
             ["off"],
         )
         out.append(totals.select(pl.col("off").alias(f"{entity}_partner_offences")))
     return pl.concat(out, how="horizontal")
 
 
-def partner_events(history: History, entity: str, focus: pl.LazyFrame | None) -> pl.LazyFrame:
+def partner_events(
+    history: History,
+    entity: str,
+    focus: pl.LazyFrame | None,
+    pairs: pl.LazyFrame | None = None,
+) -> pl.LazyFrame:
     """Each offence of a trading partner of ``entity`` (importer or exporter) as an event
     of the entity (``_partner_offences``); with a carried history, the events before its
-    ``until`` are its per-entity totals (``Carried.partners``).
+    ``until`` are its per-entity totals (``Carried.partners``). ``pairs``: every trading
+    pair (``trading_pairs(history)``), for a caller that reads both sides without a focus.
 
     A pair traded first before ``until`` meets only the offences since, and a newer pair
     meets them all: together, every event at or after ``until``. On a batch of 500 k
     declarations against a history carried to 1 M, 6.8 M importer events become 1.5 M.
     """
     partner = D.EXPORTER if entity == D.IMPORTER else D.IMPORTER
-    pairs = trading_pairs(history, focus, entity)
+    if pairs is None:
+        pairs = trading_pairs(history, focus, entity)
+    elif focus is not None:
+        raise ValueError("pairs read for both sides cannot have a focus")
     offences = history.offences.filter(pl.col(partner).is_not_null()).select(
         pl.col(partner).alias("__partner"),
         pl.col(entity).alias("__own"),
