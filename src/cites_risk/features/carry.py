@@ -84,7 +84,8 @@ def carry(
     before = pl.col(TIME) < at
     starts: list[list[Start]] = [[] for _ in keys]
     carried = history.carried
-    since = 0 if carried is None else _micros(carried.until)
+    # The carry's time in µs, as the folded streams hold times (``Carried.at``).
+    since = 0 if carried is None else int(pl.select(carried.at.dt.epoch("us")).item())
     folded_keys = [
         _folded(
             key_events(keyed, [key]),
@@ -253,11 +254,6 @@ def _folded(
         projection_pushdown=False,
         slice_pushdown=False,
     )
-
-
-def _micros(at: datetime) -> int:
-    """``at`` in µs since the epoch, as ``TIMESTAMP`` columns hold it."""
-    return int(pl.Series([at]).cast(TIMESTAMP).dt.epoch("us")[0])
 
 
 ROW = "__row"
