@@ -137,6 +137,22 @@ def test_carrying_back_in_time_is_refused(rows: list[dict[str, object]]) -> None
         carry(carry(history, until), until - timedelta(seconds=1))
 
 
+def test_a_carried_history_holding_events_from_before_its_carry_is_refused() -> None:
+    """Carried again, the events since the carry are added after the carried totals: an
+    event from before it would be counted after totals that should have held it."""
+    rows = [
+        {D.ID: "a", D.IMPORTER: "ACME LTD", D.DECLARED_AT: START + timedelta(days=1)},
+        {D.ID: "b", D.IMPORTER: "ACME LTD", D.DECLARED_AT: START + timedelta(days=20)},
+    ]
+    declarations = pl.DataFrame(rows, schema=DECLARATION.schema)
+    carried = carry(_history(declarations, [], []), START + timedelta(days=10))
+    # Built by hand: the carry keeps only what came since, which holds no such row.
+    stale = replace(carried, declarations=declarations.lazy())
+    with pytest.raises(ValueError, match="holds events from before its carry"):
+        carry(stale, START + timedelta(days=30))
+    carry(carried, START + timedelta(days=30))
+
+
 @SETTINGS
 @given(rows=declaration_rows(n_min=2), brokers=st.lists(st.sampled_from(["B1", "B2"])))
 def test_a_history_carried_without_the_models_extras_is_refused(
